@@ -1,0 +1,127 @@
+"""Atomic file and directory writes.
+
+Every file a user sees is complete: it is written under a temporary name in the same directory,
+flushed to disk and renamed into place (``os.replace`` is atomic on POSIX within one filesystem).
+A full disk or any other ``OSError`` removes the temporary and raises a one-line ``HistoSmithError``;
+whatever was already in place is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histosmith.errors import HistoSmithError
+
+
+def describe_os_error(path: str | Path, exc: OSError) -> HistoSmithError:
+    """Turn an ``OSError`` into the standard one-line error, naming full disks explicitly."""
+    if exc.errno == errno.ENOSPC:
+        return HistoSmithError(f"{path}: disk full (no space left on device); nothing partial was kept")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return HistoSmithError(f"{path}: not writable ({exc.strerror})")
+    return HistoSmithError(f"{path}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write a file through ``write(fileobj)`` and move it into place atomically."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise describe_os_error(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise describe_os_error(path, exc) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    data = text.encode("utf-8")
+    write_bytes_atomic(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write an indented JSON file atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Save one array as ``.npy`` atomically."""
+    write_bytes_atomic(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary directory that becomes ``final`` only if the block completes.
+
+    ``final`` must not exist yet. On any error the temporary directory is removed, so a reader never
+    sees a half-written directory.
+    """
+    final = Path(final)
+    if final.exists():
+        raise HistoSmithError(f"{final}: already exists; refusing to overwrite")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise describe_os_error(final, exc) from None
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(final, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete leftovers of interrupted atomic writes (``.name.XXXX.tmp``) in ``directory``."""
+    directory = Path(directory)
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed += 1
+    return removed

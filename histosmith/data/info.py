@@ -1,0 +1,106 @@
+"""``hs-data info``: what a dataset holds, as a table and a bar chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histosmith.data.format import Dataset
+from histosmith.data.labels import count_nuclei
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    class_names: list[str]
+    tissue_names: list[str]
+    n_tiles: int
+    tile_size: int
+    class_counts: np.ndarray  # (K,) nuclei per class over the whole set
+    tissue_tiles: dict[str, int]
+    split_tiles: dict[str, int]
+    source: str
+    licence: str
+
+    @property
+    def class_shares(self) -> np.ndarray:
+        total = self.class_counts.sum()
+        return self.class_counts / total if total else np.zeros_like(self.class_counts, dtype=float)
+
+    @property
+    def imbalance_ratio(self) -> float:
+        """Most common over rarest class (inf when a class never occurs)."""
+        if self.class_counts.size == 0:
+            return float("nan")
+        smallest = self.class_counts.min()
+        return float(self.class_counts.max() / smallest) if smallest else float("inf")
+
+    def format_table(self) -> str:
+        lines = [
+            f"tiles: {self.n_tiles} of {self.tile_size}x{self.tile_size} px; "
+            f"{len(self.class_names)} classes, {len(self.tissue_names)} tissues",
+            f"source: {self.source}" if self.source else "",
+            f"licence: {self.licence}" if self.licence else "",
+            "",
+            f"{'class':<16}{'nuclei':>10}{'share':>9}{'per tile':>10}",
+        ]
+        for name, n, share in zip(self.class_names, self.class_counts, self.class_shares, strict=True):
+            lines.append(f"{name:<16}{int(n):>10}{share:>9.1%}{n / max(self.n_tiles, 1):>10.2f}")
+        lines.append(f"{'total':<16}{int(self.class_counts.sum()):>10}")
+        lines.append(f"imbalance ratio (most / least common class): {self.imbalance_ratio:.1f}")
+        lines += ["", f"{'tissue':<16}{'tiles':>10}"]
+        lines += [f"{name:<16}{n:>10}" for name, n in self.tissue_tiles.items()]
+        if self.split_tiles:
+            lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.split_tiles.items())))
+        return "\n".join(line for line in lines if line is not None)
+
+
+def summarise(dataset: Dataset) -> DatasetSummary:
+    """Count nuclei per class (from counts.csv, or measured from labels) and tiles per tissue."""
+    meta = dataset.meta
+    counts = dataset.counts()
+    if counts is None:
+        counts = np.stack(
+            [count_nuclei(np.asarray(lab), meta.n_classes, meta.count_margin)
+             for _, _, labels in dataset.iter_shards() for lab in labels]
+        )
+    rows = dataset.patch_info()
+    tissues = [r.get("tissue", "") for r in rows]
+    names = meta.tissue_names or sorted(set(tissues))
+    splits: dict[str, int] = {}
+    for r in rows:
+        if r.get("split"):
+            splits[r["split"]] = splits.get(r["split"], 0) + 1
+    return DatasetSummary(
+        class_names=list(meta.class_names),
+        tissue_names=list(names),
+        n_tiles=len(dataset),
+        tile_size=meta.tile_size,
+        class_counts=counts.sum(axis=0),
+        tissue_tiles={n: tissues.count(n) for n in names},
+        split_tiles=splits,
+        source=meta.source,
+        licence=meta.licence,
+    )
+
+
+def plot_summary(summary: DatasetSummary, path: Path) -> None:
+    """Bar charts of nuclei per class and tiles per tissue, written atomically as PNG."""
+    import matplotlib.pyplot as plt
+
+    from histosmith.data.plots import save_figure
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    bars = ax1.bar(summary.class_names, summary.class_counts, color="#7b4f9d")
+    for bar, share in zip(bars, summary.class_shares, strict=True):
+        ax1.annotate(f"{share:.1%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                     ha="center", va="bottom", fontsize=8)
+    ax1.set_ylabel("nuclei")
+    ax1.set_title(f"nuclei per class (imbalance {summary.imbalance_ratio:.1f}x)")
+    ax1.tick_params(axis="x", rotation=30)
+    ax2.bar(list(summary.tissue_tiles), list(summary.tissue_tiles.values()), color="#d98cb3")
+    ax2.set_ylabel("tiles")
+    ax2.set_title("tiles per tissue")
+    ax2.tick_params(axis="x", rotation=30)
+    save_figure(fig, path)

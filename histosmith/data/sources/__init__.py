@@ -1,0 +1,1 @@
+"""Readers that turn labelled tiles from other layouts into HistoSmith datasets."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny datasets written on the fly, and the optional real fixtures in ../shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 synthetic 32 px tiles in shards of 20 (read-only: do not modify in tests)."""
+    from histosmith.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare("synthetic", None, out, tile_size=32, n_tiles=48, seed=1, shard_size=20, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_conic_npz() -> Path:
+    path = SHARED_FIXTURES / "cellseg_patches" / "conic_format_3patches.npz"
+    if not path.exists():
+        pytest.skip(f"real fixtures not present ({path}); they live beside the checkout, not in it")
+    return path
+
+
+def write_conic_dir(path: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    patch_names: list[str]) -> Path:
+    """A CoNIC-layout directory (images.npy, labels.npy, counts.csv, patch_info.csv)."""
+    from histosmith.data.labels import count_nuclei
+
+    path.mkdir(parents=True, exist_ok=True)
+    np.save(path / "images.npy", images)
+    np.save(path / "labels.npy", labels)
+    counts = [count_nuclei(lab, len(class_names)) for lab in labels]
+    (path / "counts.csv").write_text(
+        ",".join(class_names) + "\n" + "".join(",".join(map(str, c)) + "\n" for c in counts)
+    )
+    (path / "patch_info.csv").write_text("patch_info\n" + "".join(p + "\n" for p in patch_names))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an hs-* console script in a subprocess (args[0] is the command name)."""
+    exe = Path(sys.executable).parent / args[0]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, env=full_env, timeout=timeout,
+                          check=False)
