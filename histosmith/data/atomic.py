@@ -33,6 +33,17 @@ def describe_os_error(path: str | Path, exc: OSError) -> HistoSmithError:
     return HistoSmithError(f"{path}: {exc.strerror or exc}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp default to owner-only)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -55,6 +66,7 @@ def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], No
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -100,6 +112,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         raise describe_os_error(final, exc) from None
     try:
         yield tmp
+        os.chmod(tmp, default_mode(directory=True))
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,8 @@ from tests.conftest import run_cli, write_conic_dir
 
 
 def _one_error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "tile/s" not in line and "tile [" not in line]
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and "tile/s" not in line and "tile [" not in line]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
@@ -40,7 +41,8 @@ def test_prepare_missing_path(tmp_path):
     assert "--path is required" in _one_error_line(
         run_cli("hs-data", "prepare", "--source", "conic", "--out", str(tmp_path / "o")))
     assert "not found" in _one_error_line(
-        run_cli("hs-data", "prepare", "--source", "pannuke", "--path", str(tmp_path / "x"), "--out", str(tmp_path / "o")))
+        run_cli("hs-data", "prepare", "--source", "pannuke", "--path", str(tmp_path / "x"),
+                "--out", str(tmp_path / "o")))
 
 
 def test_failed_download_is_one_line(tmp_path):

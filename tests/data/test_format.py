@@ -21,7 +21,7 @@ def test_round_trip_through_shards(tmp_path):
     assert meta.n_tiles == 7
     ds = Dataset.open(tmp_path / "d")
     assert [s.n_tiles for s in ds.shards] == [3, 3, 1]
-    got = [(img.copy(), lab.copy()) for _, imgs, labs in ds.iter_shards() for img, lab in zip(imgs, labs)]
+    got = [(img.copy(), lab.copy()) for _, imgs, labs in ds.iter_shards() for img, lab in zip(imgs, labs, strict=True)]
     for t, (img, lab) in zip(tiles, got, strict=True):
         assert (img == t.image).all() and (lab == t.labels).all()
     expected = np.stack([count_nuclei(t.labels, 3) for t in tiles])

@@ -1,0 +1,226 @@
+"""``hs-export``: an LDM checkpoint -> ONNX (fp32 + fp16) and TorchScript graphs + manifest.json.
+
+Every graph is checked against PyTorch on random inputs before the export reports success. An
+export directory is written under a temporary name and renamed into place; a directory whose manifest
+carries the same cache key (checkpoint hash, options, opset, library versions) is reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+import histosmith
+from histosmith.config import to_dict
+from histosmith.data.atomic import default_mode, describe_os_error
+from histosmith.errors import HistoSmithError, file_error
+from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
+from histosmith.export.verify import OutputError, check
+from histosmith.generator import TrainedGenerator, load_generator
+from histosmith.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, Variant, sha256_file
+from histosmith.runtime.specs import CONDITION, DECODER, GUIDANCE, LATENT, TIMESTEP, UNET, decoder_spec, unet_spec
+
+log = logging.getLogger(__name__)
+TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "torchscript": 1e-5}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    batch: int | None = None  # a fixed batch size; None with dynamic_batch
+    dynamic_batch: bool = True
+    max_batch: int = 256  # the largest batch a dynamic export promises (TensorRT profiles use it)
+    fp16: bool = True
+    torchscript: bool = True
+    opset: int = OPSET
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and self.dynamic_batch:
+            raise HistoSmithError("--batch and --dynamic-batch exclude each other")
+        if self.batch is None and not self.dynamic_batch:
+            raise HistoSmithError("give --batch B or --dynamic-batch")
+        if self.batch is not None and self.batch < 1:
+            raise HistoSmithError(f"--batch must be >= 1, got {self.batch}")
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return (1, self.max_batch) if self.dynamic_batch else (self.batch, self.batch)
+
+
+def versions() -> dict[str, str]:
+    return {"histosmith": histosmith.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "python": platform.python_version()}
+
+
+def cache_key(checkpoint: Path, opts: ExportOptions) -> str:
+    payload = json.dumps({"checkpoint": sha256_file(checkpoint), "options": asdict(opts) | {"force": False},
+                          "versions": versions(), "manifest": MANIFEST_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _cached(out: Path, key: str) -> Manifest | None:
+    if not (out / MANIFEST_FILE).exists():
+        return None
+    try:
+        manifest = Manifest.load(out)
+        if manifest.cache_key != key:
+            return None
+        for name in manifest.files:
+            manifest.verify_file(out, name)
+        return manifest
+    except HistoSmithError:
+        return None
+
+
+def random_inputs(gen: TrainedGenerator, batch: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Plausible U-Net and decoder inputs: unit-normal latents, real training conditions."""
+    rng = np.random.default_rng(seed)
+    info = gen.info
+    rows = rng.integers(len(info.training_counts), size=batch)
+    unet = {
+        LATENT: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32),
+        TIMESTEP: rng.integers(0, info.schedule.num_train_timesteps, batch).astype(np.float32),
+        CONDITION: info.spec.vectors(info.training_counts[rows], info.training_tissues[rows]),
+        GUIDANCE: rng.uniform(1.0, 4.0, batch).astype(np.float32),
+    }
+    decoder = {LATENT: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
+    return unet, decoder
+
+
+def _ort_runner(path: Path):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(None, feeds), strict=True))
+
+
+def _torchscript_runner(module: torch.jit.ScriptModule, names: list[str]):
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(v) for v in feeds.values()))
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(names, out, strict=True)}
+
+    return run
+
+
+def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOptions()) -> tuple[Manifest, bool]:
+    """Export; returns (manifest, reused_from_cache)."""
+    gen = load_generator(checkpoint)
+    key = cache_key(gen.checkpoint, opts)
+    cached = _cached(out, key)
+    if cached is not None:
+        log.info("found a cached export in %s (same checkpoint, options and library versions)", out)
+        return cached, True
+    if out.exists() and any(out.iterdir()) and not opts.force:
+        raise file_error(out, "exists and holds a different export; pass --force to replace it")
+    info = gen.info
+    specs = {UNET: unet_spec(info.latent_shape, info.spec.dim),
+             DECODER: decoder_spec(info.latent_shape, info.tile_size, info.n_classes)}
+    modules = {UNET: gen.guided, DECODER: gen.decoder}
+    low, high = opts.batch_range
+    check_batches = sorted({low, min(high, 3)}) if opts.dynamic_batch else [low]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise file_error(out, f"cannot create ({exc.strerror})") from None
+    try:
+        verification: dict[str, Any] = {}
+        variants: list[Variant] = []
+        files: dict[str, str] = {}
+
+        def record(label: str, errors: list[OutputError]) -> None:
+            verification[label] = [asdict(e) for e in errors]
+            for e in errors:
+                log.info("%s %s", label, e.line())
+
+        def inputs_for(name: str, batch: int, seed: int) -> dict[str, np.ndarray]:
+            u, d = random_inputs(gen, batch, seed)
+            return u if name == UNET else d
+
+        precisions = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
+        names: dict[str, dict[str, str]] = {p: {} for p in precisions}
+        for graph in (UNET, DECODER):
+            spec = specs[graph]
+            example = [torch.from_numpy(v) for v in inputs_for(graph, low, 0).values()]
+            fp32 = clean(to_onnx(modules[graph], spec, example, opts.dynamic_batch, opts.opset))
+            models = {"fp32": fp32}
+            if opts.fp16:
+                models["fp16"] = to_fp16(fp32)
+            for precision, model in models.items():
+                name = f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+                save_onnx(model, tmp / name)
+                runner = _ort_runner(tmp / name)
+                for b in check_batches:
+                    record(f"{name} batch {b}", check(f"{name} (batch {b})", modules[graph], runner,
+                                                       inputs_for(graph, b, 100 + b), spec.output_names,
+                                                       TOLERANCE[precision]))
+                names[precision][graph] = name
+                verification[f"{name} ops"] = graph_summary(model)
+            if opts.torchscript:
+                with torch.no_grad():
+                    traced = torch.jit.trace(modules[graph], tuple(example), check_trace=False)
+                name = f"{graph}.pt"
+                torch.jit.save(traced, str(tmp / name))
+                loaded = torch.jit.load(str(tmp / name))
+                for b in check_batches:
+                    record(f"{name} batch {b}", check(f"{name} (batch {b})", modules[graph],
+                                                       _torchscript_runner(loaded, spec.output_names),
+                                                       inputs_for(graph, b, 200 + b), spec.output_names,
+                                                       TOLERANCE["torchscript"]))
+        for precision in precisions:
+            variants.append(Variant(precision, "onnx", names[precision][UNET], names[precision][DECODER]))
+        if opts.torchscript:
+            variants.append(Variant("fp32", "torchscript", f"{UNET}.pt", f"{DECODER}.pt"))
+        for p in sorted(tmp.iterdir()):
+            files[p.name] = sha256_file(p)
+        manifest = Manifest(
+            format_version=MANIFEST_VERSION,
+            condition=info.spec.to_json(),
+            schedule=asdict(info.schedule),
+            latent_shape=list(info.latent_shape),
+            tile_size=info.tile_size,
+            latent_scale=float(1.0 / gen.decoder.inv_scale),
+            models={"unet": to_dict(gen.unet_config), "vqvae": to_dict(gen.vq_config)},
+            graphs={name: spec.to_json() for name, spec in specs.items()},
+            batch={"dynamic": opts.dynamic_batch, "min": low, "max": high},
+            variants=[asdict(v) for v in variants],
+            files=files,
+            versions=versions() | {"opset": str(opts.opset)},
+            source={"checkpoint": str(gen.checkpoint), "step": gen.step, "sha256": sha256_file(gen.checkpoint)},
+            training_conditions={"counts": info.training_counts.tolist(), "tissues": info.training_tissues.tolist()},
+            count_margin=info.count_margin,
+            verification=verification,
+            cache_key=key,
+        )
+        manifest.save(tmp)
+        os.chmod(tmp, default_mode(directory=True))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(out, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest, False

@@ -1,0 +1,86 @@
+"""``hs-train``: stage 1 (VQ autoencoder) and stage 2 (conditional latent U-Net)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from histosmith.cli.common import entry_point
+from histosmith.config import PRESETS
+from histosmith.errors import HistoSmithError
+
+
+def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset from hs-data prepare."),
+        click.option("--config", type=click.Choice(PRESETS), default="small", show_default=True),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                     help="Training steps (also the learning-rate schedule's horizon)."),
+        click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop (with a checkpoint) after this long; --resume continues."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="auto: bf16 autocast on CUDA and on CPUs with native bf16."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _check_data(data: Path) -> None:
+    if not (data / "meta.json").exists():
+        raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json); run hs-data prepare first")
+
+
+def _options(**kw: Any) -> Any:
+    from histosmith.training.vqvae import RunOptions
+
+    return RunOptions(seed=kw["seed"], device=kw["device"], precision=kw["precision"], max_steps=kw["max_steps"],
+                      max_minutes=kw["max_minutes"], batch_size=kw["batch_size"], lr=kw["lr"], resume=kw["resume"])
+
+
+def _report(result: Any, out: Path) -> None:
+    state = "interrupted" if result.interrupted else "stopped"
+    click.echo(f"{state} at step {result.step} after {result.seconds / 60:.1f} min; "
+               f"checkpoint {out / 'checkpoint.pt'}, log {out / 'log.csv'}, curves {out / 'loss.png'}")
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+
+@click.group(help="Train the two stages of a HistoSmith generator.")
+def cli() -> None:
+    pass
+
+
+@cli.command("vqvae")
+@run_options
+def vqvae_cmd(data: Path, config: str, out: Path, **kw: Any) -> None:
+    """Stage 1: the dual-head VQ autoencoder."""
+    _check_data(data)
+    from histosmith.training.vqvae import train_vqvae
+
+    _report(train_vqvae(data, out, config, _options(**kw)), out)
+
+
+@cli.command("ldm")
+@click.option("--vqvae", type=click.Path(path_type=Path), required=True, help="Stage-1 run directory or checkpoint.")
+@run_options
+def ldm_cmd(vqvae: Path, data: Path, config: str, out: Path, **kw: Any) -> None:
+    """Stage 2: the conditional latent U-Net (classifier-free guidance, EMA weights)."""
+    _check_data(data)
+    if not vqvae.exists():
+        raise HistoSmithError(f"{vqvae}: stage-1 checkpoint not found")
+    from histosmith.training.ldm import train_ldm
+
+    _report(train_ldm(data, vqvae, out, config, _options(**kw)), out)
+
+
+main = entry_point(cli)

@@ -1,0 +1,57 @@
+"""A trained generator loaded from an LDM checkpoint: the two inference modules and what they need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histosmith.config import UNetConfig, VQConfig, from_dict
+from histosmith.data.conditioning import ConditionSpec
+from histosmith.errors import HistoSmithError
+from histosmith.models.unet import ConditionalUNet
+from histosmith.models.vqvae import VQAutoencoder
+from histosmith.models.wrappers import GuidedUNet, LatentDecoder
+from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.schedule import ScheduleConfig
+from histosmith.training.checkpoint import load_checkpoint, load_state, resolve
+
+
+@dataclass
+class TrainedGenerator:
+    guided: GuidedUNet  # EMA weights, eval mode
+    decoder: LatentDecoder
+    unet_config: UNetConfig
+    vq_config: VQConfig
+    info: GeneratorInfo
+    checkpoint: Path
+    step: int
+
+
+def load_generator(path: Path) -> TrainedGenerator:
+    """Load an ``hs-train ldm`` checkpoint (run directory or file) for sampling or export."""
+    ckpt = load_checkpoint(path, "ldm")
+    file = resolve(path)
+    unet_cfg = from_dict(UNetConfig, ckpt["model_config"])
+    vq_cfg = from_dict(VQConfig, ckpt["vqvae"]["model_config"])
+    unet = ConditionalUNet(unet_cfg)
+    load_state(unet, ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"], str(file))
+    vq = VQAutoencoder(vq_cfg)
+    load_state(vq, ckpt["vqvae"]["model"], f"{file} (embedded autoencoder)")
+    spec = ConditionSpec.from_json(ckpt["condition"])
+    if spec.n_classes != vq_cfg.n_classes or spec.dim != unet_cfg.cond_dim:
+        raise HistoSmithError(f"{file}: condition spec does not fit the models (corrupt checkpoint?)")
+    conditions = ckpt["training_conditions"]
+    info = GeneratorInfo(
+        spec=spec,
+        schedule=from_dict(ScheduleConfig, ckpt["schedule"]),
+        latent_shape=(unet_cfg.latent_channels, unet_cfg.latent_size, unet_cfg.latent_size),
+        tile_size=vq_cfg.tile_size,
+        training_counts=conditions["counts"].numpy().astype(np.int64),
+        training_tissues=conditions["tissues"].numpy().astype(np.int64),
+        count_margin=0,
+        source=f"HistoSmith generator {file} (step {int(ckpt['step'])})",
+    )
+    return TrainedGenerator(GuidedUNet(unet).eval(), LatentDecoder(vq, ckpt["latent_scale"]).eval(), unet_cfg,
+                            vq_cfg, info, file, int(ckpt["step"]))

@@ -1,0 +1,1 @@
+"""Networks: the dual-head VQ autoencoder, the conditional U-Net, their export wrappers."""

@@ -1,0 +1,1 @@
+"""Two-stage training: the VQ autoencoder, then the conditional U-Net on cached latents."""

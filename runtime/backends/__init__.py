@@ -1,0 +1,1 @@
+"""Inference backends: each runs the whole DDIM loop plus the decoder for one batch."""

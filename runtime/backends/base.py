@@ -1,0 +1,48 @@
+"""The contract every backend meets, so the batch loop, post-processing and writing are shared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from histosmith.runtime.schedule import DDIMTables
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoder outputs for a batch, float32 on the host."""
+
+    image: np.ndarray  # (B, 3, H, W) in [-1, 1]
+    distance: np.ndarray  # (B, 1, H, W) in [0, 1]
+    semantic: np.ndarray  # (B, K+1, H, W) class probabilities
+
+
+class Backend(Protocol):
+    """Runs ``x ← A_i x + B_i ε̂(x, t_i, c, g) + σ_i z_i`` for every step, then the decoder."""
+
+    name: str
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """Smallest and largest batch the loaded graphs accept."""
+        ...
+
+    def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
+               step_noise: np.ndarray | None) -> Decoded:
+        """``latents`` (B, C, h, w) initial noise, ``conditions`` (B, D), ``guidance`` (B,),
+        ``step_noise`` (S, B, C, h, w) or None when eta = 0."""
+        ...
+
+
+def check_batch(backend: Backend, batch: int) -> None:
+    from histosmith.errors import HistoSmithError
+
+    low, high = backend.batch_sizes()
+    if not low <= batch <= high:
+        raise HistoSmithError(f"--batch {batch} is outside what the {backend.name} graphs accept ({low}..{high})")
+
+
+def tables_check(tables: DDIMTables, step_noise: np.ndarray | None) -> None:
+    if tables.stochastic and step_noise is None:
+        raise ValueError("eta > 0 needs per-step noise")

@@ -1,0 +1,154 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, IOBinding on preallocated buffers.
+
+Per batch size, the host buffers (latent, timestep, condition, guidance, noise prediction, decoder
+outputs) are allocated once and bound by pointer; the DDIM loop then only writes the timestep, runs the
+U-Net and updates the latent in place (``x *= A; ε̂ *= B; x += ε̂``) — no allocation per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from histosmith.errors import HistoSmithError, file_error
+from histosmith.runtime.backends.base import Decoded, tables_check
+from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.specs import (
+    CONDITION,
+    DISTANCE,
+    GUIDANCE,
+    IMAGE,
+    LATENT,
+    NOISE_PRED,
+    SEMANTIC,
+    TIMESTEP,
+    GraphSpec,
+)
+
+log = logging.getLogger(__name__)
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise HistoSmithError(f"ONNX Runtime here has no {wanted} (available: {ort.get_available_providers()}); "
+                              "install onnxruntime-gpu for cuda/tensorrt")
+    providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid models
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise file_error(path, f"ONNX Runtime cannot load it ({first})") from None
+
+
+@dataclass
+class _Buffers:
+    """Host buffers for one batch size, bound to both sessions."""
+
+    latent: np.ndarray
+    timestep: np.ndarray
+    condition: np.ndarray
+    guidance: np.ndarray
+    noise_pred: np.ndarray
+    scratch: np.ndarray
+    outputs: dict[str, np.ndarray]
+    unet_binding: ort.IOBinding
+    decoder_binding: ort.IOBinding
+
+
+def _bind(binding: ort.IOBinding, name: str, array: np.ndarray, output: bool) -> None:
+    args = dict(device_type="cpu", device_id=0, element_type=array.dtype, shape=array.shape,
+                buffer_ptr=array.ctypes.data)
+    (binding.bind_output if output else binding.bind_input)(name, **args)
+
+
+class OnnxBackend:
+    name = "onnxruntime"
+
+    def __init__(self, unet: Path, decoder: Path, unet_spec: GraphSpec, decoder_spec: GraphSpec, tables: DDIMTables,
+                 batch_range: tuple[int, int], provider: str = "cpu", threads: int | None = None):
+        self.unet_spec, self.decoder_spec, self.tables = unet_spec, decoder_spec, tables
+        self.batch_range = batch_range
+        self.unet = make_session(unet, provider, threads)
+        self.decoder = make_session(decoder, provider, threads)
+        self._check_io(self.unet, unet_spec, unet)
+        self._check_io(self.decoder, decoder_spec, decoder)
+        self.name = f"onnxruntime-{provider}"
+        self._buffers: dict[int, _Buffers] = {}
+
+    @staticmethod
+    def _check_io(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+        got_in = [i.name for i in session.get_inputs()]
+        got_out = [o.name for o in session.get_outputs()]
+        if got_in != spec.input_names or got_out != spec.output_names:
+            raise file_error(path, f"graph I/O {got_in} -> {got_out} does not match the manifest "
+                                   f"({spec.input_names} -> {spec.output_names})")
+        for meta, tensor in zip(session.get_inputs(), spec.inputs, strict=True):
+            dims = [d if isinstance(d, int) else "batch" for d in meta.shape]
+            if dims[1:] != [int(d) for d in tensor.shape[1:]]:
+                raise file_error(path, f"input {meta.name} has shape {meta.shape}, manifest says {tensor.shape}")
+
+    def batch_sizes(self) -> tuple[int, int]:
+        return self.batch_range
+
+    def _allocate(self, batch: int) -> _Buffers:
+        u_in = self.unet_spec.input_shapes(batch)
+        buffers = _Buffers(
+            latent=np.zeros(u_in[LATENT], np.float32),
+            timestep=np.zeros(u_in[TIMESTEP], np.float32),
+            condition=np.zeros(u_in[CONDITION], np.float32),
+            guidance=np.zeros(u_in[GUIDANCE], np.float32),
+            noise_pred=np.zeros(self.unet_spec.output_shapes(batch)[NOISE_PRED], np.float32),
+            scratch=np.zeros(u_in[LATENT], np.float32),
+            outputs={name: np.zeros(shape, np.float32)
+                     for name, shape in self.decoder_spec.output_shapes(batch).items()},
+            unet_binding=self.unet.io_binding(),
+            decoder_binding=self.decoder.io_binding(),
+        )
+        for name, array in ((LATENT, buffers.latent), (TIMESTEP, buffers.timestep), (CONDITION, buffers.condition),
+                            (GUIDANCE, buffers.guidance)):
+            _bind(buffers.unet_binding, name, array, output=False)
+        _bind(buffers.unet_binding, NOISE_PRED, buffers.noise_pred, output=True)
+        _bind(buffers.decoder_binding, LATENT, buffers.latent, output=False)
+        for name, array in buffers.outputs.items():
+            _bind(buffers.decoder_binding, name, array, output=True)
+        return buffers
+
+    def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
+               step_noise: np.ndarray | None) -> Decoded:
+        tables_check(self.tables, step_noise)
+        n = len(latents)
+        low, high = self.batch_range
+        if n > high:
+            raise HistoSmithError(f"batch {n} exceeds what the graphs accept ({low}..{high})")
+        batch = max(n, low)  # a fixed-batch graph gets zero padding
+        buf = self._buffers.get(batch) or self._buffers.setdefault(batch, self._allocate(batch))
+        buf.latent[:n], buf.latent[n:] = latents, 0
+        buf.condition[:n], buf.condition[n:] = conditions, 0
+        buf.guidance[:n], buf.guidance[n:] = guidance, 1
+        t = self.tables
+        for i in range(t.num_steps):
+            buf.timestep.fill(t.timesteps[i])
+            self.unet.run_with_iobinding(buf.unet_binding)
+            # DDIM step in place: x = A x + B ε̂ (+ σ z)
+            np.multiply(buf.latent, t.sample_coef[i], out=buf.latent)
+            np.multiply(buf.noise_pred, t.output_coef[i], out=buf.noise_pred)
+            np.add(buf.latent, buf.noise_pred, out=buf.latent)
+            if t.noise_coef[i] != 0 and step_noise is not None:
+                np.multiply(step_noise[i], t.noise_coef[i], out=buf.scratch[:n])
+                np.add(buf.latent[:n], buf.scratch[:n], out=buf.latent[:n])
+        self.decoder.run_with_iobinding(buf.decoder_binding)
+        out = buf.outputs
+        return Decoded(out[IMAGE][:n].copy(), out[DISTANCE][:n].copy(), out[SEMANTIC][:n].copy())

@@ -1,0 +1,26 @@
+"""What the runtime needs to know about a generator, whether it comes from a manifest or a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from histosmith.data.conditioning import ConditionSpec
+from histosmith.runtime.schedule import ScheduleConfig
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    spec: ConditionSpec
+    schedule: ScheduleConfig
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+    tile_size: int
+    training_counts: np.ndarray  # (N, K) per-tile counts of the training set (for --from-dataset, --balance)
+    training_tissues: np.ndarray  # (N,)
+    count_margin: int = 0
+    source: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return self.spec.n_classes

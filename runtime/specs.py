@@ -1,0 +1,106 @@
+"""One declarative spec per exported graph: names, dtypes, shapes, dynamic axes, TensorRT profiles.
+
+Export, engine building, buffer allocation and the manifest all read these; tensor names exist only
+here as constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Tensor names (the ONNX / TensorRT I/O contract).
+LATENT = "latent"
+TIMESTEP = "timestep"
+CONDITION = "condition"
+GUIDANCE = "guidance"
+NOISE_PRED = "noise_pred"
+IMAGE = "image"
+DISTANCE = "distance"
+SEMANTIC = "semantic"
+
+UNET = "unet"
+DECODER = "decoder"
+BATCH = "batch"  # the symbolic batch dimension
+
+Shape = tuple[int, ...]
+ProfileShapes = tuple[Shape, Shape, Shape]  # TensorRT (min, opt, max)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]  # BATCH for the batch axis
+    dtype: str = "float32"
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else int(d) for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export`` dynamic axes: every batch axis named ``batch``."""
+        return {t.name: {i: BATCH for i, d in enumerate(t.shape) if d == BATCH} for t in (*self.inputs, *self.outputs)}
+
+    def input_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        return {t.name: t.concrete(batch) for t in self.inputs}
+
+    def output_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        return {t.name: t.concrete(batch) for t in self.outputs}
+
+    def profile(self, low: int, opt: int, high: int) -> dict[str, ProfileShapes]:
+        """TensorRT min/opt/max shapes of every input for one batch bucket."""
+        return {t.name: (t.concrete(low), t.concrete(opt), t.concrete(high)) for t in self.inputs}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GraphSpec:
+        return cls(data["name"], tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+                   tuple(TensorSpec.from_json(t) for t in data["outputs"]))
+
+
+def unet_spec(latent_shape: tuple[int, int, int], cond_dim: int) -> GraphSpec:
+    """The guided U-Net: (latent, timestep, condition, guidance) -> guided noise prediction."""
+    c, h, w = latent_shape
+    return GraphSpec(
+        UNET,
+        inputs=(TensorSpec(LATENT, (BATCH, c, h, w)), TensorSpec(TIMESTEP, (BATCH,)),
+                TensorSpec(CONDITION, (BATCH, cond_dim)), TensorSpec(GUIDANCE, (BATCH,))),
+        outputs=(TensorSpec(NOISE_PRED, (BATCH, c, h, w)),),
+    )
+
+
+def decoder_spec(latent_shape: tuple[int, int, int], tile_size: int, n_classes: int) -> GraphSpec:
+    """The dual-head decoder: latent -> image, distance, class probabilities."""
+    c, h, w = latent_shape
+    return GraphSpec(
+        DECODER,
+        inputs=(TensorSpec(LATENT, (BATCH, c, h, w)),),
+        outputs=(TensorSpec(IMAGE, (BATCH, 3, tile_size, tile_size)),
+                 TensorSpec(DISTANCE, (BATCH, 1, tile_size, tile_size)),
+                 TensorSpec(SEMANTIC, (BATCH, n_classes + 1, tile_size, tile_size))),
+    )
