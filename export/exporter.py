@@ -30,8 +30,22 @@ from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
 from histosmith.export.verify import OutputError, check
 from histosmith.generator import TrainedGenerator, load_generator
+from histosmith.models.wrappers import DDIMStep
 from histosmith.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, Variant, sha256_file
-from histosmith.runtime.specs import CONDITION, DECODER, GUIDANCE, LATENT, TIMESTEP, UNET, decoder_spec, unet_spec
+from histosmith.runtime.specs import (
+    CONDITION,
+    DECODER,
+    GUIDANCE,
+    LATENT,
+    STEP,
+    STEP_COEFS,
+    STEP_NOISE,
+    TIMESTEP,
+    UNET,
+    decoder_spec,
+    step_spec,
+    unet_spec,
+)
 
 log = logging.getLogger(__name__)
 TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "torchscript": 1e-5}
@@ -85,8 +99,8 @@ def _cached(out: Path, key: str) -> Manifest | None:
         return None
 
 
-def random_inputs(gen: TrainedGenerator, batch: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Plausible U-Net and decoder inputs: unit-normal latents, real training conditions."""
+def random_inputs(gen: TrainedGenerator, graph: str, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Plausible inputs of one graph: unit-normal latents, real training conditions, DDIM-like coefficients."""
     rng = np.random.default_rng(seed)
     info = gen.info
     rows = rng.integers(len(info.training_counts), size=batch)
@@ -96,8 +110,12 @@ def random_inputs(gen: TrainedGenerator, batch: int, seed: int) -> tuple[dict[st
         CONDITION: info.spec.vectors(info.training_counts[rows], info.training_tissues[rows]),
         GUIDANCE: rng.uniform(1.0, 4.0, batch).astype(np.float32),
     }
-    decoder = {LATENT: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
-    return unet, decoder
+    if graph == UNET:
+        return unet
+    if graph == STEP:
+        return unet | {STEP_COEFS: np.array([1.2, -0.5, 0.1], np.float32),
+                       STEP_NOISE: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
+    return {LATENT: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
 
 
 def _ort_runner(path: Path):
@@ -130,8 +148,9 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
         raise file_error(out, "exists and holds a different export; pass --force to replace it")
     info = gen.info
     specs = {UNET: unet_spec(info.latent_shape, info.spec.dim),
-             DECODER: decoder_spec(info.latent_shape, info.tile_size, info.n_classes)}
-    modules = {UNET: gen.guided, DECODER: gen.decoder}
+             DECODER: decoder_spec(info.latent_shape, info.tile_size, info.n_classes),
+             STEP: step_spec(info.latent_shape, info.spec.dim)}
+    modules = {UNET: gen.guided, DECODER: gen.decoder, STEP: DDIMStep(gen.guided).eval()}
     low, high = opts.batch_range
     check_batches = sorted({low, min(high, 3)}) if opts.dynamic_batch else [low]
     try:
@@ -149,15 +168,11 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
             for e in errors:
                 log.info("%s %s", label, e.line())
 
-        def inputs_for(name: str, batch: int, seed: int) -> dict[str, np.ndarray]:
-            u, d = random_inputs(gen, batch, seed)
-            return u if name == UNET else d
-
         precisions = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
         names: dict[str, dict[str, str]] = {p: {} for p in precisions}
-        for graph in (UNET, DECODER):
+        for graph in (UNET, DECODER, STEP):
             spec = specs[graph]
-            example = [torch.from_numpy(v) for v in inputs_for(graph, low, 0).values()]
+            example = [torch.from_numpy(v) for v in random_inputs(gen, graph, low, 0).values()]
             fp32 = clean(to_onnx(modules[graph], spec, example, opts.dynamic_batch, opts.opset))
             models = {"fp32": fp32}
             if opts.fp16:
@@ -168,11 +183,11 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
                 runner = _ort_runner(tmp / name)
                 for b in check_batches:
                     record(f"{name} batch {b}", check(f"{name} (batch {b})", modules[graph], runner,
-                                                       inputs_for(graph, b, 100 + b), spec.output_names,
+                                                       random_inputs(gen, graph, b, 100 + b), spec.output_names,
                                                        TOLERANCE[precision]))
                 names[precision][graph] = name
                 verification[f"{name} ops"] = graph_summary(model)
-            if opts.torchscript:
+            if opts.torchscript and graph != STEP:
                 with torch.no_grad():
                     traced = torch.jit.trace(modules[graph], tuple(example), check_trace=False)
                 name = f"{graph}.pt"
@@ -181,10 +196,11 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
                 for b in check_batches:
                     record(f"{name} batch {b}", check(f"{name} (batch {b})", modules[graph],
                                                        _torchscript_runner(loaded, spec.output_names),
-                                                       inputs_for(graph, b, 200 + b), spec.output_names,
+                                                       random_inputs(gen, graph, b, 200 + b), spec.output_names,
                                                        TOLERANCE["torchscript"]))
         for precision in precisions:
-            variants.append(Variant(precision, "onnx", names[precision][UNET], names[precision][DECODER]))
+            variants.append(Variant(precision, "onnx", names[precision][UNET], names[precision][DECODER],
+                                    names[precision][STEP]))
         if opts.torchscript:
             variants.append(Variant("fp32", "torchscript", f"{UNET}.pt", f"{DECODER}.pt"))
         for p in sorted(tmp.iterdir()):

@@ -6,7 +6,8 @@ Rules:
   list. Everything before the first convolution — the timestep embedding (``sin`` of arguments up to
   ~1000, which fp16 resolves to 0.5), the condition MLP, the decoder's nearest-code search — stays
   fp32; it is a negligible share of the work.
-* Normalisation statistics, softmax, exponentials and reductions stay fp32 (``FP32_OPS``).
+* Normalisation statistics, softmax, exponentials and reductions stay fp32 (``FP32_OPS``), and so do
+  nodes in the module scopes of ``FP32_SCOPES`` (the DDIM update of the fused step graph).
 * Casts are inserted wherever a tensor crosses between the two; float initializers get an fp16 copy
   for their fp16 consumers. Inputs that ONNX requires to be float32 whatever the data type (Resize
   scales) are left alone.
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 FP32_OPS = frozenset({"InstanceNormalization", "GroupNormalization", "LayerNormalization",
                       "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "Exp", "Pow",
                       "Sqrt", "Erf", "ArgMin", "ArgMax", "Sin", "Cos"})
+FP32_SCOPES = ("ddim_update",)  # module scopes kept in float32 (the latent accumulates across steps)
 KEEP_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}  # roi / scales: float32 by the ONNX spec
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -51,7 +53,8 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS) -> onnx.ModelProto:
+def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS,
+                    fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> onnx.ModelProto:
     model = identity_casts_to_identity(model)
     graph = model.graph
     types = _types(model)
@@ -61,7 +64,8 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS)
         dependent = node.op_type == "Conv" or any(i in conv_dependent for i in node.input)
         if dependent:
             conv_dependent.update(node.output)
-        half_node.append(dependent and node.op_type not in fp32_ops)
+        in_fp32_scope = any(f"/{scope}/" in node.name or node.name.startswith(f"{scope}/") for scope in fp32_scopes)
+        half_node.append(dependent and node.op_type not in fp32_ops and not in_fp32_scope)
 
     # Graph outputs produced in fp16 are renamed and cast back to float32 at the end.
     outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == FLOAT}

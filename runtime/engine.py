@@ -50,7 +50,20 @@ def resolve_engine(engine: Path) -> tuple[Manifest, Variant]:
     return manifest, variant
 
 
-def load_engine(engine: Path, tables: DDIMTables, device: str = "auto", threads: int | None = None) -> LoadedEngine:
+def batch_limits(manifest: Manifest, variant: Variant) -> tuple[int, int, bool]:
+    """(smallest, largest, padded) batch an engine accepts; padded: smaller batches are zero-padded."""
+    if variant.format == "tensorrt":
+        return 1, max(variant.extra.get("buckets") or [manifest.batch_range()[1]]), True
+    if variant.format == "torchscript":
+        return 1, manifest.batch_range()[1], True
+    low, high = manifest.batch_range()
+    return (1, high, True) if not manifest.batch["dynamic"] else (low, high, False)
+
+
+def load_engine(engine: Path, tables: DDIMTables, device: str = "auto", threads: int | None = None,
+                precision: str = "auto", cuda_graph: bool = True, batch: int | None = None) -> LoadedEngine:
+    """Create the backend for ``engine``. ``precision``/``cuda_graph``/``batch`` concern the torch path:
+    on CUDA it runs fp16 with the whole loop captured as a CUDA graph for a bucket of ``batch``."""
     manifest, variant = resolve_engine(engine)
     directory = engine.parent
     unet, decoder = directory / variant.unet, directory / variant.decoder
@@ -64,8 +77,13 @@ def load_engine(engine: Path, tables: DDIMTables, device: str = "auto", threads:
                                        manifest.batch_range(), provider, threads)
     elif variant.format == "torchscript":
         from histosmith.runtime.backends.torch_backend import TorchBackend, torch_device
+        from histosmith.runtime.planning import BatchBuckets
 
-        backend = TorchBackend.from_files(unet, decoder, tables, torch_device(device))
+        dev = torch_device(device)
+        on_gpu = dev.startswith("cuda")
+        chosen = precision if precision != "auto" else ("fp16" if on_gpu else "fp32")
+        buckets = BatchBuckets((batch,)) if batch else None
+        backend = TorchBackend.from_files(unet, decoder, tables, dev, chosen, cuda_graph and on_gpu, buckets)
     else:
         from histosmith.runtime.backends.tensorrt_backend import TensorRTBackend
 

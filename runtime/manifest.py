@@ -42,6 +42,7 @@ class Variant:
     format: str  # onnx | torchscript | tensorrt
     unet: str  # file names, relative to the export directory
     decoder: str
+    step: str = ""  # the fused U-Net + DDIM step graph (GPU backends), when exported
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT build facts
 
 

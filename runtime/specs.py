@@ -16,12 +16,16 @@ TIMESTEP = "timestep"
 CONDITION = "condition"
 GUIDANCE = "guidance"
 NOISE_PRED = "noise_pred"
+STEP_COEFS = "step_coefs"  # (3,) DDIM coefficients (A, B, σ) of this step
+STEP_NOISE = "step_noise"  # (B, C, h, w) fresh noise of this step (zeros when eta = 0)
+NEXT_LATENT = "next_latent"
 IMAGE = "image"
 DISTANCE = "distance"
 SEMANTIC = "semantic"
 
 UNET = "unet"
 DECODER = "decoder"
+STEP = "step"  # the guided U-Net fused with the DDIM update (GPU backends)
 BATCH = "batch"  # the symbolic batch dimension
 
 Shape = tuple[int, ...]
@@ -91,6 +95,18 @@ def unet_spec(latent_shape: tuple[int, int, int], cond_dim: int) -> GraphSpec:
         inputs=(TensorSpec(LATENT, (BATCH, c, h, w)), TensorSpec(TIMESTEP, (BATCH,)),
                 TensorSpec(CONDITION, (BATCH, cond_dim)), TensorSpec(GUIDANCE, (BATCH,))),
         outputs=(TensorSpec(NOISE_PRED, (BATCH, c, h, w)),),
+    )
+
+
+def step_spec(latent_shape: tuple[int, int, int], cond_dim: int) -> GraphSpec:
+    """One whole DDIM step: guided U-Net + ``A x + B ε̂ + σ z``, so the loop stays on the device."""
+    c, h, w = latent_shape
+    return GraphSpec(
+        STEP,
+        inputs=(TensorSpec(LATENT, (BATCH, c, h, w)), TensorSpec(TIMESTEP, (BATCH,)),
+                TensorSpec(CONDITION, (BATCH, cond_dim)), TensorSpec(GUIDANCE, (BATCH,)),
+                TensorSpec(STEP_COEFS, (3,)), TensorSpec(STEP_NOISE, (BATCH, c, h, w))),
+        outputs=(TensorSpec(NEXT_LATENT, (BATCH, c, h, w)),),
     )
 
 

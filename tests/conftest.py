@@ -54,3 +54,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, env=full_env, timeout=timeout,
                           check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny VQ autoencoder and generator trained briefly on the synthetic set (read-only)."""
+    from histosmith.training.ldm import train_ldm
+    from histosmith.training.vqvae import RunOptions, train_vqvae
+
+    root = tmp_path_factory.mktemp("runs")
+    opts = RunOptions(seed=0, device="cpu", max_steps=30, show_progress=False)
+    train_vqvae(synthetic_dir, root / "vq", "tiny", opts)
+    train_ldm(synthetic_dir, root / "vq", root / "ldm", "tiny", opts)
+    return {"data": synthetic_dir, "vq": root / "vq", "ldm": root / "ldm"}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generator exported (dynamic batch, fp32 + fp16 ONNX, TorchScript)."""
+    from histosmith.export.exporter import ExportOptions, export_generator
+
+    out = tmp_path_factory.mktemp("export") / "exp"
+    export_generator(tiny_runs["ldm"], out, ExportOptions(max_batch=64))
+    return out

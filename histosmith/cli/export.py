@@ -1,4 +1,4 @@
-"""``hs-export``: a trained generator -> ONNX (fp32, fp16), TorchScript and manifest.json."""
+"""``hs-export``: a trained generator -> ONNX (fp32, fp16), TorchScript, manifest.json; TensorRT engines."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from histosmith.cli.common import entry_point
 from histosmith.errors import HistoSmithError
 
 
-@click.command(help="Export a trained generator (hs-train ldm run) for the lean runtime.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="hs-train ldm run or file.")
+@click.command(help="Export a trained generator (hs-train ldm run) for the lean runtime; build TensorRT engines.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="hs-train ldm run or file.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fixed batch size of the graphs.")
 @click.option("--dynamic-batch", is_flag=True, help="Graphs accept any batch up to --max-batch (default).")
@@ -20,26 +20,58 @@ from histosmith.errors import HistoSmithError
 @click.option("--fp16/--no-fp16", default=True, show_default=True, help="Also write fp16 graphs (fp32 islands).")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing, different export in --out.")
-def cli(checkpoint: Path, out: Path, batch: int | None, dynamic_batch: bool, max_batch: int, fp16: bool,
-        opset: int, force: bool) -> None:
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (unet.plan, decoder.plan).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="TensorRT engine precision (carried by the ONNX graph).")
+@click.option("--batch-buckets", default="1,8,32", show_default=True, help="TensorRT profiles / CUDA graphs.")
+@click.option("--workspace-gb", type=click.FloatRange(min=0.25), default=4.0, show_default=True)
+@click.option("--register-engines", is_flag=True, help="Record engines built by build_engines.sh in the manifest.")
+@click.option("--verify", is_flag=True, help="Compare TensorRT engines with ONNX Runtime (polygraphy).")
+def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bool, max_batch: int, fp16: bool,
+        opset: int, force: bool, trt: bool, precision: str, batch_buckets: str, workspace_gb: float,
+        register_engines: bool, verify: bool) -> None:
+    from histosmith.runtime.planning import BatchBuckets
+
+    buckets = BatchBuckets.parse(batch_buckets)
     if batch is not None and dynamic_batch:
         raise HistoSmithError("--batch and --dynamic-batch exclude each other")
-    if not checkpoint.exists():
+    if checkpoint is None and not (register_engines or verify or trt):
+        raise HistoSmithError("--checkpoint is required to export")
+    if checkpoint is not None and not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
-    from histosmith.export.exporter import ExportOptions, export_generator
+    if precision == "fp16" and not fp16 and trt and checkpoint is not None:
+        raise HistoSmithError("--trt --precision fp16 needs the fp16 graphs (drop --no-fp16)")
+    if checkpoint is not None:
+        from histosmith.export.exporter import ExportOptions, export_generator
 
-    opts = ExportOptions(batch=batch, dynamic_batch=batch is None, max_batch=max_batch, fp16=fp16, opset=opset,
-                         force=force)
-    manifest, cached = export_generator(checkpoint, out, opts)
-    click.echo(("reused cached export " if cached else "exported ") + str(out))
-    for v in manifest.variant_list():
-        click.echo(f"  {v.format:<12} {v.precision:<5} {v.unet} + {v.decoder}")
-    if not cached:
-        click.echo("verification against PyTorch (max error relative to each output's scale):")
-        for label, rows in manifest.verification.items():
-            if isinstance(rows, list):
-                worst = max(r["max_rel"] for r in rows)
-                click.echo(f"  {label:<28} worst rel {worst:.2e}")
+        opts = ExportOptions(batch=batch, dynamic_batch=batch is None, max_batch=max_batch, fp16=fp16, opset=opset,
+                             force=force)
+        manifest, cached = export_generator(checkpoint, out, opts)
+        click.echo(("reused cached export " if cached else "exported ") + str(out))
+        for v in manifest.variant_list():
+            click.echo(f"  {v.format:<12} {v.precision:<5} {v.unet} + {v.decoder}")
+        if not cached:
+            click.echo("verification against PyTorch (max error relative to each output's scale):")
+            for label, rows in manifest.verification.items():
+                if isinstance(rows, list):
+                    click.echo(f"  {label:<28} worst rel {max(r['max_rel'] for r in rows):.2e}")
+    if trt:
+        from histosmith.export.tensorrt_build import EngineOptions, build_engines
+
+        variant = build_engines(out, EngineOptions(precision, buckets, workspace_gb))
+        click.echo(f"built {variant.unet} + {variant.decoder} for {variant.extra['gpu']} "
+                   f"(compute {variant.extra['compute_capability']}, TensorRT {variant.extra['tensorrt']}, "
+                   f"buckets {variant.extra['buckets']})")
+    if register_engines:
+        from histosmith.export.tensorrt_build import register_engines as register
+
+        variant = register(out, precision, buckets=buckets)
+        click.echo(f"registered {variant.unet} + {variant.decoder} in {out / 'manifest.json'}")
+    if verify:
+        from histosmith.export.verify_trt import verify_engines
+
+        for line in verify_engines(out, precision):
+            click.echo(line)
 
 
 main = entry_point(cli)

@@ -33,6 +33,32 @@ class GuidedUNet(nn.Module):
         return null_out + guidance[:, None, None, None].type_as(out) * (cond_out - null_out)
 
 
+class DDIMUpdate(nn.Module):
+    """``x_s = A x_t + B ε̂ + σ z`` with ``coefs = (A, B, σ)`` (see histosmith.runtime.schedule).
+
+    A module of its own so its exported nodes carry the ``ddim_update`` scope, which the fp16
+    converter keeps in float32: the latent accumulates over every step.
+    """
+
+    def forward(self, latent: torch.Tensor, noise_pred: torch.Tensor, coefs: torch.Tensor,
+                noise: torch.Tensor) -> torch.Tensor:
+        x, eps, z = latent.float(), noise_pred.float(), noise.float()
+        return (coefs[0] * x + coefs[1] * eps + coefs[2] * z).type_as(latent)
+
+
+class DDIMStep(nn.Module):
+    """One whole sampling step on the device: guided U-Net, then the DDIM update."""
+
+    def __init__(self, guided: GuidedUNet):
+        super().__init__()
+        self.guided = guided
+        self.ddim_update = DDIMUpdate()
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, guidance: torch.Tensor,
+                step_coefs: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:
+        return self.ddim_update(latent, self.guided(latent, timestep, condition, guidance), step_coefs, step_noise)
+
+
 class LatentDecoder(nn.Module):
     """Diffusion latent -> (image in [-1, 1], distance in [0, 1], class probabilities).
 

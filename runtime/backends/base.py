@@ -17,6 +17,7 @@ class Decoded:
     image: np.ndarray  # (B, 3, H, W) in [-1, 1]
     distance: np.ndarray  # (B, 1, H, W) in [0, 1]
     semantic: np.ndarray  # (B, K+1, H, W) class probabilities
+    latent: np.ndarray | None = None  # (B, C, h, w) final latent (parity checks)
 
 
 class Backend(Protocol):

@@ -126,6 +126,19 @@ class OnnxBackend:
             _bind(buffers.decoder_binding, name, array, output=True)
         return buffers
 
+    def buffers(self, batch: int) -> _Buffers:
+        """The bound buffers of one batch size (allocated on first use)."""
+        if batch not in self._buffers:
+            self._buffers[batch] = self._allocate(batch)
+        return self._buffers[batch]
+
+    def run_unet(self, batch: int) -> None:
+        """One guided U-Net call on the bound buffers (benchmarks time this)."""
+        self.unet.run_with_iobinding(self.buffers(batch).unet_binding)
+
+    def run_decoder(self, batch: int) -> None:
+        self.decoder.run_with_iobinding(self.buffers(batch).decoder_binding)
+
     def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
                step_noise: np.ndarray | None) -> Decoded:
         tables_check(self.tables, step_noise)
@@ -133,8 +146,7 @@ class OnnxBackend:
         low, high = self.batch_range
         if n > high:
             raise HistoSmithError(f"batch {n} exceeds what the graphs accept ({low}..{high})")
-        batch = max(n, low)  # a fixed-batch graph gets zero padding
-        buf = self._buffers.get(batch) or self._buffers.setdefault(batch, self._allocate(batch))
+        buf = self.buffers(max(n, low))  # a fixed-batch graph gets zero padding
         buf.latent[:n], buf.latent[n:] = latents, 0
         buf.condition[:n], buf.condition[n:] = conditions, 0
         buf.guidance[:n], buf.guidance[n:] = guidance, 1
@@ -151,4 +163,5 @@ class OnnxBackend:
                 np.add(buf.latent[:n], buf.scratch[:n], out=buf.latent[:n])
         self.decoder.run_with_iobinding(buf.decoder_binding)
         out = buf.outputs
-        return Decoded(out[IMAGE][:n].copy(), out[DISTANCE][:n].copy(), out[SEMANTIC][:n].copy())
+        return Decoded(out[IMAGE][:n].copy(), out[DISTANCE][:n].copy(), out[SEMANTIC][:n].copy(),
+                       buf.latent[:n].copy())

@@ -1,50 +1,87 @@
-"""The torch backend: the reference sampler, and the GPU fallback without TensorRT.
+"""The torch backend: the reference sampler on the CPU, and the GPU path for machines without TensorRT.
 
-Takes two callables — the guided U-Net ``(latent, timestep, condition, guidance) -> ε̂`` and the decoder
-``latent -> (image, distance, semantic)`` — either live modules (``hs-sample``) or the TorchScript files
-``hs-export`` writes (``hs-generate --engine unet.pt``). torch is imported here only, lazily by callers.
+It takes two callables — the guided U-Net ``(latent, timestep, condition, guidance) -> ε̂`` and the
+decoder ``latent -> (image, distance, semantic)`` — either live modules (``hs-sample``) or the
+TorchScript files ``hs-export`` writes (``hs-generate --engine unet.pt``).
+
+On CUDA (``cuda_graph=True``) every batch bucket gets static device buffers, and the whole loop —
+S guided U-Net calls, the DDIM updates and the decoder — is captured once as one CUDA graph and
+replayed for every batch: per batch only the noise and conditions are copied in and the outputs out.
+Modules may run in fp16 (their normalisation and softmax stay fp32 inside); the latent itself is kept
+and updated in fp32, since it accumulates over all steps. torch is imported only when this backend is.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from histosmith.errors import file_error
+from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded, tables_check
+from histosmith.runtime.planning import BatchBuckets, pad_rows
 from histosmith.runtime.schedule import DDIMTables
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def torch_device(name: str) -> str:
     """``auto`` -> cuda when available, else cpu; refuses cuda where there is none."""
-    from histosmith.errors import HistoSmithError
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HistoSmithError(f"--device {name}: CUDA is not available on this machine")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise HistoSmithError(f"--device {name}: the torch backend takes cpu or cuda[:N]")
     return name
+
+
+@dataclass
+class _Static:
+    """Device buffers of one bucket; the captured graph reads and writes exactly these."""
+
+    latent: torch.Tensor  # (B, C, h, w) fp32 initial noise
+    condition: torch.Tensor  # (B, D) model dtype
+    guidance: torch.Tensor  # (B,)
+    timesteps: torch.Tensor  # (S, B): step i's timestep vector, so no host write happens inside the loop
+    noise: torch.Tensor | None  # (S, B, C, h, w) fp32, only when eta > 0
+    outputs: tuple[torch.Tensor, ...] | None = None  # written by the captured graph
+    graph: Any = None  # torch.cuda.CUDAGraph once captured
 
 
 class TorchBackend:
     name = "torch"
 
     def __init__(self, guided: Callable[..., torch.Tensor], decoder: Callable[..., Any], tables: DDIMTables,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32, max_batch: int = 4096):
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
+                 buckets: BatchBuckets | None = None, max_batch: int = 4096):
         self.guided, self.decoder, self.tables = guided, decoder, tables
-        self.device, self.dtype, self.max_batch = torch.device(device), dtype, max_batch
-        # Per-step scalars as Python floats: the loop multiplies by constants, no device transfers.
+        self.device, self.dtype = torch.device(device), dtype
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if cuda_graph and not self.cuda_graph:
+            log.warning("CUDA graphs need a CUDA device; running the loop eagerly on %s", self.device)
+        self.buckets = buckets or BatchBuckets((max_batch,))
+        # Per-step scalars as Python floats: the loop multiplies by constants (baked into a captured graph).
         self.coefs = [(float(a), float(b), float(s)) for a, b, s in
                       zip(tables.sample_coef, tables.output_coef, tables.noise_coef, strict=True)]
-        self.timesteps = [float(t) for t in tables.timesteps]
+        self._static: dict[int, _Static] = {}
+        if self.cuda_graph:
+            self.name = f"torch-cuda-graph-{str(dtype).removeprefix('torch.')}"
+        elif self.device.type == "cuda":
+            self.name = f"torch-cuda-{str(dtype).removeprefix('torch.')}"
 
     @classmethod
     def from_files(cls, unet: Path, decoder: Path, tables: DDIMTables, device: str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> TorchBackend:
+                   precision: str = "fp32", cuda_graph: bool | None = None,
+                   buckets: BatchBuckets | None = None) -> TorchBackend:
+        """TorchScript files from ``hs-export``; on CUDA: fp16 and CUDA graphs unless told otherwise."""
+        dtype = DTYPES[precision]
         modules = []
         for path in (unet, decoder):
             try:
@@ -53,26 +90,82 @@ class TorchBackend:
                 detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                 raise file_error(path, f"not a loadable TorchScript module ({detail})") from None
             modules.append(module.eval().to(dtype))
-        return cls(modules[0], modules[1], tables, device, dtype)
+        graph = device.startswith("cuda") if cuda_graph is None else cuda_graph
+        return cls(modules[0], modules[1], tables, device, dtype, graph, buckets)
 
     def batch_sizes(self) -> tuple[int, int]:
-        return 1, self.max_batch
+        return 1, self.buckets.largest
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, st: _Static) -> tuple[torch.Tensor, ...]:
+        """S steps + the decoder, reading only the static buffers (so it can be captured)."""
+        x = st.latent
+        for i, (a, b, s) in enumerate(self.coefs):
+            eps = self.guided(x.to(self.dtype), st.timesteps[i], st.condition, st.guidance)
+            x = a * x + b * eps.float()  # DDIM step (runtime.schedule): x_s = A x_t + B ε̂ (+ σ z)
+            if s != 0.0 and st.noise is not None:
+                x = x + s * st.noise[i]
+        image, distance, semantic = self.decoder(x.to(self.dtype))
+        return image.float(), distance.float(), semantic.float(), x
+
+    def _buffers(self, bucket: int, latent_shape: tuple[int, ...], cond_dim: int) -> _Static:
+        """The static buffers of one bucket, allocated on first use."""
+        st = self._static.get(bucket)
+        if st is not None and st.latent.shape[1:] == latent_shape and st.condition.shape[1:] == (cond_dim,):
+            return st
+        dev = self.device
+        steps = np.repeat(self.tables.timesteps.astype(np.float32)[:, None], bucket, axis=1)  # (S, B)
+        st = _Static(
+            latent=torch.zeros((bucket, *latent_shape), device=dev, dtype=torch.float32),
+            condition=torch.zeros((bucket, cond_dim), device=dev, dtype=self.dtype),
+            guidance=torch.ones((bucket,), device=dev, dtype=self.dtype),
+            timesteps=torch.tensor(steps, device=dev, dtype=self.dtype),
+            noise=(torch.zeros((len(self.coefs), bucket, *latent_shape), device=dev, dtype=torch.float32)
+                   if self.tables.stochastic else None),
+        )
+        self._static[bucket] = st
+        return st
+
+    def _capture(self, st: _Static) -> None:
+        """Warm up on a side stream, then capture the whole loop (torch.cuda.graphs semantics)."""
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._loop(st)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                st.outputs = self._loop(st)
+            st.graph = graph
+        except RuntimeError as exc:
+            log.warning("CUDA graph capture failed (%s); running the loop without a graph", str(exc).splitlines()[0])
+            self.cuda_graph = False
+            st.outputs, st.graph = None, None
 
     @torch.inference_mode()
     def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
                step_noise: np.ndarray | None) -> Decoded:
         tables_check(self.tables, step_noise)
-        dev, dt = self.device, self.dtype
-        x = torch.from_numpy(latents).to(dev, dt)
-        cond = torch.from_numpy(conditions).to(dev, dt)
-        g = torch.from_numpy(guidance).to(dev, dt)
-        noise = torch.from_numpy(step_noise).to(dev, dt) if step_noise is not None else None
-        t = torch.empty(len(x), device=dev, dtype=dt)
-        for i, (a, b, s) in enumerate(self.coefs):
-            t.fill_(self.timesteps[i])
-            eps = self.guided(x, t, cond, g)
-            x = a * x + b * eps  # DDIM step (runtime.schedule): x_s = A x_t + B ε̂ (+ σ z)
-            if s != 0.0 and noise is not None:
-                x = x + s * noise[i]
-        image, distance, semantic = self.decoder(x)
-        return Decoded(image.float().cpu().numpy(), distance.float().cpu().numpy(), semantic.float().cpu().numpy())
+        n = len(latents)
+        bucket = self.buckets.bucket_for(n) if self.cuda_graph else n
+        st = self._buffers(bucket, tuple(latents.shape[1:]), conditions.shape[1])
+        # The only host-to-device traffic of a batch: noise and conditions in (zero-padded to the bucket).
+        st.latent.copy_(torch.from_numpy(pad_rows(latents, bucket)), non_blocking=True)
+        st.condition.copy_(torch.from_numpy(pad_rows(conditions, bucket)), non_blocking=True)
+        st.guidance.copy_(torch.from_numpy(pad_rows(guidance, bucket, 1.0)), non_blocking=True)
+        if st.noise is not None and step_noise is not None:
+            padded = np.zeros((len(self.coefs), bucket, *latents.shape[1:]), np.float32)
+            padded[:, :n] = step_noise
+            st.noise.copy_(torch.from_numpy(padded), non_blocking=True)
+        if self.cuda_graph and st.graph is None:
+            self._capture(st)
+        if self.cuda_graph and st.graph is not None:
+            st.graph.replay()
+            outputs = st.outputs
+        else:
+            outputs = self._loop(st)
+        image, distance, semantic, latent = (o[:n].cpu().numpy() for o in outputs)  # sync point: results out
+        return Decoded(image, distance, semantic, latent)

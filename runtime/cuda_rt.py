@@ -1,0 +1,66 @@
+"""Thin, checked wrappers over the CUDA runtime API of ``cuda-python`` (for the TensorRT backend).
+
+cuda-python moved ``cuda.cudart`` to ``cuda.bindings.runtime`` (12.6.1; the old path is gone in 13), so
+both are tried. Every call returns ``(cudaError_t, *results)``; :func:`check` turns errors into
+exceptions. Nothing here runs without an NVIDIA driver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from histosmith.errors import HistoSmithError
+
+
+def import_cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6.1
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise HistoSmithError("the TensorRT backend needs cuda-python: pip install 'histosmith[trt]'") from None
+    return cudart
+
+
+def check(result: tuple[Any, ...], what: str = "CUDA call") -> Any:
+    """Unpack a cuda-python result tuple, raising on any error code."""
+    cudart = import_cudart()
+    err, *rest = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = cudart.cudaGetErrorName(err)[1]
+        raise RuntimeError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def device_facts(device: int = 0) -> tuple[str, int, int]:
+    """(GPU name, compute capability major, minor) of one device."""
+    cudart = import_cudart()
+    props = check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.strip("\x00 "), int(props.major), int(props.minor)
+
+
+class DeviceBuffer:
+    """One cudaMalloc'd buffer with host<->device copies on a stream."""
+
+    def __init__(self, nbytes: int):
+        self.cudart = import_cudart()
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(check(self.cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
+
+    def upload(self, array: Any, stream: Any) -> None:
+        """Asynchronous host-to-device copy of a C-contiguous numpy array."""
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        check(self.cudart.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes, kind, stream), "upload")
+
+    def download(self, array: Any, stream: Any) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, stream), "download")
+
+    def free(self) -> None:
+        if self.ptr:
+            check(self.cudart.cudaFree(self.ptr), "cudaFree")
+            self.ptr = 0

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from histosmith.data.conditioning import ConditionSpec
+from histosmith.errors import HistoSmithError
+from histosmith.runtime import conditions as cond
+from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.schedule import ScheduleConfig
+from histosmith.runtime.seeds import tile_noise
+
+SPEC = ConditionSpec(("common", "rare"), ("a", "b"), (10.0, 2.0), (20, 4))
+COUNTS = np.array([[10, 0], [12, 1], [8, 0], [15, 0], [11, 4], [9, 0], [14, 0], [13, 2]], np.int64)
+INFO = GeneratorInfo(SPEC, ScheduleConfig(), (3, 4, 4), 16, COUNTS, np.array([0, 1] * 4))
+
+
+def test_explicit_and_dataset_draws_are_per_tile():
+    t = cond.explicit(INFO, np.array([3, 1]), 1, 5)
+    assert t.counts.tolist() == [[3, 1]] * 5 and t.tissues.tolist() == [1] * 5
+    a, b = cond.from_dataset(INFO, 10, seed=4), cond.from_dataset(INFO, 20, seed=4)
+    assert (a.counts == b.counts[:10]).all()  # tile i does not depend on how many tiles are asked for
+    assert set(map(tuple, a.counts)) <= set(map(tuple, COUNTS))
+
+
+def test_balance_raises_rare_class_within_the_trained_range():
+    t = cond.balanced(INFO, 200, seed=0)
+    assert t.counts[:, 1].mean() > COUNTS[:, 1].mean() + 1
+    assert t.counts[:, 1].max() <= 4 and t.counts[:, 0].max() <= 20
+    SPEC.check_range(t.counts)  # never needs --allow-extrapolation
+
+
+def test_csv_conditions(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("common,rare,tissue\n3,1,b\n5,0,a\n")
+    t = cond.from_csv(INFO, p, 5)
+    assert t.counts.tolist() == [[3, 1], [5, 0], [3, 1], [5, 0], [3, 1]]
+    assert t.tissues.tolist() == [1, 0, 1, 0, 1]
+    p.write_text("common,oops\n3,1\n")
+    with pytest.raises(HistoSmithError, match="unknown columns"):
+        cond.from_csv(INFO, p, None)
+    p.write_text("common,tissue\n3,zz\n")
+    with pytest.raises(HistoSmithError, match="unknown tissue"):
+        cond.from_csv(INFO, p, None)
+    p.write_text("common,tissue\n-3,a\n")
+    with pytest.raises(HistoSmithError, match="negative"):
+        cond.from_csv(INFO, p, None)
+
+
+def test_tile_noise_depends_only_on_seed_and_index():
+    a, _ = tile_noise(7, np.arange(0, 6), (3, 4, 4), 10, False)
+    b, steps = tile_noise(7, np.arange(4, 8), (3, 4, 4), 10, True)
+    assert np.array_equal(a[4:], b[:2])
+    assert steps.shape == (10, 4, 3, 4, 4)
+    c, _ = tile_noise(8, np.arange(0, 2), (3, 4, 4), 10, False)
+    assert not np.array_equal(a[:2], c)

@@ -1,0 +1,125 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from histosmith.errors import HistoSmithError
+from histosmith.generator import load_generator
+from histosmith.training.checkpoint import load_checkpoint
+from histosmith.training.ldm import train_ldm
+from histosmith.training.vqvae import RunOptions, load_vqvae, train_vqvae
+from tests.conftest import run_cli
+
+
+def _losses(run, key="loss"):
+    with open(run / "log.csv", newline="") as f:
+        return [(int(float(r["step"])), float(r[key])) for r in csv.DictReader(f)]
+
+
+def test_tiny_vqvae_loss_falls(tiny_runs):
+    losses = [v for _, v in _losses(tiny_runs["vq"])]
+    assert losses[-1] < 0.8 * losses[0]
+    assert (tiny_runs["vq"] / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tiny_ldm_loss_falls(tiny_runs):
+    losses = [v for _, v in _losses(tiny_runs["ldm"])]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_checkpoint_round_trip(tiny_runs):
+    model, ckpt = load_vqvae(tiny_runs["vq"])
+    assert ckpt["step"] == 30 and ckpt["model_config"]["base_channels"] == 8
+    again = load_checkpoint(tiny_runs["vq"], "vqvae")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again["model"][k])
+    gen = load_generator(tiny_runs["ldm"])
+    assert gen.info.spec.class_names == ("epithelial", "lymphocyte", "neutrophil")
+    assert gen.info.training_counts.shape[1] == 3 and gen.step == 30
+
+
+@pytest.mark.parametrize("stage", ["vqvae", "ldm"])
+def test_interrupted_then_resumed_equals_uninterrupted(stage, tiny_runs, synthetic_dir, tmp_path):
+    opts = RunOptions(seed=3, device="cpu", max_steps=20, show_progress=False)
+
+    def train(out, **kw):
+        o = RunOptions(**{**opts.__dict__, **kw})
+        if stage == "vqvae":
+            return train_vqvae(synthetic_dir, out, "tiny", o)
+        return train_ldm(synthetic_dir, tiny_runs["vq"], out, "tiny", o)
+
+    train(tmp_path / "a")
+    first = train(tmp_path / "b", stop_at_step=8)  # "crash" between checkpoints
+    assert first.step == 8
+    train(tmp_path / "b", resume=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    a = load_checkpoint(tmp_path / "a")
+    b = load_checkpoint(tmp_path / "b")
+    assert a["step"] == b["step"] == 20
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_run_directory_rules(tiny_runs, synthetic_dir, tmp_path):
+    with pytest.raises(HistoSmithError, match="pass --resume"):
+        train_vqvae(synthetic_dir, tiny_runs["vq"], "tiny", RunOptions(max_steps=1, show_progress=False))
+    with pytest.raises(HistoSmithError, match="nothing to resume"):
+        train_vqvae(synthetic_dir, tmp_path / "new", "tiny", RunOptions(resume=True, show_progress=False))
+
+
+def _one_error_line(result):
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "step/s" not in ln and "|" not in ln]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    return lines[0]
+
+
+def test_cli_missing_and_corrupt_checkpoints(tiny_runs, tmp_path):
+    data = str(tiny_runs["data"])
+    line = _one_error_line(run_cli("hs-train", "ldm", "--data", data, "--vqvae", str(tmp_path / "nope"),
+                                   "--config", "tiny", "--out", str(tmp_path / "o")))
+    assert "not found" in line
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"definitely not a checkpoint" * 100)
+    line = _one_error_line(run_cli("hs-train", "ldm", "--data", data, "--vqvae", str(bad), "--config", "tiny",
+                                   "--out", str(tmp_path / "o")))
+    assert "corrupt" in line
+    line = _one_error_line(run_cli("hs-sample", "--checkpoint", str(tiny_runs["vq"]), "--n", "2",
+                                   "--out", str(tmp_path / "s")))
+    assert "a vqvae checkpoint, expected ldm" in line
+
+
+def test_cli_checkpoint_of_another_config(tiny_runs, tmp_path):
+    ckpt = load_checkpoint(tiny_runs["vq"])
+    ckpt["model_config"]["base_channels"] = 16  # claims an architecture its weights do not have
+    torch.save(ckpt, tmp_path / "other.pt")
+    line = _one_error_line(run_cli("hs-eval", "vqvae", "--checkpoint", str(tmp_path / "other.pt"),
+                                   "--data", str(tiny_runs["data"])))
+    assert "weights do not match the model config" in line
+
+
+def test_cli_dataset_with_other_classes(tiny_runs, tmp_path):
+    from histosmith.data.format import DatasetMeta
+
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tiny_runs["data"], other)
+    meta = DatasetMeta.load(other / "meta.json")
+    meta.class_names = ["a", "b", "c"]
+    (other / "meta.json").write_text(__import__("json").dumps(meta.to_json()))
+    for shard in other.glob("shard-*"):
+        text = (shard / "counts.csv").read_text().splitlines()
+        (shard / "counts.csv").write_text("\n".join(["a,b,c", *text[1:]]) + "\n")
+    line = _one_error_line(run_cli("hs-train", "ldm", "--data", str(other), "--vqvae", str(tiny_runs["vq"]),
+                                   "--config", "tiny", "--out", str(tmp_path / "o")))
+    assert "differ from the checkpoint" in line
+
+
+def test_vqvae_evaluation_report(tiny_runs):
+    from histosmith.evaluation.vqvae import evaluate_vqvae
+
+    report = evaluate_vqvae(tiny_runs["vq"], tiny_runs["data"])
+    assert report.n_tiles > 0 and np.isfinite(report.psnr) and 0 <= report.miou <= 1
+    assert 1 <= report.perplexity <= report.codebook_size and report.codes_used >= 1
