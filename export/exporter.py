@@ -166,7 +166,7 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
         def record(label: str, errors: list[OutputError]) -> None:
             verification[label] = [asdict(e) for e in errors]
             for e in errors:
-                log.info("%s %s", label, e.line())
+                log.debug("%s %s", label, e.line())
 
         precisions = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
         names: dict[str, dict[str, str]] = {p: {} for p in precisions}

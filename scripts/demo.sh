@@ -8,7 +8,7 @@ mkdir -p "$out"
 start=$(date +%s)
 stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
 
-echo "== 1/5 example data: two real H&E crops from the histolytics wheel, tiled =="
+echo "== 1/6 example data: two real H&E crops from the histolytics wheel, tiled =="
 [ -f "$out/data/meta.json" ] || "$bin/hs-data" prepare --source example --out "$out/data"
 "$bin/hs-data" info "$out/data" --plot "$out/data_info.png" >/dev/null; stamp
 
@@ -21,21 +21,33 @@ train() {  # stage, run dir, extra args...
   fi
 }
 
-echo "== 2/5 stage 1: VQ autoencoder (small config) =="
+echo "== 2/6 stage 1: VQ autoencoder (small config) =="
 train vqvae "$out/vqvae"; stamp
 "$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"; stamp
 
-echo "== 3/5 stage 2: conditional latent U-Net (small config) =="
+echo "== 3/6 stage 2: conditional latent U-Net (small config) =="
 train ldm "$out/ldm" --vqvae "$out/vqvae"; stamp
 
-echo "== 4/5 sample 64 tiles across both tissues (torch reference sampler) =="
+echo "== 4/6 sample 64 tiles across both tissues (torch reference sampler) =="
 rm -rf "$out/samples"
-"$bin/hs-sample" --checkpoint "$out/ldm" --n 64 --from-dataset --seed 0 --out "$out/samples"; stamp
+"$bin/hs-sample" --checkpoint "$out/ldm" --n 64 --from-dataset --seed 0 --guidance 4 --out "$out/samples"; stamp
 
-echo "== 5/5 done =="
+echo "== 5/6 export to ONNX (fp32, fp16) + TorchScript; TensorRT build script =="
+"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"
+"$bin/hs-export" --out "$out/export" --trt 2>/dev/null || echo "   (no TensorRT here: wrote $out/export/build_engines.sh for the target)"
+stamp
+
+echo "== 6/6 the lean runtime: hs-generate on ONNX Runtime, rare classes raised (--balance) =="
+rm -rf "$out/generated"
+"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 64 --balance --seed 0 --guidance 4 --out "$out/generated"
+stamp
+
 cat <<MSG
+
 dataset        $out/data            (chart $out/data_info.png)
 autoencoder    $out/vqvae           (curves $out/vqvae/loss.png, held-out metrics $out/vqvae_eval.json)
 generator      $out/ldm             (curves $out/ldm/loss.png)
 samples        $out/samples         (contact sheet $out/samples/preview.png, counts $out/samples/control.png)
+export         $out/export          (manifest.json, unet.onnx, decoder.onnx, fp16 and TorchScript variants)
+generated      $out/generated       (ONNX Runtime; contact sheet preview.png, counts control.png)
 MSG

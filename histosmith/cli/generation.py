@@ -28,7 +28,7 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, default=0, show_default=True, help="Base seed; tile i uses (seed, i)."),
         click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps."),
         click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM eta."),
-        click.option("--guidance", type=click.FloatRange(0), default=2.0, show_default=True,
+        click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True,
                      help="Classifier-free guidance scale (1 = conditional only)."),
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch."),
         click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per output shard."),

@@ -346,8 +346,9 @@ class DatasetWriter:
         self.meta = meta
         self.shard_size = shard_size or default_shard_size(meta.tile_size)
         self.meta.shard_size = self.shard_size
-        self._images: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
+        # One shard's arrays, allocated at the first tile and filled in place: memory is one shard.
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
         self._counts: list[np.ndarray] = []
         self._info: list[Mapping[str, Any]] = []
         self._prepare(resume)
@@ -383,26 +384,31 @@ class DatasetWriter:
         """Queue one tile; a full shard is written out immediately."""
         if self._short_tail:
             raise HistoSmithError(f"{self.root}: the dataset is already complete")
-        self._images.append(image)
-        self._labels.append(labels.astype(np.int32, copy=False))
+        if self._images is None:
+            self._images = np.empty((self.shard_size, *image.shape), dtype=np.uint8)
+            self._labels = np.empty((self.shard_size, *labels.shape), dtype=np.int32)
+        k = len(self._info)
+        self._images[k] = image
+        self._labels[k] = labels
         self._counts.append(count_nuclei(labels, self.meta.n_classes, self.meta.count_margin))
         self._info.append(info)
-        if len(self._images) == self.shard_size:
+        if len(self._info) == self.shard_size:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._images:
+        n = len(self._info)
+        if n == 0:
             return
         write_shard(
             self.root / shard_name(self.next_shard),
-            np.stack(self._images),
-            np.stack(self._labels),
+            self._images[:n],
+            self._labels[:n],
             np.stack(self._counts),
             self.meta.class_names,
             self._info,
         )
         self.next_shard += 1
-        self._images, self._labels, self._counts, self._info = [], [], [], []
+        self._counts, self._info = [], []
 
     def close(self, count_stats: bool = True) -> DatasetMeta:
         """Write the last shard and ``meta.json``; returns the final metadata."""

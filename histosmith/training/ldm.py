@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from histosmith.config import LDMTrainConfig, UNetConfig, from_dict, override, preset, to_dict, unet_config
@@ -80,6 +79,19 @@ def cached_latents(run: Path, vq: VQAutoencoder, vq_path: Path, data: Path, stor
     return latents
 
 
+def min_snr_weights(a_bar: torch.Tensor, prediction: str, gamma: float | None) -> torch.Tensor:
+    """Per-timestep loss weights of Min-SNR-γ (Hang et al. 2023, eq. 9-10); ones when ``gamma`` is None.
+
+    ``SNR_t = ᾱ_t / (1 - ᾱ_t)``; eps-prediction: ``min(SNR, γ) / SNR``; v-prediction: ``min(SNR, γ) / (SNR + 1)``.
+    Down-weighting the easy low-noise steps stops them from dominating the gradient.
+    """
+    if gamma is None:
+        return torch.ones_like(a_bar)
+    snr = a_bar / (1 - a_bar)
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1)
+
+
 class EMA:
     """Exponential moving average of parameters (kept in float32)."""
 
@@ -129,6 +141,7 @@ def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: R
     latents_t = torch.from_numpy(latents * latent_scale).to(device)
     conditions_t = torch.from_numpy(conditions).to(device)
     a_bar = torch.from_numpy(alphas_cumprod(schedule)).float().to(device)
+    loss_weight = min_snr_weights(a_bar, schedule.prediction, train_cfg.min_snr_gamma)
 
     model = ConditionalUNet(model_cfg).to(device)
     params = list(model.parameters())
@@ -164,7 +177,8 @@ def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: R
         ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         with ctx:
             pred = model(x_t, t, conditions_t[index], keep)
-        loss = F.mse_loss(pred.float(), target)
+        per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (loss_weight[t] * per_sample).mean()
         optimiser_step(optimizer, params, loss, step, train_cfg.lr, train_cfg.warmup_steps, train_cfg.max_steps,
                        train_cfg.grad_clip)
         ema.update(model, step)

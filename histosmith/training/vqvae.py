@@ -61,13 +61,15 @@ def vq_losses(model: VQAutoencoder, x: torch.Tensor, cfg: VQTrainConfig) -> tupl
     image, distance, logits = out.image.float(), out.distance.float(), out.logits.float()
     terms = {
         "l1": (image - rgb).abs().mean(),
+        "mse": (image - rgb).pow(2).mean(),
         "ssim": 1 - ssim(image, rgb),
         "distance": (distance - dist).abs().mean(),
         "ce": F.cross_entropy(logits, classes),
         "tversky": tversky_loss(logits, classes, cfg.tversky_alpha, cfg.tversky_beta),
         "commit": commitment.float(),
     }
-    loss = (cfg.l1_weight * terms["l1"] + cfg.ssim_weight * terms["ssim"] + cfg.distance_weight * terms["distance"]
+    loss = (cfg.l1_weight * terms["l1"] + cfg.mse_weight * terms["mse"] + cfg.ssim_weight * terms["ssim"]
+            + cfg.distance_weight * terms["distance"]
             + cfg.ce_weight * terms["ce"] + cfg.tversky_weight * terms["tversky"]
             + model.cfg.commitment * terms["commit"])
     return loss, terms, torch.cat([image, distance], dim=1)
