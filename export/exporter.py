@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +22,13 @@ import torch
 
 import histosmith
 from histosmith.config import to_dict
-from histosmith.data.atomic import default_mode, describe_os_error
+from histosmith.data.atomic import atomic_directory, sha256_file
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
 from histosmith.export.verify import OutputError, check
 from histosmith.generator import TrainedGenerator, load_generator
 from histosmith.models.wrappers import DDIMStep
-from histosmith.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, Variant, sha256_file
+from histosmith.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, Variant
 from histosmith.runtime.specs import (
     CONDITION,
     DECODER,
@@ -153,12 +150,7 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
     modules = {UNET: gen.guided, DECODER: gen.decoder, STEP: DDIMStep(gen.guided).eval()}
     low, high = opts.batch_range
     check_batches = sorted({low, min(high, 3)}) if opts.dynamic_batch else [low]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise file_error(out, f"cannot create ({exc.strerror})") from None
-    try:
+    with atomic_directory(out, replace=True) as tmp:
         verification: dict[str, Any] = {}
         variants: list[Variant] = []
         files: dict[str, str] = {}
@@ -225,18 +217,4 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
             cache_key=key,
         )
         manifest.save(tmp)
-        os.chmod(tmp, default_mode(directory=True))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise describe_os_error(out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest, False

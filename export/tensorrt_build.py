@@ -83,7 +83,9 @@ def build_engine(trt: Any, onnx_path: Path, plan_path: Path, spec: GraphSpec, bu
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("%s was made by another GPU or TensorRT version; starting a fresh timing cache", timing_cache)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     dynamic = {t.name for t in spec.inputs if BATCH in t.shape}
     for low, opt, high in buckets.profiles():
         profile = builder.create_optimization_profile()
@@ -97,8 +99,10 @@ def build_engine(trt: Any, onnx_path: Path, plan_path: Path, spec: GraphSpec, bu
         raise HistoSmithError(f"{plan_path.name}: TensorRT failed to build the engine (see its log above)")
     data = bytes(serialized)
     write_bytes_atomic(plan_path, lambda f: f.write(data))
-    cache_bytes = bytes(config.get_timing_cache().serialize())
-    write_bytes_atomic(timing_cache, lambda f: f.write(cache_bytes))
+    updated = config.get_timing_cache()
+    if updated is not None:
+        cache_bytes = bytes(updated.serialize())
+        write_bytes_atomic(timing_cache, lambda f: f.write(cache_bytes))
 
 
 def build_engines(directory: Path, opts: EngineOptions) -> Variant:
@@ -111,9 +115,11 @@ def build_engines(directory: Path, opts: EngineOptions) -> Variant:
     unet_plan, decoder_plan = plan_names(opts.precision)
     specs = {STEP: manifest.graph(STEP), DECODER: manifest.graph(DECODER)}
     jobs = [(step_onnx, unet_plan, specs[STEP]), (decoder_onnx, decoder_plan, specs[DECODER])]
-    if opts.buckets.largest > manifest.batch_range()[1]:
-        raise HistoSmithError(f"bucket {opts.buckets.largest} exceeds the export's max batch "
-                              f"{manifest.batch_range()[1]}")
+    low, high = manifest.batch_range()
+    if not manifest.batch["dynamic"] and opts.buckets.sizes != (high,):
+        raise HistoSmithError(f"a fixed-batch export takes exactly one bucket: --batch-buckets {high}")
+    if opts.buckets.largest > high:
+        raise HistoSmithError(f"bucket {opts.buckets.largest} exceeds the exported graphs' max batch {high}")
     script = write_build_script(directory, jobs, opts.buckets, opts.workspace_gb, opts.precision)
     try:
         trt = import_tensorrt()

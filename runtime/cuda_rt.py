@@ -35,6 +35,12 @@ def check(result: tuple[Any, ...], what: str = "CUDA call") -> Any:
     return rest[0] if len(rest) == 1 else tuple(rest)
 
 
+def create_stream() -> Any:
+    """A non-blocking stream: legacy default-stream work elsewhere cannot invalidate its captures."""
+    cudart = import_cudart()
+    return check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+
+
 def device_facts(device: int = 0) -> tuple[str, int, int]:
     """(GPU name, compute capability major, minor) of one device."""
     cudart = import_cudart()
@@ -51,14 +57,28 @@ class DeviceBuffer:
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check(self.cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
 
+    def _check_host(self, array: Any) -> None:
+        if array.nbytes != self.nbytes or not array.flags.c_contiguous:
+            raise HistoSmithError(f"host array of {array.nbytes} bytes (contiguous: {array.flags.c_contiguous}) "
+                                  f"does not fit a device buffer of {self.nbytes} bytes")
+
     def upload(self, array: Any, stream: Any) -> None:
-        """Asynchronous host-to-device copy of a C-contiguous numpy array."""
+        """Asynchronous host-to-device copy of a C-contiguous numpy array of exactly this size."""
+        self._check_host(array)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         check(self.cudart.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes, kind, stream), "upload")
 
     def download(self, array: Any, stream: Any) -> None:
+        self._check_host(array)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check(self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, stream), "download")
+
+    def copy_from(self, src: DeviceBuffer, stream: Any, offset: int = 0) -> None:
+        """Device-to-device copy of ``self.nbytes`` bytes starting ``offset`` bytes into ``src`` (capturable)."""
+        if offset + self.nbytes > src.nbytes:
+            raise HistoSmithError(f"device copy of {self.nbytes} bytes at offset {offset} overruns {src.nbytes}")
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self.cudart.cudaMemcpyAsync(self.ptr, src.ptr + offset, self.nbytes, kind, stream), "device copy")
 
     def free(self) -> None:
         if self.ptr:

@@ -7,14 +7,13 @@ each precision variant with their SHA-256, and the versions that exported them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histosmith.data.atomic import read_json_object, sha256_file
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.info import GeneratorInfo
@@ -24,14 +23,6 @@ from histosmith.runtime.specs import DECODER, UNET, GraphSpec
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".plan": "tensorrt", ".engine": "tensorrt"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,13 +107,8 @@ class Manifest:
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise file_error(path, "not found; the engine must sit in an hs-export directory") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise file_error(path, f"unreadable ({exc})") from None
-        if not isinstance(data, dict) or "format_version" not in data:
+        data = read_json_object(path, "not found; the engine must sit in an hs-export directory")
+        if "format_version" not in data:
             raise file_error(path, "not a HistoSmith export manifest")
         if data["format_version"] != MANIFEST_VERSION:
             raise file_error(path, f"manifest format {data['format_version']}; this runtime reads {MANIFEST_VERSION}")

@@ -5,11 +5,11 @@
 * **Step tables**: per-step device constants — the timestep vector and the DDIM coefficients ``(A, B, σ)``
   of every step — laid out once, so a captured graph reads step ``i``'s constants from its own address and
   nothing is written from the host inside the loop.
-* **Ping-pong latents**: step ``i`` reads latent buffer ``i % 2`` and writes ``(i + 1) % 2``; the decoder
-  reads buffer ``S % 2``.
-* **Capture plan**: the ordered launches of one batch (S fused U-Net + DDIM steps, then the decoder) with
-  the buffer each tensor binds to; the TensorRT backend turns it into ``set_tensor_address`` +
-  ``execute_async_v3`` calls inside a CUDA-graph capture.
+* **Fixed bindings**: every engine tensor is bound once to one buffer (``BINDINGS``); step ``i``'s constants
+  are copied device-to-device into the bound slots, and the step's output latent back into its input.
+* **Capture plan**: the ordered operations of one batch (per step: copies, the fused U-Net + DDIM step;
+  then the decoder); the TensorRT backend issues them on one stream inside a CUDA-graph capture, and
+  :func:`run_plan_on_host` executes the same plan in numpy for tests.
 """
 
 from __future__ import annotations
@@ -85,39 +85,45 @@ class StepTables:
 
 
 @dataclass(frozen=True)
-class Binding:
-    """Which buffer (by name, and row/step index into it) one tensor binds to."""
+class Copy:
+    """Device-to-device copy of ``src`` (row ``index`` of a per-step table, or all of it) into ``dst``."""
 
-    buffer: str
-    index: int | None = None  # for tables: the step whose slice is bound
+    src: str
+    dst: str
+    index: int | None = None
 
 
 @dataclass(frozen=True)
-class Launch:
-    graph: str  # "step" or "decoder"
-    inputs: dict[str, Binding]
-    outputs: dict[str, Binding]
+class Run:
+    """One engine launch; its tensors are bound once, to the buffers in ``BINDINGS[graph]``."""
+
+    graph: str  # "step" | "decoder"
 
 
-def latent_buffer(i: int) -> str:
-    """Ping-pong buffer that holds the latent before step ``i``."""
-    return f"latent{i % 2}"
+# Every tensor is bound to one fixed buffer for the life of a bucket: a captured graph then replays
+# launches whose addresses never change, and no per-step slice needs TensorRT's 256-byte alignment.
+BINDINGS: dict[str, dict[str, str]] = {
+    "step": {LATENT: "latent_in", TIMESTEP: "timestep_cur", CONDITION: "condition", GUIDANCE: "guidance",
+             STEP_COEFS: "coefs_cur", STEP_NOISE: "noise_cur", NEXT_LATENT: "latent_out"},
+    "decoder": {LATENT: "latent_in", IMAGE: IMAGE, DISTANCE: DISTANCE, SEMANTIC: SEMANTIC},
+}
+TABLES = {"timesteps": "timestep_cur", "coefs": "coefs_cur", "noise": "noise_cur"}  # per-step table -> slot
 
 
-def capture_plan(num_steps: int) -> list[Launch]:
-    """The launches of one batch, in order: S fused steps, then the decoder."""
-    launches = []
+def capture_plan(num_steps: int, stochastic: bool) -> list[Copy | Run]:
+    """The operations of one batch, in stream order: per step, copy that step's constants into the bound
+    slots, run the fused step engine, copy its output back to the input latent; then the decoder.
+
+    With eta = 0 the noise slot is zero-filled once at setup and never copied.
+    """
+    ops: list[Copy | Run] = []
     for i in range(num_steps):
-        launches.append(Launch(
-            "step",
-            inputs={LATENT: Binding(latent_buffer(i)), TIMESTEP: Binding("timesteps", i),
-                    CONDITION: Binding("condition"), GUIDANCE: Binding("guidance"),
-                    STEP_COEFS: Binding("coefs", i), STEP_NOISE: Binding("noise", i)},
-            outputs={NEXT_LATENT: Binding(latent_buffer(i + 1))},
-        ))
-    launches.append(Launch("decoder", inputs={LATENT: Binding(latent_buffer(num_steps))},
-                           outputs={IMAGE: Binding(IMAGE), DISTANCE: Binding(DISTANCE), SEMANTIC: Binding(SEMANTIC)}))
-    return launches
+        ops += [Copy("timesteps", "timestep_cur", i), Copy("coefs", "coefs_cur", i)]
+        if stochastic:
+            ops.append(Copy("noise", "noise_cur", i))
+        ops += [Run("step"), Copy("latent_out", "latent_in")]
+    ops.append(Run("decoder"))
+    return ops
 
 
 def pad_rows(array: np.ndarray, rows: int, fill: float = 0.0) -> np.ndarray:
@@ -130,20 +136,22 @@ def pad_rows(array: np.ndarray, rows: int, fill: float = 0.0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([array, pad]))
 
 
-def run_plan_on_host(plan: list[Launch], step_fn, decoder_fn, buffers: dict[str, np.ndarray]) -> None:  # noqa: ANN001
-    """Execute a capture plan with numpy callables: the reference the GPU backends are tested against.
+def run_plan_on_host(plan: list[Copy | Run], step_fn, decoder_fn, buffers: dict[str, np.ndarray]) -> None:  # noqa: ANN001
+    """Execute a plan with numpy callables: the reference the GPU backends are tested against.
 
-    ``step_fn(**inputs) -> next_latent`` and ``decoder_fn(latent) -> (image, distance, semantic)``.
+    ``step_fn(**inputs) -> next_latent`` and ``decoder_fn(latent) -> (image, distance, semantic)``;
+    ``buffers`` maps buffer names (tables and bound slots) to arrays.
     """
-
-    def fetch(b: Binding) -> np.ndarray:
-        array = buffers[b.buffer]
-        return array[b.index] if b.index is not None else array
-
-    for launch in plan:
-        inputs = {name: fetch(b) for name, b in launch.inputs.items()}
-        if launch.graph == "step":
-            fetch(launch.outputs[NEXT_LATENT])[...] = step_fn(**inputs)
+    for op in plan:
+        if isinstance(op, Copy):
+            src = buffers[op.src] if op.index is None else buffers[op.src][op.index]
+            buffers[op.dst][...] = src
+            continue
+        bound = BINDINGS[op.graph]
+        if op.graph == "step":
+            inputs = {name: buffers[buf] for name, buf in bound.items() if name != NEXT_LATENT}
+            buffers[bound[NEXT_LATENT]][...] = step_fn(**inputs)
         else:
-            for b, value in zip(launch.outputs.values(), decoder_fn(inputs[LATENT]), strict=True):
-                fetch(b)[...] = value
+            outputs = decoder_fn(buffers[bound[LATENT]])
+            for name, value in zip((IMAGE, DISTANCE, SEMANTIC), outputs, strict=True):
+                buffers[bound[name]][...] = value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.errors import HistoSmithError
+from histosmith.errors import HistoSmithError, file_error
 
 
 def describe_os_error(path: str | Path, exc: OSError) -> HistoSmithError:
@@ -96,14 +97,15 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
+def atomic_directory(final: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary directory that becomes ``final`` only if the block completes.
 
-    ``final`` must not exist yet. On any error the temporary directory is removed, so a reader never
-    sees a half-written directory.
+    ``final`` must not exist unless ``replace``; then the old directory is swapped out only after the new
+    one is complete. On any error the temporary directory is removed, so a reader never sees a
+    half-written directory.
     """
     final = Path(final)
-    if final.exists():
+    if final.exists() and not replace:
         raise HistoSmithError(f"{final}: already exists; refusing to overwrite")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,13 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, default_mode(directory=True))
-        os.replace(tmp, final)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old.{os.getpid()}.tmp")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise describe_os_error(final, exc) from None
@@ -121,6 +129,29 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(final.parent)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: str | Path, missing: str = "not found") -> dict[str, Any]:
+    """A JSON object from ``path``; one-line errors for a missing, unreadable or non-object file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise file_error(path, missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise file_error(path, f"unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise file_error(path, "expected a JSON object")
+    return data
 
 
 def remove_stale_temporaries(directory: str | Path) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.data.atomic import atomic_directory, remove_stale_temporaries, write_json_atomic
+from histosmith.data.atomic import atomic_directory, read_json_object, remove_stale_temporaries, write_json_atomic
 from histosmith.data.labels import check_labels, count_nuclei
 from histosmith.errors import HistoSmithError, file_error
 
@@ -89,16 +88,7 @@ class DatasetMeta:
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetMeta:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise file_error(path, "not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise file_error(path, f"unreadable JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise file_error(path, "expected a JSON object")
-        return cls.from_json(data, path)
+        return cls.from_json(read_json_object(path), path)
 
 
 # --------------------------------------------------------------------------------------------- reading

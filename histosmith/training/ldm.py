@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from histosmith.config import LDMTrainConfig, UNetConfig, from_dict, override, preset, to_dict, unet_config
+from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
@@ -41,14 +42,6 @@ log = logging.getLogger(__name__)
 LATENT_CACHE = "latents.npz"
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @torch.no_grad()
 def encode_latents(vq: VQAutoencoder, store: TileStore, batch_size: int = 64, show_progress: bool = True
                    ) -> np.ndarray:
@@ -65,7 +58,7 @@ def encode_latents(vq: VQAutoencoder, store: TileStore, batch_size: int = 64, sh
 def cached_latents(run: Path, vq: VQAutoencoder, vq_path: Path, data: Path, store: TileStore,
                    show_progress: bool) -> np.ndarray:
     """Load the latent cache if it was made from this autoencoder and dataset, else encode and save it."""
-    key = hashlib.sha256(f"{_file_hash(resolve(vq_path))}|{data.resolve()}|{len(store)}".encode()).hexdigest()
+    key = hashlib.sha256(f"{sha256_file(resolve(vq_path))}|{data.resolve()}|{len(store)}".encode()).hexdigest()
     cache = run / LATENT_CACHE
     if cache.exists():
         with np.load(cache) as z:
@@ -73,8 +66,6 @@ def cached_latents(run: Path, vq: VQAutoencoder, vq_path: Path, data: Path, stor
                 return z["latents"]
         log.info("latent cache %s is stale; re-encoding", cache)
     latents = encode_latents(vq, store, show_progress=show_progress)
-    from histosmith.data.atomic import write_bytes_atomic
-
     write_bytes_atomic(cache, lambda f: np.savez(f, latents=latents, key=np.array(key)))
     return latents
 

@@ -49,10 +49,11 @@ class _Static:
     latent: torch.Tensor  # (B, C, h, w) fp32 initial noise
     condition: torch.Tensor  # (B, D) model dtype
     guidance: torch.Tensor  # (B,)
-    timesteps: torch.Tensor  # (S, B): step i's timestep vector, so no host write happens inside the loop
+    timesteps: torch.Tensor  # (S, B) float32: step i's timestep vector, no host write inside the loop
     noise: torch.Tensor | None  # (S, B, C, h, w) fp32, only when eta > 0
     outputs: tuple[torch.Tensor, ...] | None = None  # written by the captured graph
     graph: Any = None  # torch.cuda.CUDAGraph once captured
+    capture_failed: bool = False
 
 
 class TorchBackend:
@@ -120,7 +121,7 @@ class TorchBackend:
             latent=torch.zeros((bucket, *latent_shape), device=dev, dtype=torch.float32),
             condition=torch.zeros((bucket, cond_dim), device=dev, dtype=self.dtype),
             guidance=torch.ones((bucket,), device=dev, dtype=self.dtype),
-            timesteps=torch.tensor(steps, device=dev, dtype=self.dtype),
+            timesteps=torch.tensor(steps, device=dev, dtype=torch.float32),  # bf16 would round 999 to 1000
             noise=(torch.zeros((len(self.coefs), bucket, *latent_shape), device=dev, dtype=torch.float32)
                    if self.tables.stochastic else None),
         )
@@ -130,20 +131,21 @@ class TorchBackend:
     def _capture(self, st: _Static) -> None:
         """Warm up on a side stream, then capture the whole loop (torch.cuda.graphs semantics)."""
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._loop(st)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                st.outputs = self._loop(st)
+            with torch.cuda.device(self.device):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        self._loop(st)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    st.outputs = self._loop(st)
             st.graph = graph
         except RuntimeError as exc:
-            log.warning("CUDA graph capture failed (%s); running the loop without a graph", str(exc).splitlines()[0])
-            self.cuda_graph = False
-            st.outputs, st.graph = None, None
+            log.warning("CUDA graph capture failed (%s); running this bucket without a graph",
+                        str(exc).splitlines()[0])
+            st.outputs, st.graph, st.capture_failed = None, None, True
 
     @torch.inference_mode()
     def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
@@ -160,9 +162,9 @@ class TorchBackend:
             padded = np.zeros((len(self.coefs), bucket, *latents.shape[1:]), np.float32)
             padded[:, :n] = step_noise
             st.noise.copy_(torch.from_numpy(padded), non_blocking=True)
-        if self.cuda_graph and st.graph is None:
+        if self.cuda_graph and st.graph is None and not st.capture_failed:
             self._capture(st)
-        if self.cuda_graph and st.graph is not None:
+        if st.graph is not None:
             st.graph.replay()
             outputs = st.outputs
         else:

@@ -7,15 +7,17 @@ import torch
 from histosmith.errors import HistoSmithError
 from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.planning import (
+    BINDINGS,
     BatchBuckets,
+    Copy,
+    Run,
     StepTables,
     capture_plan,
-    latent_buffer,
     pad_rows,
     run_plan_on_host,
 )
 from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
-from histosmith.runtime.specs import LATENT, NEXT_LATENT, STEP_COEFS, STEP_NOISE, TIMESTEP
+from histosmith.runtime.specs import LATENT, NEXT_LATENT
 
 
 def test_buckets_choose_the_smallest_fit_and_cover_every_size():
@@ -29,23 +31,26 @@ def test_buckets_choose_the_smallest_fit_and_cover_every_size():
         BatchBuckets.parse("1,x")
 
 
-def test_step_tables_and_ping_pong_plan():
+def test_step_tables_and_plan():
     tables = DDIMScheduler(ScheduleConfig()).set_timesteps(5, eta=0.3)
     st = StepTables.build(tables, 4)
     assert st.timesteps.shape == (5, 4) and (st.timesteps[:, 0] == tables.timesteps).all()
     assert np.allclose(st.coefs[:, 0], tables.sample_coef) and np.allclose(st.coefs[:, 2], tables.noise_coef)
-    plan = capture_plan(5)
-    assert [p.graph for p in plan] == ["step"] * 5 + ["decoder"]
-    for i, launch in enumerate(plan[:-1]):
-        assert launch.inputs[LATENT].buffer == latent_buffer(i)
-        assert launch.outputs[NEXT_LATENT].buffer == latent_buffer(i + 1) != latent_buffer(i)
-        assert launch.inputs[TIMESTEP].index == launch.inputs[STEP_COEFS].index == launch.inputs[STEP_NOISE].index == i
-    assert plan[-1].inputs[LATENT].buffer == latent_buffer(5)
+    ops = capture_plan(5, stochastic=True)
+    runs = [op.graph for op in ops if isinstance(op, Run)]
+    assert runs == ["step"] * 5 + ["decoder"]
+    copies = [op for op in ops if isinstance(op, Copy)]
+    first = [(c.src, c.index) for c in copies[:4]]
+    assert first == [("timesteps", 0), ("coefs", 0), ("noise", 0), ("latent_out", None)]
+    assert not any(c.src == "noise" for c in capture_plan(5, stochastic=False) if isinstance(c, Copy))
+    # Every tensor of both engines is bound once; the step reads latent_in and writes latent_out.
+    assert BINDINGS["step"][LATENT] == "latent_in" != BINDINGS["step"][NEXT_LATENT]
+    assert BINDINGS["decoder"][LATENT] == "latent_in"
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.8])
 def test_capture_plan_reproduces_the_ddim_loop(eta):
-    """Running the plan's launches with a fused numpy step equals DDIMScheduler.step in a loop."""
+    """Running the plan's operations with a fused numpy step equals DDIMScheduler.step in a loop."""
     sched = DDIMScheduler(ScheduleConfig())
     tables = sched.set_timesteps(7, eta)
     rng = np.random.default_rng(0)
@@ -62,15 +67,18 @@ def test_capture_plan_reproduces_the_ddim_loop(eta):
         x = sched.step(eps(x, np.full(b, float(t))), i, x, noise[i] if eta else None)
 
     st = StepTables.build(tables, b)
-    buffers = {"latent0": x0.copy(), "latent1": np.zeros_like(x0), "timesteps": st.timesteps, "coefs": st.coefs,
-               "noise": noise if eta else np.zeros_like(noise), "condition": cond, "guidance": np.ones(b, np.float32),
-               "image": np.zeros_like(x0), "distance": np.zeros_like(x0), "semantic": np.zeros_like(x0)}
+    buffers = {"latent_in": x0.copy(), "latent_out": np.zeros_like(x0), "timesteps": st.timesteps,
+               "coefs": st.coefs, "noise": noise, "timestep_cur": np.zeros(b, np.float32),
+               "coefs_cur": np.zeros(3, np.float32), "noise_cur": np.zeros_like(x0), "condition": cond,
+               "guidance": np.ones(b, np.float32), "image": np.zeros_like(x0), "distance": np.zeros_like(x0),
+               "semantic": np.zeros_like(x0)}
 
     def step_fn(latent, timestep, condition, guidance, step_coefs, step_noise):
         return step_coefs[0] * latent + step_coefs[1] * eps(latent, timestep) + step_coefs[2] * step_noise
 
-    run_plan_on_host(capture_plan(7), step_fn, lambda z: (z, z, z), buffers)
+    run_plan_on_host(capture_plan(7, tables.stochastic), step_fn, lambda z: (z, z, z), buffers)
     assert np.allclose(buffers["image"], x, atol=1e-5)
+    assert np.allclose(buffers["latent_in"], x, atol=1e-5)
 
 
 def test_pad_rows():

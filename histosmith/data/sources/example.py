@@ -10,7 +10,6 @@ published with the package, not expert annotation.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import shapely
 
+from histosmith.data.atomic import sha256_file
 from histosmith.data.sources.common import Source, Tile, Tiling, cut_tiles
 from histosmith.errors import HistoSmithError
 
@@ -43,14 +43,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HISTOSMITH_CACHE") or Path.home() / ".cache" / "histosmith")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel(cache: Path | None = None) -> Path:
     """Return the cached wheel, downloading it with pip (no dependencies) the first time."""
     cache = cache or cache_dir()
@@ -66,7 +58,7 @@ def fetch_wheel(cache: Path | None = None) -> Path:
         if result.returncode != 0 or not wheel.exists():
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise HistoSmithError(f"downloading {WHEEL} from PyPI failed: {last}")
-    if _sha256(wheel) != WHEEL_SHA256:
+    if sha256_file(wheel) != WHEEL_SHA256:
         raise HistoSmithError(f"{wheel}: checksum mismatch (corrupt download?); delete it and retry")
     return wheel
 
