@@ -135,9 +135,9 @@ _PRESETS: dict[str, Preset] = {
         unet=dict(base_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1, attention_levels=(1, 2),
                   head_channels=32, norm_groups=16),
         # Sized for the CPU demo: about 8 minutes per stage on 2 cores with bf16 autocast.
-        vq_train=VQTrainConfig(batch_size=16, lr=4e-4, max_steps=1000, warmup_steps=50, log_every=25,
-                               checkpoint_every=250),
-        ldm_train=LDMTrainConfig(batch_size=48, lr=3e-4, max_steps=1000, warmup_steps=50, ema_decay=0.995,
+        vq_train=VQTrainConfig(batch_size=12, lr=8e-4, max_steps=1300, warmup_steps=50, log_every=25,
+                               checkpoint_every=260),
+        ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=1500, warmup_steps=50, ema_decay=0.995,
                                  log_every=25, checkpoint_every=250),
     ),
     "paper": Preset(

@@ -136,7 +136,7 @@ def pad_rows(array: np.ndarray, rows: int, fill: float = 0.0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([array, pad]))
 
 
-def run_plan_on_host(plan: list[Copy | Run], step_fn, decoder_fn, buffers: dict[str, np.ndarray]) -> None:  # noqa: ANN001
+def run_plan_on_host(plan: list[Copy | Run], step_fn, decoder_fn, buffers: dict[str, np.ndarray]) -> None:
     """Execute a plan with numpy callables: the reference the GPU backends are tested against.
 
     ``step_fn(**inputs) -> next_latent`` and ``decoder_fn(latent) -> (image, distance, semantic)``;

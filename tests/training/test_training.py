@@ -123,3 +123,16 @@ def test_vqvae_evaluation_report(tiny_runs):
     report = evaluate_vqvae(tiny_runs["vq"], tiny_runs["data"])
     assert report.n_tiles > 0 and np.isfinite(report.psnr) and 0 <= report.miou <= 1
     assert 1 <= report.perplexity <= report.codebook_size and report.codes_used >= 1
+
+
+def test_hs_sample_writes_a_dataset_with_reports(tiny_runs, tmp_path):
+    out = tmp_path / "samples"
+    r = run_cli("hs-sample", "--checkpoint", str(tiny_runs["ldm"]), "--n", "5", "--steps", "3", "--batch", "2",
+                "--balance", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    from histosmith.data.format import Dataset
+
+    ds = Dataset.open(out)
+    assert len(ds) == 5 and ds.meta.class_names == ["epithelial", "lymphocyte", "neutrophil"]
+    assert ds.counts().shape == (5, 3)
+    assert all((out / f).exists() for f in ("preview.png", "control.png", "control.json", "generation.json"))
