@@ -73,7 +73,8 @@ class LogWriter:
         rows: list[dict[str, float]] = []
         if path.exists():
             with open(path, newline="") as f:
-                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+                # Columns that start later (the GAN losses) are empty in earlier rows.
+                rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
         return cls(path, [r for r in rows if r["step"] <= up_to_step])
 
     def add(self, row: dict[str, float]) -> None:

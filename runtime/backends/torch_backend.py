@@ -42,6 +42,19 @@ def torch_device(name: str) -> str:
     return name
 
 
+def compiled(module: Callable[..., Any], device: str, cuda_graph: bool) -> Callable[..., Any]:
+    """``torch.compile`` a live module (kernel fusion); TorchScript modules are left as they are.
+
+    With our own whole-loop CUDA graph, inductor's CUDA graphs are switched off
+    (``max-autotune-no-cudagraphs``): compiled kernels are then captured like any others.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        log.warning("torch.compile does not apply to TorchScript modules; running them uncompiled")
+        return module
+    mode = "max-autotune-no-cudagraphs" if device.startswith("cuda") and cuda_graph else "default"
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
 @dataclass
 class _Static:
     """Device buffers of one bucket; the captured graph reads and writes exactly these."""
@@ -61,7 +74,9 @@ class TorchBackend:
 
     def __init__(self, guided: Callable[..., torch.Tensor], decoder: Callable[..., Any], tables: DDIMTables,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
-                 buckets: BatchBuckets | None = None, max_batch: int = 4096):
+                 buckets: BatchBuckets | None = None, max_batch: int = 4096, compile_modules: bool = False):
+        if compile_modules:
+            guided, decoder = (compiled(m, device, cuda_graph) for m in (guided, decoder))
         self.guided, self.decoder, self.tables = guided, decoder, tables
         self.device, self.dtype = torch.device(device), dtype
         self.cuda_graph = cuda_graph and self.device.type == "cuda"

@@ -136,3 +136,20 @@ def test_hs_sample_writes_a_dataset_with_reports(tiny_runs, tmp_path):
     assert len(ds) == 5 and ds.meta.class_names == ["epithelial", "lymphocyte", "neutrophil"]
     assert ds.counts().shape == (5, 3)
     assert all((out / f).exists() for f in ("preview.png", "control.png", "control.json", "generation.json"))
+
+
+def test_patchgan_switches_on_after_warm_up(synthetic_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from histosmith import config
+
+    tiny = config.preset("tiny")
+    with_gan = dataclasses.replace(tiny, vq_train=dataclasses.replace(tiny.vq_train, gan_start=2, log_every=1))
+    monkeypatch.setitem(config._PRESETS, "tiny", with_gan)
+    train_vqvae(synthetic_dir, tmp_path / "gan", "tiny", RunOptions(max_steps=4, show_progress=False))
+    rows = list(csv.DictReader(open(tmp_path / "gan" / "log.csv", newline="")))
+    assert [r.get("d_loss", "") == "" for r in rows] == [True, True, False, False]
+    ckpt = load_checkpoint(tmp_path / "gan")
+    assert ckpt["discriminator"] is not None and ckpt["discriminator_optimizer"] is not None
+    train_vqvae(synthetic_dir, tmp_path / "gan", "tiny", RunOptions(max_steps=6, resume=True, show_progress=False))
+    assert load_checkpoint(tmp_path / "gan")["step"] == 6
