@@ -11,7 +11,7 @@ import torch
 from histosmith.data.atomic import write_text_atomic
 from histosmith.errors import HistoSmithError
 from histosmith.training.checkpoint import CHECKPOINT_FILE
-from histosmith.training.loop import lr_at
+from histosmith.training.loop import autocast_dtype, lr_at, pick_device
 
 
 def prepare_run_dir(out: Path, resume: bool) -> bool:
@@ -26,6 +26,14 @@ def prepare_run_dir(out: Path, resume: bool) -> bool:
     except OSError as exc:
         raise HistoSmithError(f"{out}: cannot create the run directory ({exc.strerror})") from None
     return resume
+
+
+def start_run(opts: Any, seed: int) -> tuple[torch.device, torch.dtype | None]:
+    """Device, autocast dtype, and the global seed, for either stage."""
+    device = pick_device(opts.device)
+    amp = autocast_dtype(device, opts.precision)
+    torch.manual_seed(seed)
+    return device, amp
 
 
 def write_config_json(out: Path, configs: dict[str, Any]) -> None:

@@ -33,9 +33,15 @@ from histosmith.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from histosmith.training.common import check_dataset_matches, optimiser_step, prepare_run_dir, write_config_json
+from histosmith.training.common import (
+    check_dataset_matches,
+    optimiser_step,
+    prepare_run_dir,
+    start_run,
+    write_config_json,
+)
 from histosmith.training.data import TileStore
-from histosmith.training.loop import LogWriter, LoopResult, autocast_dtype, pick_device, run_loop, step_seed
+from histosmith.training.loop import LogWriter, LoopResult, run_loop, step_seed
 from histosmith.training.vqvae import RunOptions, dataset_summary, load_vqvae
 
 log = logging.getLogger(__name__)
@@ -119,12 +125,8 @@ def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: R
         model_cfg = unet_config(config, vq.cfg, spec.n_tissues)
         train_cfg = override(preset(config).ldm_train, batch_size=opts.batch_size, lr=opts.lr)
         seed = opts.seed
-    if opts.max_steps is not None:
-        train_cfg = override(train_cfg, max_steps=opts.max_steps)
-    device = pick_device(opts.device)
-    amp = autocast_dtype(device, opts.precision)
-    torch.manual_seed(seed)
-
+    train_cfg = override(train_cfg, max_steps=opts.max_steps)
+    device, amp = start_run(opts, seed)
     store = TileStore.load(data, "train", opts.show_progress)
     latents = cached_latents(out, vq, vqvae, data, store, opts.show_progress)
     latent_scale = float(ckpt["latent_scale"]) if ckpt is not None else float(1.0 / latents.std())

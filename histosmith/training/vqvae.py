@@ -23,9 +23,15 @@ from histosmith.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from histosmith.training.common import check_dataset_matches, optimiser_step, prepare_run_dir, write_config_json
+from histosmith.training.common import (
+    check_dataset_matches,
+    optimiser_step,
+    prepare_run_dir,
+    start_run,
+    write_config_json,
+)
 from histosmith.training.data import TileStore, split_input
-from histosmith.training.loop import LogWriter, LoopResult, autocast_dtype, pick_device, run_loop, step_seed
+from histosmith.training.loop import LogWriter, LoopResult, run_loop, step_seed
 from histosmith.training.losses import hinge_d_loss, hinge_g_loss, ssim, tversky_loss
 
 log = logging.getLogger(__name__)
@@ -90,11 +96,8 @@ def train_vqvae(data: Path, out: Path, config: str = "small", opts: RunOptions =
         model_cfg = vq_config(config, len(summary["class_names"]), summary["tile_size"])
         train_cfg = override(preset(config).vq_train, max_steps=opts.max_steps, batch_size=opts.batch_size, lr=opts.lr)
         seed = opts.seed
-    if opts.max_steps is not None:
-        train_cfg = override(train_cfg, max_steps=opts.max_steps)
-    device = pick_device(opts.device)
-    amp = autocast_dtype(device, opts.precision)
-    torch.manual_seed(seed)
+    train_cfg = override(train_cfg, max_steps=opts.max_steps)
+    device, amp = start_run(opts, seed)
     store = TileStore.load(data, "train", opts.show_progress)
     # channels_last: oneDNN's fastest convolution layout on CPUs (about 13% per step here).
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
