@@ -107,7 +107,6 @@ BINDINGS: dict[str, dict[str, str]] = {
              STEP_COEFS: "coefs_cur", STEP_NOISE: "noise_cur", NEXT_LATENT: "latent_out"},
     "decoder": {LATENT: "latent_in", IMAGE: IMAGE, DISTANCE: DISTANCE, SEMANTIC: SEMANTIC},
 }
-TABLES = {"timesteps": "timestep_cur", "coefs": "coefs_cur", "noise": "noise_cur"}  # per-step table -> slot
 
 
 def capture_plan(num_steps: int, stochastic: bool) -> list[Copy | Run]:

@@ -60,12 +60,6 @@ def alphas_cumprod(cfg: ScheduleConfig) -> np.ndarray:
     return np.cumprod(1.0 - make_betas(cfg))
 
 
-def add_noise(cfg: ScheduleConfig, x0: np.ndarray, noise: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε`` with one timestep per sample (leading axis)."""
-    a = alphas_cumprod(cfg)[np.asarray(t)].reshape(-1, *([1] * (x0.ndim - 1)))
-    return np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
-
-
 @dataclass(frozen=True)
 class DDIMTables:
     """Per-step constants of one sampling run: step ``i`` maps ``x`` at ``timesteps[i]`` onward.

@@ -36,14 +36,6 @@ class Backend(Protocol):
         ...
 
 
-def check_batch(backend: Backend, batch: int) -> None:
-    from histosmith.errors import HistoSmithError
-
-    low, high = backend.batch_sizes()
-    if not low <= batch <= high:
-        raise HistoSmithError(f"--batch {batch} is outside what the {backend.name} graphs accept ({low}..{high})")
-
-
 def tables_check(tables: DDIMTables, step_noise: np.ndarray | None) -> None:
     if tables.stochastic and step_noise is None:
         raise ValueError("eta > 0 needs per-step noise")
