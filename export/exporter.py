@@ -215,6 +215,7 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
             count_margin=info.count_margin,
             verification=verification,
             cache_key=key,
+            provenance=list(info.provenance),
         )
         manifest.save(tmp)
     return manifest, False

@@ -9,6 +9,7 @@ import numpy as np
 
 from histosmith.config import UNetConfig, VQConfig, from_dict
 from histosmith.data.conditioning import ConditionSpec
+from histosmith.data.provenance import collect_records
 from histosmith.errors import HistoSmithError
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
@@ -52,6 +53,7 @@ def load_generator(path: Path) -> TrainedGenerator:
         training_tissues=conditions["tissues"].numpy().astype(np.int64),
         count_margin=0,
         source=f"HistoSmith generator {file} (step {int(ckpt['step'])})",
+        provenance=tuple(collect_records(ckpt.get("training_data"))),
     )
     return TrainedGenerator(GuidedUNet(unet).eval(), LatentDecoder(vq, ckpt["latent_scale"]).eval(), unet_cfg,
                             vq_cfg, info, file, int(ckpt["step"]))

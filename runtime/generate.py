@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from histosmith.data.atomic import write_json_atomic
 from histosmith.data.format import Dataset, DatasetMeta, DatasetWriter, default_shard_size
+from histosmith.data.provenance import PROVENANCE_KEY
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Backend, Decoded
 from histosmith.runtime.conditions import ConditionTable
@@ -66,7 +67,7 @@ def _digest(table: ConditionTable) -> str:
     return hashlib.sha256(table.counts.tobytes() + table.tissues.tobytes()).hexdigest()[:16]
 
 
-def _check_plan(out: Path, plan: GenerationPlan, resume: bool) -> None:
+def _check_plan(out: Path, plan: GenerationPlan, resume: bool, provenance: list[dict[str, Any]]) -> None:
     path = out / PLAN_FILE
     if path.exists():
         if not resume:
@@ -81,7 +82,8 @@ def _check_plan(out: Path, plan: GenerationPlan, resume: bool) -> None:
             raise file_error(path, f"--resume with different settings ({', '.join(diff)}); use the original ones")
     elif resume:
         raise file_error(path, "nothing to resume (no generation.json)")
-    write_json_atomic(path, asdict(plan))
+    # The generator's training records ride along (not part of the plan: they follow from the model).
+    write_json_atomic(path, asdict(plan) | {PROVENANCE_KEY: provenance})
 
 
 @dataclass
@@ -123,12 +125,13 @@ def generate(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise file_error(out, f"cannot create the output directory ({exc.strerror})") from None
-    _check_plan(out, plan, resume)
+    provenance = list(info.provenance)
+    _check_plan(out, plan, resume, provenance)
     meta = DatasetMeta(
         class_names=list(spec.class_names), tissue_names=list(spec.tissue_names), tile_size=info.tile_size,
         count_margin=info.count_margin, source=info.source, licence="generated",
         notes=f"{n} synthetic tiles; seed {seed}, {tables.num_steps} DDIM steps, eta {eta}, guidance {guidance}",
-        extra={"generation": asdict(plan)},
+        extra={"generation": asdict(plan), PROVENANCE_KEY: provenance},
     )
     writer = DatasetWriter(out, meta, shard_size, resume=True)
     start = writer.tiles_done

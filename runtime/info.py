@@ -20,6 +20,7 @@ class GeneratorInfo:
     training_tissues: np.ndarray  # (N,)
     count_margin: int = 0
     source: str = ""
+    provenance: tuple[dict, ...] = ()  # training records of the generator (histosmith.data.provenance)
 
     @property
     def n_classes(self) -> int:

@@ -56,6 +56,7 @@ class Manifest:
     count_margin: int = 0
     verification: dict[str, Any] = field(default_factory=dict)
     cache_key: str = ""
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # the generator's training records
 
     # ------------------------------------------------------------------ views
 
@@ -78,6 +79,7 @@ class Manifest:
             training_tissues=np.asarray(self.training_conditions["tissues"], dtype=np.int64),
             count_margin=self.count_margin,
             source=f"HistoSmith export of {self.source.get('checkpoint', '?')} (step {self.source.get('step', '?')})",
+            provenance=tuple(self.provenance),
         )
 
     def variant_list(self) -> list[Variant]:

@@ -3,6 +3,7 @@
 # interrupted training resumes from its checkpoint.
 set -euo pipefail
 out=${1:-runs/demo}
+results=${DEMO_RESULTS:-docs/results/demo}  # the files the README's Results table cites (committed)
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 mkdir -p "$out"
 start=$(date +%s)
@@ -10,7 +11,7 @@ stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
 
 echo "== 1/6 example data: two real H&E crops from the histolytics wheel, tiled =="
 [ -f "$out/data/meta.json" ] || "$bin/hs-data" prepare --source example --out "$out/data"
-"$bin/hs-data" info "$out/data" --plot "$out/data_info.png" >/dev/null; stamp
+"$bin/hs-data" info "$out/data" --plot "$out/data_info.png" > "$out/data_info.txt"; stamp
 
 train() {  # stage, run dir, extra args...
   local stage=$1 run=$2; shift 2
@@ -42,6 +43,15 @@ rm -rf "$out/generated"
 "$bin/hs-generate" --engine "$out/export/unet.onnx" --n 64 --balance --seed 0 --guidance 4 --out "$out/generated"
 stamp
 
+mkdir -p "$results"
+cp "$out/data_info.txt" "$out/data_info.png" "$out/vqvae_eval.json" "$results/"
+cp "$out/samples/control.json" "$results/samples_control.json"
+cp "$out/samples/control.png" "$results/samples_control.png"
+cp "$out/samples/preview.png" "$results/samples_preview.png"
+cp "$out/generated/control.json" "$results/generated_control.json"
+cp "$out/generated/preview.png" "$results/generated_preview.png"
+echo "   [$(( $(date +%s) - start ))s in all]" > "$results/demo_time.txt"
+
 cat <<MSG
 
 dataset        $out/data            (chart $out/data_info.png)
@@ -50,4 +60,5 @@ generator      $out/ldm             (curves $out/ldm/loss.png)
 samples        $out/samples         (contact sheet $out/samples/preview.png, counts $out/samples/control.png)
 export         $out/export          (manifest.json, unet.onnx, decoder.onnx, fp16 and TorchScript variants)
 generated      $out/generated       (ONNX Runtime; contact sheet preview.png, counts control.png)
+results        $results  (copies of the files the README cites)
 MSG

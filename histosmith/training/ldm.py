@@ -21,6 +21,7 @@ from tqdm import tqdm
 from histosmith.config import LDMTrainConfig, UNetConfig, from_dict, override, preset, to_dict, unet_config
 from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.data.conditioning import ConditionSpec
+from histosmith.data.provenance import collect_records, training_record
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.runtime.schedule import ScheduleConfig, alphas_cumprod
@@ -128,6 +129,8 @@ def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: R
     train_cfg = override(train_cfg, max_steps=opts.max_steps)
     device, amp = start_run(opts, seed)
     store = TileStore.load(data, "train", opts.show_progress)
+    # Every tile either stage saw: the generator's provenance, checked by hs-eval downstream for leakage.
+    training_data = collect_records(vq_ckpt.get("training_data"), training_record(data, "train", store.images, "ldm"))
     latents = cached_latents(out, vq, vqvae, data, store, opts.show_progress)
     latent_scale = float(ckpt["latent_scale"]) if ckpt is not None else float(1.0 / latents.std())
     conditions = np.repeat(spec.vectors(store.counts, store.tissues), 8, axis=0)  # matches the latent order
@@ -181,7 +184,8 @@ def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: R
         save_checkpoint(out / CHECKPOINT_FILE, {
             "kind": "ldm", "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
             "schedule": to_dict(schedule), "latent_scale": latent_scale, "condition": spec.to_json(),
-            "dataset": summary, "training_conditions": training_conditions, "seed": seed, "step": step,
+            "dataset": summary, "training_conditions": training_conditions, "training_data": training_data,
+            "seed": seed, "step": step,
             "model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": rng_state(),
             "vqvae": {"model_config": vq_ckpt["model_config"], "model": vq.state_dict(), "source": str(vqvae)},

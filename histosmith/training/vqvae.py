@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from histosmith.config import VQConfig, VQTrainConfig, from_dict, override, preset, to_dict, vq_config
 from histosmith.data.format import Dataset
+from histosmith.data.provenance import training_record
 from histosmith.models.discriminator import PatchDiscriminator
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.training.checkpoint import (
@@ -99,6 +100,7 @@ def train_vqvae(data: Path, out: Path, config: str = "small", opts: RunOptions =
     train_cfg = override(train_cfg, max_steps=opts.max_steps)
     device, amp = start_run(opts, seed)
     store = TileStore.load(data, "train", opts.show_progress)
+    training_data = training_record(data, "train", store.images, "vqvae")
     # channels_last: oneDNN's fastest convolution layout on CPUs (about 13% per step here).
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = VQAutoencoder(model_cfg).to(device, memory_format=layout)
@@ -152,7 +154,8 @@ def train_vqvae(data: Path, out: Path, config: str = "small", opts: RunOptions =
     def save(step: int) -> None:
         save_checkpoint(out / CHECKPOINT_FILE, {
             "kind": "vqvae", "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
-            "dataset": summary, "seed": seed, "step": step, "model": model.state_dict(), "ema": None,
+            "dataset": summary, "training_data": training_data, "seed": seed, "step": step,
+            "model": model.state_dict(), "ema": None,
             "optimizer": optimizer.state_dict(),
             "discriminator": disc.state_dict() if disc else None,
             "discriminator_optimizer": disc_opt.state_dict() if disc_opt else None,

@@ -172,6 +172,10 @@ def test_example_source_from_the_wheel(tmp_path):
     assert meta.tile_size == 64 and meta.n_tiles == 242
     assert meta.tissue_tiles == {"tumour_nest": 121, "stroma": 121}
     ds = Dataset.open(tmp_path / "ex")
+    rows = ds.patch_info()
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 66 and len(rows) - len(val) == 176  # bottom 3 tile rows of each crop held out
+    assert {r["tissue"] for r in val} == {"tumour_nest", "stroma"}
     assert (ds.counts().sum(0) > 300).all()  # every class is present in numbers
     images = np.concatenate([imgs for _, imgs, _ in ds.iter_shards()])
     assert 100 < images.mean() < 230  # real stained tissue, not blank
