@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= runs/demo
+DOWNSTREAM ?= runs/downstream
 
-.PHONY: demo test install lint clean
+.PHONY: demo downstream test install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,10 @@ install: $(VENV)/.installed
 
 demo: install
 	bash scripts/demo.sh $(DEMO)
+
+# After `make demo`: does the synthetic data help a downstream segmenter? (docs/results/downstream/)
+downstream: install
+	bash scripts/downstream.sh $(DEMO) $(DOWNSTREAM)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,8 @@
 set -euo pipefail
 out=${1:-runs/demo}
 results=${DEMO_RESULTS:-docs/results/demo}  # the files the README's Results table cites (committed)
+# Each stage stops at its step budget or after this many minutes (a busy machine: raise it for full budgets).
+minutes=${DEMO_MAX_MINUTES:-8}
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 mkdir -p "$out"
 start=$(date +%s)
@@ -16,9 +18,9 @@ echo "== 1/6 example data: two real H&E crops from the histolytics wheel, tiled 
 train() {  # stage, run dir, extra args...
   local stage=$1 run=$2; shift 2
   if [ -f "$run/checkpoint.pt" ]; then
-    "$bin/hs-train" "$stage" --resume --data "$out/data" --out "$run" --max-minutes 8 "$@"
+    "$bin/hs-train" "$stage" --resume --data "$out/data" --out "$run" --max-minutes "$minutes" "$@"
   else
-    "$bin/hs-train" "$stage" --data "$out/data" --config small --out "$run" --max-minutes 8 "$@"
+    "$bin/hs-train" "$stage" --data "$out/data" --config small --out "$run" --max-minutes "$minutes" "$@"
   fi
 }
 

@@ -52,4 +52,69 @@ def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) 
         write_json_atomic(json_path, report.to_dict())
 
 
+@cli.command("seg")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="hs-train seg run or file.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset with ground-truth labels.")
+@click.option("--split", default="val", show_default=True, help="patch_info split to evaluate ('all' for every tile).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
+def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
+    """Predict with a trained segmenter and score with the CoNIC metrics (the hs-eval conic code)."""
+    from histosmith.errors import HistoSmithError
+
+    if not checkpoint.exists():
+        raise HistoSmithError(f"{checkpoint}: checkpoint not found")
+    if not (data / "meta.json").exists():
+        raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
+    from histosmith.data.atomic import write_json_atomic
+    from histosmith.segmentation.evaluate import evaluate_segmenter
+
+    result = evaluate_segmenter(checkpoint, data, None if split == "all" else split).result()
+    click.echo(result.format_table())
+    if json_path:
+        write_json_atomic(json_path, result.to_dict())
+        click.echo(f"json: {json_path}")
+
+
+@cli.command("downstream")
+@click.option("--real", type=click.Path(path_type=Path), required=True,
+              help="Real dataset: its 'train' split trains, its held-out 'val' split scores every arm.")
+@click.option("--synthetic", type=click.Path(path_type=Path), multiple=True,
+              help="Generated dataset (hs-generate / hs-sample); repeat for several.")
+@click.option("--arms", default="real,real+synthetic,synthetic", show_default=True,
+              help="Comma-separated: real, real+synthetic, synthetic.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Runs per arm (seeds 0..N-1).")
+@click.option("--real-fraction", "real_fraction", default="1", show_default=True,
+              help="Comma-separated shares of the real training tiles, e.g. 0.25,0.5,1 (a learning curve).")
+@click.option("--steps", type=int, default=None, help="Optimiser steps of every run (default: the config's).")
+@click.option("--config", default="small", show_default=True, help="Segmenter config: tiny or small.")
+@click.option("--extra-ratio", type=float, default=None,
+              help="Share of each real+synthetic batch drawn from synthetic tiles (default: uniform over all).")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default: the config's).")
+@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="Bootstrap replicates.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--allow-unknown-provenance", is_flag=True,
+              help="Accept generated data that does not record its generator's training tiles.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New directory for the report and runs.")
+def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: int, real_fraction: str,
+                   steps: int | None, config: str, extra_ratio: float | None, batch_size: int | None, n_boot: int,
+                   device: str, allow_unknown_provenance: bool, out: Path) -> None:
+    """Does the synthetic data help? Segmenters on real vs real + synthetic tiles, scored on held-out real tiles."""
+    import shlex
+    import sys
+
+    from histosmith.errors import HistoSmithError
+    from histosmith.segmentation.downstream import DownstreamPlan, parse_arms, parse_fractions, run_downstream
+
+    if batch_size is not None and batch_size < 1:
+        raise HistoSmithError(f"--batch-size must be at least 1, got {batch_size}")
+    command = shlex.join(["hs-eval", *sys.argv[1:]])
+    plan = DownstreamPlan(real=real, synthetic=tuple(synthetic), arms=parse_arms(arms), seeds=seeds, steps=steps,
+                          real_fractions=parse_fractions(real_fraction), config=config, extra_ratio=extra_ratio,
+                          batch_size=batch_size, n_boot=n_boot, allow_unknown_provenance=allow_unknown_provenance,
+                          device=device, command=command)
+    report = run_downstream(plan, out)
+    click.echo((out / "downstream.md").read_text())
+    click.echo(f"report: {out}/downstream.json, downstream.md, downstream.png ({len(report['runs'])} runs)")
+
+
 main = entry_point(cli)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,13 @@ import click
 from histosmith.cli.common import entry_point
 from histosmith.config import PRESETS
 from histosmith.errors import HistoSmithError
+from histosmith.segmentation.config import SEG_PRESETS
 
 
-def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def run_options(f: Callable[..., Any], configs: tuple[str, ...] = PRESETS) -> Callable[..., Any]:
     options = [
         click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset from hs-data prepare."),
-        click.option("--config", type=click.Choice(PRESETS), default="small", show_default=True),
+        click.option("--config", type=click.Choice(configs), default="small", show_default=True),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None,
@@ -55,7 +57,7 @@ def _report(result: Any, out: Path) -> None:
         raise KeyboardInterrupt
 
 
-@click.group(help="Train the two stages of a HistoSmith generator.")
+@click.group(help="Train the two stages of a HistoSmith generator, and the downstream segmenter.")
 def cli() -> None:
     pass
 
@@ -81,6 +83,24 @@ def ldm_cmd(vqvae: Path, data: Path, config: str, out: Path, **kw: Any) -> None:
     from histosmith.training.ldm import train_ldm
 
     _report(train_ldm(data, vqvae, out, config, _options(**kw)), out)
+
+
+@cli.command("seg")
+@click.option("--extra", type=click.Path(path_type=Path), multiple=True,
+              help="Extra (e.g. synthetic) dataset, all its tiles; repeat for several.")
+@click.option("--extra-ratio", type=float, default=None,
+              help="Share of each batch drawn from the --extra tiles (default: uniform over all tiles).")
+@functools.partial(run_options, configs=SEG_PRESETS)
+def seg_cmd(extra: tuple[Path, ...], extra_ratio: float | None, data: Path, config: str, out: Path, **kw: Any) -> None:
+    """The downstream nucleus segmenter (HoVer-Net style) on the train split of --data (+ --extra tiles)."""
+    _check_data(data)
+    for path in extra:
+        _check_data(path)
+    if extra_ratio is not None and not (extra and 0 <= extra_ratio <= 1):
+        raise HistoSmithError(f"--extra-ratio {extra_ratio}: needs --extra and a value in [0, 1]")
+    from histosmith.segmentation.train import train_segmenter
+
+    _report(train_segmenter(data, out, config, _options(**kw), list(extra), extra_ratio), out)
 
 
 main = entry_point(cli)

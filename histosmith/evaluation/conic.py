@@ -442,6 +442,7 @@ class ConicAccumulator:
             raise ValueError(f"class_names must be unique, got {list(names)}")
         self._names = names
         self._stats = np.zeros((len(names), 4), dtype=np.float64)
+        self._tile_stats: list[np.ndarray] = []
         self._pq: list[float] = []
         self._aji: list[float] = []
         self._dice: list[float] = []
@@ -471,6 +472,7 @@ class ConicAccumulator:
         pred_counts = _class_counts(p, self.n_classes)
         # Everything is computed before any state changes, so a failing tile leaves no trace.
         self._stats += stats
+        self._tile_stats.append(stats)
         self._pq.append(pq)
         self._aji.append(aji_v)
         self._dice.append(dice_v)
@@ -498,16 +500,50 @@ class ConicAccumulator:
             raise ValueError("no tiles were added")
         yt = self._counts(true_counts, self._true_counts, "true_counts")
         yp = self._counts(pred_counts, self._pred_counts, "pred_counts")
-        class_pq = pq_from_stats(self._stats)
-        class_r2 = r2_per_class(yt, yp)
-        return ConicResult(
-            pq=float(np.mean(self._pq)),
-            mpq_plus=float(np.mean(class_pq)),
-            r2=float(np.mean(class_r2)),
-            aji=_nanmean(self._aji),
-            dice=_nanmean(self._dice),
-            per_class={
-                name: {"pq": float(q), "r2": float(r)}
-                for name, q, r in zip(self._names, class_pq, class_r2, strict=True)
-            },
-        )
+        return _conic_result(self._names, self._stats, self._pq, self._aji, self._dice, yt, yp)
+
+    def scores(self) -> TileScores:
+        """The per-tile terms behind :meth:`result` (counts measured from the labels), for resampling."""
+        if self.n_tiles == 0:
+            raise ValueError("no tiles were added")
+        return TileScores(self._names, np.stack(self._tile_stats), np.asarray(self._pq), np.asarray(self._aji),
+                          np.asarray(self._dice), np.stack(self._true_counts), np.stack(self._pred_counts))
+
+
+def _conic_result(names: Sequence[str], stats: np.ndarray, pq: Sequence[float], aji_values: Sequence[float],
+                  dice_values: Sequence[float], true_counts: np.ndarray, pred_counts: np.ndarray) -> ConicResult:
+    """Set-level metrics from pooled per-class stats, per-tile binary PQ / AJI / Dice and count tables."""
+    class_pq = pq_from_stats(stats)
+    class_r2 = r2_per_class(true_counts, pred_counts)
+    return ConicResult(
+        pq=float(np.mean(pq)),
+        mpq_plus=float(np.mean(class_pq)),
+        r2=float(np.mean(class_r2)),
+        aji=_nanmean(aji_values),
+        dice=_nanmean(dice_values),
+        per_class={name: {"pq": float(q), "r2": float(r)}
+                   for name, q, r in zip(names, class_pq, class_r2, strict=True)},
+    )
+
+
+@dataclass(frozen=True)
+class TileScores:
+    """Per-tile CoNIC terms of a set: ``stats`` (N, K, 4) ``[tp, fp, fn, sum_iou]``, binary PQ, AJI and Dice
+    (N,), nucleus counts (N, K). :meth:`result` pools any selection of tiles (with repeats: a bootstrap
+    resample) exactly as :class:`ConicAccumulator` pools the whole set."""
+
+    class_names: tuple[str, ...]
+    stats: np.ndarray
+    pq: np.ndarray
+    aji: np.ndarray
+    dice: np.ndarray
+    true_counts: np.ndarray
+    pred_counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pq)
+
+    def result(self, index: np.ndarray | None = None) -> ConicResult:
+        idx = np.arange(len(self)) if index is None else np.asarray(index)
+        return _conic_result(self.class_names, self.stats[idx].sum(axis=0), self.pq[idx], self.aji[idx].tolist(),
+                             self.dice[idx].tolist(), self.true_counts[idx], self.pred_counts[idx])

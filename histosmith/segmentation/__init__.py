@@ -1,0 +1,1 @@
+"""The downstream nucleus segmenter (HoVer-Net style) and the real-vs-synthetic experiment around it."""

@@ -1,0 +1,59 @@
+"""``hs-eval seg``: predict the tiles of a split with a trained segmenter and score them with the CoNIC metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from histosmith.data.format import Dataset
+from histosmith.errors import HistoSmithError
+from histosmith.evaluation.conic import ConicAccumulator, TileScores
+from histosmith.segmentation.model import Segmenter
+from histosmith.segmentation.predict import predict_labels
+from histosmith.segmentation.train import load_segmenter
+
+
+def score_labels(class_names: list[str], truth: list[np.ndarray] | np.ndarray, pred: list[np.ndarray]) -> TileScores:
+    """Per-tile CoNIC terms of predicted vs true (H, W, 2) label tiles (the ``hs-eval conic`` code)."""
+    acc = ConicAccumulator(class_names)
+    for t, p in zip(truth, pred, strict=True):
+        acc.add(np.asarray(t), p)
+    return acc.scores()
+
+
+def load_split(data: Path, split: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images (N, H, W, 3), labels (N, H, W, 2) and tile names of one split (all tiles when None)."""
+    ds = Dataset.open(data)
+    rows = ds.patch_info()
+    images, labels, names = [], [], []
+    i = 0
+    for _, imgs, labs in ds.iter_shards():
+        for img, lab in zip(imgs, labs, strict=True):
+            row = rows[i]
+            if split is None or row.get("split", split) == split:
+                images.append(np.asarray(img))
+                labels.append(np.asarray(lab))
+                names.append(str(row.get("patch_info", i)))
+            i += 1
+    if not images:
+        raise HistoSmithError(f"{data}: no tiles in split {split!r}")
+    return np.stack(images), np.stack(labels), names
+
+
+def evaluate_model(model: Segmenter, class_names: list[str], images: np.ndarray, labels: np.ndarray) -> TileScores:
+    return score_labels(class_names, labels, predict_labels(model, images))
+
+
+def evaluate_segmenter(checkpoint: Path, data: Path, split: str | None = "val") -> TileScores:
+    """CoNIC terms of a trained segmenter on ``split`` of ``data`` (classes and tile size must match)."""
+    model, ckpt = load_segmenter(checkpoint)
+    meta = Dataset.open(data).meta
+    if list(ckpt["dataset"]["class_names"]) != meta.class_names:
+        raise HistoSmithError(f"{data}: classes {meta.class_names} differ from the segmenter's "
+                              f"{ckpt['dataset']['class_names']}")
+    if int(ckpt["dataset"]["tile_size"]) != meta.tile_size:
+        raise HistoSmithError(f"{data}: tiles of {meta.tile_size} px, the segmenter's are "
+                              f"{ckpt['dataset']['tile_size']} px")
+    images, labels, _ = load_split(data, split)
+    return evaluate_model(model, meta.class_names, images, labels)
