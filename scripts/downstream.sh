@@ -26,7 +26,7 @@ stamp
 echo "== 2/2 segmenters on real / real+synthetic / synthetic tiles, 3 seeds, held-out real tiles =="
 rm -rf "$out/eval"
 "$bin/hs-eval" downstream --real "$demo/data" --synthetic "$out/synthetic" \
-  --arms real,real+synthetic,synthetic --seeds 3 --out "$out/eval"
+  --arms real,real+synthetic,synthetic --seeds 3 --jobs "${DOWNSTREAM_JOBS:-2}" --out "$out/eval"
 stamp
 
 mkdir -p "$results"

@@ -92,12 +92,13 @@ def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) ->
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: the config's).")
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="Bootstrap replicates.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs trained at once (processes).")
 @click.option("--allow-unknown-provenance", is_flag=True,
               help="Accept generated data that does not record its generator's training tiles.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="New directory for the report and runs.")
 def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: int, real_fraction: str,
                    steps: int | None, config: str, extra_ratio: float | None, batch_size: int | None, n_boot: int,
-                   device: str, allow_unknown_provenance: bool, out: Path) -> None:
+                   device: str, jobs: int, allow_unknown_provenance: bool, out: Path) -> None:
     """Does the synthetic data help? Segmenters on real vs real + synthetic tiles, scored on held-out real tiles."""
     import shlex
     import sys
@@ -111,7 +112,7 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
     plan = DownstreamPlan(real=real, synthetic=tuple(synthetic), arms=parse_arms(arms), seeds=seeds, steps=steps,
                           real_fractions=parse_fractions(real_fraction), config=config, extra_ratio=extra_ratio,
                           batch_size=batch_size, n_boot=n_boot, allow_unknown_provenance=allow_unknown_provenance,
-                          device=device, command=command)
+                          device=device, jobs=jobs, command=command)
     report = run_downstream(plan, out)
     click.echo((out / "downstream.md").read_text())
     click.echo(f"report: {out}/downstream.json, downstream.md, downstream.png ({len(report['runs'])} runs)")

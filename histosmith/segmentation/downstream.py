@@ -53,6 +53,7 @@ class DownstreamPlan:
     n_boot: int = 1000
     allow_unknown_provenance: bool = False
     device: str = "auto"
+    jobs: int = 1  # runs trained at once, in separate processes
     command: str = ""  # how the experiment was started (for the report)
     notes: list[str] = field(default_factory=list)
 
@@ -103,6 +104,8 @@ def validate(plan: DownstreamPlan, out: Path) -> None:
         raise HistoSmithError(f"--config: unknown segmenter config {plan.config!r}; choose from {list(SEG_PRESETS)}")
     if plan.extra_ratio is not None and not 0 < plan.extra_ratio < 1:
         raise HistoSmithError(f"--extra-ratio must lie in (0, 1), got {plan.extra_ratio}")
+    if plan.jobs < 1:
+        raise HistoSmithError(f"--jobs must be at least 1, got {plan.jobs}")
     if plan.n_boot < 100:
         raise HistoSmithError(f"--bootstrap must be at least 100 replicates, got {plan.n_boot}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -173,6 +176,44 @@ def _train(plan: DownstreamPlan, run: Run, run_dir: Path, show_progress: bool) -
                     real_fraction=run.fraction if run.arm != "synthetic" else 1.0)
 
 
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_all(plan: DownstreamPlan, runs: list[Run], work: Path, show_progress: bool) -> int:
+    """Train every run (``plan.jobs`` at a time); returns the torch threads each run used.
+
+    A run's numbers depend only on its seed and settings, and on the thread count (the order of
+    floating-point reductions); with ``jobs`` > 1 each process gets ``threads // jobs`` of them.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if plan.jobs == 1:
+        for i, run in enumerate(runs):
+            log.info("run %d of %d: %s (%d steps)", i + 1, len(runs), run.name, plan.budget)
+            _train(plan, run, work / "runs" / run.name, show_progress)
+        return threads
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    per_job = max(1, threads // plan.jobs)
+    with ProcessPoolExecutor(plan.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(per_job,)) as pool:
+        futures = [pool.submit(_train, plan, run, work / "runs" / run.name, False) for run in runs]
+        bar = tqdm(total=len(runs), desc=f"downstream runs ({plan.jobs} at a time)", unit="run",
+                   disable=not show_progress)
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)
+        bar.close()
+    return per_job
+
+
 def run_downstream(plan: DownstreamPlan, out: Path, show_progress: bool = True) -> dict[str, Any]:
     """Train every run, score it on the held-out real tiles, and write the report into ``out``."""
     from histosmith.segmentation.report import write_report
@@ -188,9 +229,8 @@ def run_downstream(plan: DownstreamPlan, out: Path, show_progress: bool = True) 
     runs = planned_runs(plan)
     scores: dict[tuple[str, float], list[TileScores]] = {}
     records = []
-    for i, run in enumerate(runs):
-        log.info("run %d of %d: %s (%d steps)", i + 1, len(runs), run.name, plan.budget)
-        _train(plan, run, work / "runs" / run.name, show_progress)
+    threads = train_all(plan, runs, work, show_progress)
+    for run in runs:
         model, ckpt = load_segmenter(work / "runs" / run.name)
         if int(ckpt["step"]) != plan.budget:
             raise HistoSmithError(f"{work / 'runs' / run.name}: stopped at step {ckpt['step']} of {plan.budget}")
@@ -206,7 +246,8 @@ def run_downstream(plan: DownstreamPlan, out: Path, show_progress: bool = True) 
         "real": str(plan.real), "synthetic": [str(p) for p in plan.synthetic],
         "arms": list(plan.arms), "seeds": list(range(plan.seeds)), "steps": plan.budget, "config": plan.config,
         "batch_size": plan.batch_size or seg_train_config(plan.config).batch_size,
-        "extra_ratio": plan.extra_ratio, "real_fractions": list(plan.real_fractions), "bootstrap": plan.n_boot,
+        "threads_per_run": threads, "extra_ratio": plan.extra_ratio, "real_fractions": list(plan.real_fractions),
+        "bootstrap": plan.n_boot,
         "class_names": class_names,
         "eval": {"dataset": str(plan.real), "split": EVAL_SPLIT, "n_tiles": len(images)},
         "train_tiles": {"real": len(dataset_digests(plan.real, TRAIN_SPLIT)),

@@ -48,7 +48,8 @@ def test_every_arm_runs_and_same_seeds_give_identical_numbers(synthetic_dir, oth
 
 def test_learning_curve_over_real_fractions(synthetic_dir, other_synthetic, tmp_path):
     report = run_downstream(_plan(synthetic_dir, other_synthetic, arms=("real", "real+synthetic"), seeds=1,
-                                  real_fractions=(0.5, 1.0)), tmp_path / "c", show_progress=False)
+                                  real_fractions=(0.5, 1.0), jobs=2), tmp_path / "c", show_progress=False)
+    assert report["threads_per_run"] >= 1 and (tmp_path / "c" / "downstream.png").exists()
     assert {(r["arm"], r["real_fraction"]) for r in report["runs"]} == {
         ("real", 0.5), ("real", 1.0), ("real+synthetic", 0.5), ("real+synthetic", 1.0)}
     assert "How much real annotation" in (tmp_path / "c" / "downstream.md").read_text()
