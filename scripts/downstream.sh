@@ -23,10 +23,11 @@ if [ -f "$out/synthetic/generation.json" ]; then resume=--resume; else resume=; 
   --out "$out/synthetic" $resume
 stamp
 
-echo "== 2/2 segmenters on real / real+synthetic / synthetic tiles, 3 seeds, held-out real tiles =="
+echo "== 2/2 segmenters on real / real+synthetic (/ synthetic) tiles, 3 seeds, held-out real tiles =="
 rm -rf "$out/eval"
 "$bin/hs-eval" downstream --real "$demo/data" --synthetic "$out/synthetic" \
-  --arms real,real+synthetic,synthetic --seeds 3 --jobs "${DOWNSTREAM_JOBS:-2}" --out "$out/eval"
+  --arms "${DOWNSTREAM_ARMS:-real,real+synthetic,synthetic}" --seeds 3 --jobs "${DOWNSTREAM_JOBS:-2}" \
+  --out "$out/eval"
 stamp
 
 mkdir -p "$results"

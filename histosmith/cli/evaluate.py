@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +31,25 @@ def conic_cmd(true_dir: Path, pred_dir: Path, json_path: Path | None) -> None:
         click.echo(f"json: {json_path}")
 
 
+def _check_model_and_data(checkpoint: Path, data: Path) -> None:
+    from histosmith.errors import HistoSmithError
+
+    if not checkpoint.exists():
+        raise HistoSmithError(f"{checkpoint}: checkpoint not found")
+    if not (data / "meta.json").exists():
+        raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
+
+
+def _echo_and_save(report: Any, json_path: Path | None) -> None:
+    """Print a report's table; write its JSON when asked."""
+    from histosmith.data.atomic import write_json_atomic
+
+    click.echo(report.format_table())
+    if json_path:
+        write_json_atomic(json_path, report.to_dict())
+        click.echo(f"json: {json_path}")
+
+
 @cli.command("vqvae")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="hs-train vqvae run or file.")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset (held-out split is used).")
@@ -37,19 +57,10 @@ def conic_cmd(true_dir: Path, pred_dir: Path, json_path: Path | None) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
 def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Reconstruction PSNR, class mIoU, instance PQ from reconstructed maps, codebook usage."""
-    from histosmith.errors import HistoSmithError
-
-    if not checkpoint.exists():
-        raise HistoSmithError(f"{checkpoint}: checkpoint not found")
-    if not (data / "meta.json").exists():
-        raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
-    from histosmith.data.atomic import write_json_atomic
+    _check_model_and_data(checkpoint, data)
     from histosmith.evaluation.vqvae import evaluate_vqvae
 
-    report = evaluate_vqvae(checkpoint, data, None if split == "all" else split)
-    click.echo(report.format_table())
-    if json_path:
-        write_json_atomic(json_path, report.to_dict())
+    _echo_and_save(evaluate_vqvae(checkpoint, data, None if split == "all" else split), json_path)
 
 
 @cli.command("seg")
@@ -59,20 +70,10 @@ def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) 
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
 def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Predict with a trained segmenter and score with the CoNIC metrics (the hs-eval conic code)."""
-    from histosmith.errors import HistoSmithError
-
-    if not checkpoint.exists():
-        raise HistoSmithError(f"{checkpoint}: checkpoint not found")
-    if not (data / "meta.json").exists():
-        raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
-    from histosmith.data.atomic import write_json_atomic
+    _check_model_and_data(checkpoint, data)
     from histosmith.segmentation.evaluate import evaluate_segmenter
 
-    result = evaluate_segmenter(checkpoint, data, None if split == "all" else split).result()
-    click.echo(result.format_table())
-    if json_path:
-        write_json_atomic(json_path, result.to_dict())
-        click.echo(f"json: {json_path}")
+    _echo_and_save(evaluate_segmenter(checkpoint, data, None if split == "all" else split).result(), json_path)
 
 
 @cli.command("downstream")

@@ -111,3 +111,12 @@ def test_hs_train_seg_cli_with_extra_data(synthetic_dir, tmp_path):
     assert ckpt["data"]["extra_ratio"] == 0.5 and ckpt["step"] == 3
     r = run_cli("hs-train", "seg", "--data", str(synthetic_dir), "--extra-ratio", "0.5", "--out", str(tmp_path / "s"))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --extra-ratio")
+
+
+def test_dihedral_is_undone():
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    from histosmith.segmentation.predict import undo_dihedral
+    from histosmith.training.data import dihedral
+
+    for k in range(8):
+        assert np.array_equal(undo_dihedral(dihedral(x, k), k), x), k
