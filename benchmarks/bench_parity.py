@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     gen = load_generator(args.checkpoint)
     manifest = Manifest.load(args.export)
-    info = manifest.info()
+    info = manifest.info
     tables = DDIMScheduler(info.schedule).set_timesteps(args.steps)
     table = cond.from_dataset(info, args.n, 0)
     latents, _ = tile_noise(0, np.arange(args.n), info.latent_shape, args.steps, False)
@@ -57,7 +57,7 @@ def main() -> None:
     rows = {}
     for name, suffix in (("onnxruntime-fp32", ""), ("onnxruntime-fp16", ".fp16")):
         backend = OnnxBackend(args.export / f"unet{suffix}.onnx", args.export / f"decoder{suffix}.onnx",
-                              manifest.graph(UNET), manifest.graph(DECODER), tables, manifest.batch_range())
+                              manifest.graph(UNET), manifest.graph(DECODER), tables, manifest.batch.bounds)
         got = run(backend)
         rows[name] = {"latent_rel_err": float(np.abs(got[0] - ref[0]).max() / np.abs(ref[0]).max()),
                       "class_agreement": float((got[1] == ref[1]).mean()),

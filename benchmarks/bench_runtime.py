@@ -102,16 +102,16 @@ def main() -> None:
 
     gen = load_generator(args.checkpoint)
     manifest = Manifest.load(args.export)
-    info = manifest.info()
+    info = manifest.info
     tables = DDIMScheduler(info.schedule).set_timesteps(args.steps)
     backends = {
         "torch-eager-fp32": TorchBackend(gen.guided, gen.decoder, tables),
         "onnxruntime-fp32": OnnxBackend(args.export / "unet.onnx", args.export / "decoder.onnx",
                                         manifest.graph(UNET), manifest.graph(DECODER), tables,
-                                        manifest.batch_range(), "cpu", threads),
+                                        manifest.batch.bounds, "cpu", threads),
         "onnxruntime-fp16": OnnxBackend(args.export / "unet.fp16.onnx", args.export / "decoder.fp16.onnx",
                                         manifest.graph(UNET), manifest.graph(DECODER), tables,
-                                        manifest.batch_range(), "cpu", threads),
+                                        manifest.batch.bounds, "cpu", threads),
     }
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:

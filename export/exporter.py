@@ -28,7 +28,15 @@ from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx
 from histosmith.export.verify import OutputError, check
 from histosmith.generator import TrainedGenerator, load_generator
 from histosmith.models.wrappers import DDIMStep
-from histosmith.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, Variant
+from histosmith.runtime.manifest import (
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    BatchRange,
+    ExportSource,
+    Manifest,
+    TrainingConditions,
+    Variant,
+)
 from histosmith.runtime.specs import (
     CONDITION,
     DECODER,
@@ -191,31 +199,31 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
                                                        random_inputs(gen, graph, b, 200 + b), spec.output_names,
                                                        TOLERANCE["torchscript"]))
         for precision in precisions:
-            variants.append(Variant(precision, "onnx", names[precision][UNET], names[precision][DECODER],
-                                    names[precision][STEP]))
+            variants.append(Variant(precision, "onnx", entry=names[precision][UNET], decoder=names[precision][DECODER],
+                                    guided_unet=names[precision][UNET], fused_step=names[precision][STEP]))
         if opts.torchscript:
-            variants.append(Variant("fp32", "torchscript", f"{UNET}.pt", f"{DECODER}.pt"))
+            variants.append(Variant("fp32", "torchscript", entry=f"{UNET}.pt", decoder=f"{DECODER}.pt",
+                                    guided_unet=f"{UNET}.pt"))
         for p in sorted(tmp.iterdir()):
             files[p.name] = sha256_file(p)
         manifest = Manifest(
-            format_version=MANIFEST_VERSION,
-            condition=info.spec.to_json(),
-            schedule=asdict(info.schedule),
-            latent_shape=list(info.latent_shape),
+            condition=info.spec,
+            schedule=info.schedule,
+            latent_shape=info.latent_shape,
             tile_size=info.tile_size,
             latent_scale=float(1.0 / gen.decoder.inv_scale),
+            count_margin=info.count_margin,
             models={"unet": to_dict(gen.unet_config), "vqvae": to_dict(gen.vq_config)},
-            graphs={name: spec.to_json() for name, spec in specs.items()},
-            batch={"dynamic": opts.dynamic_batch, "min": low, "max": high},
-            variants=[asdict(v) for v in variants],
+            graphs=specs,
+            batch=BatchRange(opts.dynamic_batch, low, high),
+            variants=tuple(variants),
             files=files,
             versions=versions() | {"opset": str(opts.opset)},
-            source={"checkpoint": str(gen.checkpoint), "step": gen.step, "sha256": sha256_file(gen.checkpoint)},
-            training_conditions={"counts": info.training_counts.tolist(), "tissues": info.training_tissues.tolist()},
-            count_margin=info.count_margin,
+            source=ExportSource(str(gen.checkpoint), gen.step, sha256_file(gen.checkpoint)),
+            training=TrainingConditions(info.training_counts, info.training_tissues),
             verification=verification,
             cache_key=key,
-            provenance=list(info.provenance),
+            provenance=tuple(info.provenance),
         )
         manifest.save(tmp)
     return manifest, False

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histosmith.data.atomic import write_bytes_atomic
+from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.trtexec import write_build_script
-from histosmith.runtime.manifest import Manifest, Variant, sha256_file
+from histosmith.runtime.manifest import Manifest, Precision, TensorRTBuild, Variant
 from histosmith.runtime.planning import BatchBuckets
 from histosmith.runtime.specs import BATCH, DECODER, STEP, GraphSpec
 from histosmith.runtime.tensorrt_facts import UNKNOWN, engine_facts
@@ -37,24 +37,21 @@ INSTALL_HINT = ("TensorRT's Python package is not installed here: on an x86 serv
 
 @dataclass(frozen=True)
 class EngineOptions:
-    precision: str = "fp16"  # fp16 | fp32 | int8
+    precision: Precision = "fp16"
     buckets: BatchBuckets = BatchBuckets((1, 8, 32))
     workspace_gb: float = 4.0
 
 
-def plan_names(precision: str) -> tuple[str, str]:
+def plan_names(precision: Precision) -> tuple[str, str]:
     suffix = "" if precision == "fp16" else f".{precision}"
     return f"unet{suffix}.plan", f"decoder{suffix}.plan"
 
 
-def onnx_sources(manifest: Manifest, precision: str, directory: Path) -> tuple[str, str]:
+def onnx_sources(manifest: Manifest, precision: Precision, directory: Path) -> tuple[str, str]:
     """The ONNX files (step, decoder) an engine of ``precision`` is built from."""
-    for v in manifest.variant_list():
-        if v.format == "onnx" and v.precision == precision and v.step:
-            return v.step, v.decoder
-    if precision == "int8":
-        raise file_error(directory, "no INT8 (Q/DQ) graphs in this export; INT8 engines need hs-calibrate, "
-                                    "which is not available yet")
+    for v in manifest.variants:
+        if v.format == "onnx" and v.precision == precision and v.fused_step:
+            return v.fused_step, v.decoder
     raise file_error(directory, f"no {precision} step graph in this export; re-export (hs-export) with this version")
 
 
@@ -115,8 +112,8 @@ def build_engines(directory: Path, opts: EngineOptions) -> Variant:
     unet_plan, decoder_plan = plan_names(opts.precision)
     specs = {STEP: manifest.graph(STEP), DECODER: manifest.graph(DECODER)}
     jobs = [(step_onnx, unet_plan, specs[STEP]), (decoder_onnx, decoder_plan, specs[DECODER])]
-    low, high = manifest.batch_range()
-    if not manifest.batch["dynamic"] and opts.buckets.sizes != (high,):
+    high = manifest.batch.max
+    if not manifest.batch.dynamic and opts.buckets.sizes != (high,):
         raise HistoSmithError(f"a fixed-batch export takes exactly one bucket: --batch-buckets {high}")
     if opts.buckets.largest > high:
         raise HistoSmithError(f"bucket {opts.buckets.largest} exceeds the exported graphs' max batch {high}")
@@ -137,7 +134,7 @@ def build_engines(directory: Path, opts: EngineOptions) -> Variant:
     return register_engines(directory, opts.precision, facts)
 
 
-def register_engines(directory: Path, precision: str, facts: dict[str, Any] | None = None,
+def register_engines(directory: Path, precision: Precision, facts: dict[str, Any] | None = None,
                      buckets: BatchBuckets | None = None) -> Variant:
     """Add (or replace) the TensorRT variant in the manifest, with file hashes and build facts."""
     manifest = Manifest.load(directory)
@@ -147,11 +144,11 @@ def register_engines(directory: Path, precision: str, facts: dict[str, Any] | No
             raise file_error(directory / name, "engine not found; build it first")
     if facts is None:  # built by trtexec: the plan itself knows its GPU and TensorRT version
         facts = {"gpu": UNKNOWN, "compute_capability": UNKNOWN, "tensorrt": UNKNOWN,
-                 "buckets": list((buckets or BatchBuckets((1, 8, 32))).sizes), "precision": precision}
-    variant = Variant(precision, "tensorrt", unet_plan, decoder_plan, unet_plan, extra=facts)
-    manifest.variants = [v for v in manifest.variants
-                         if not (v["format"] == "tensorrt" and v["precision"] == precision)] + [variant.__dict__]
-    for name in (unet_plan, decoder_plan):
-        manifest.files[name] = sha256_file(directory / name)
-    manifest.save(directory)
+                 "buckets": list((buckets or BatchBuckets((1, 8, 32))).sizes)}
+    build = TensorRTBuild(str(facts["gpu"]), str(facts["compute_capability"]), str(facts["tensorrt"]),
+                          tuple(int(b) for b in facts["buckets"]))
+    variant = Variant(precision, "tensorrt", entry=unet_plan, decoder=decoder_plan, fused_step=unet_plan,
+                      tensorrt=build)
+    hashes = {name: sha256_file(directory / name) for name in (unet_plan, decoder_plan)}
+    manifest.with_variant(variant, hashes).save(directory)
     return variant

@@ -14,8 +14,9 @@ from histosmith.errors import HistoSmithError
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.models.wrappers import GuidedUNet, LatentDecoder
+from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.schedule import ScheduleConfig
+from histosmith.runtime.schedule import DDIMTables, ScheduleConfig
 from histosmith.training.checkpoint import load_checkpoint, load_state, resolve
 
 
@@ -51,9 +52,42 @@ def load_generator(path: Path) -> TrainedGenerator:
         tile_size=vq_cfg.tile_size,
         training_counts=conditions["counts"].numpy().astype(np.int64),
         training_tissues=conditions["tissues"].numpy().astype(np.int64),
-        count_margin=0,
+        count_margin=int(ckpt.get("dataset", {}).get("count_margin", 0)),  # the counting rule of the training set
         source=f"HistoSmith generator {file} (step {int(ckpt['step'])})",
         provenance=tuple(collect_records(ckpt.get("training_data"))),
     )
     return TrainedGenerator(GuidedUNet(unet).eval(), LatentDecoder(vq, ckpt["latent_scale"]).eval(), unet_cfg,
                             vq_cfg, info, file, int(ckpt["step"]))
+
+
+@dataclass
+class CheckpointSession:
+    """A trained generator as a generation session (``hs-sample``): the torch reference sampler."""
+
+    generator: TrainedGenerator
+    device: str = "cpu"
+    precision: str = "fp32"
+    cuda_graph: bool = False
+    compile_modules: bool = False
+    batch: int | None = None
+
+    @property
+    def info(self) -> GeneratorInfo:
+        return self.generator.info
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.generator.checkpoint} step {self.generator.step}"
+
+    def batch_limits(self) -> tuple[int, int]:
+        return 1, 2**31 - 1
+
+    def backend(self, tables: DDIMTables) -> Backend:
+        from histosmith.runtime.backends.torch_backend import DTYPES, TorchBackend
+        from histosmith.runtime.planning import BatchBuckets
+
+        dtype = DTYPES[self.precision]
+        gen = self.generator
+        buckets = BatchBuckets((self.batch,)) if self.cuda_graph and self.batch else None
+        return TorchBackend(gen.guided.to(self.device, dtype), gen.decoder.to(self.device, dtype), tables,
+                            self.device, dtype, self.cuda_graph, buckets, compile_modules=self.compile_modules)

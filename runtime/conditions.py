@@ -4,8 +4,10 @@ or a rebalanced version of it. Every source is a pure function of (seed, tile in
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -13,36 +15,134 @@ from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.seeds import STREAM_CONDITION, tile_rng
 
+SourceKind = Literal["counts", "csv", "from-dataset", "balance"]
+DEFAULT_N = 64
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class ConditionTable:
-    """Requested counts (N, K) int64 and tissue indices (N,) int64 for tiles 0..N-1."""
+    """Requested counts (N, K) int64 and tissue indices (N,) int64 for tiles 0..N-1, and how they were chosen."""
 
     counts: np.ndarray
     tissues: np.ndarray
+    label: str = ""
 
     def __len__(self) -> int:
         return len(self.counts)
 
+    def digest(self) -> str:
+        return hashlib.sha256(self.counts.tobytes() + self.tissues.tobytes()).hexdigest()[:16]
 
-def explicit(info: GeneratorInfo, counts: np.ndarray, tissue: int, n: int) -> ConditionTable:
+
+@dataclass(frozen=True)
+class ConditionRequest:
+    """What the user asked for, parsed once from the command line (before any model is loaded)."""
+
+    kind: SourceKind
+    n: int | None = None  # None: DEFAULT_N, or the rows of the CSV
+    counts: tuple[tuple[str, int], ...] = ()  # kind "counts": (class name, count) pairs
+    tissue: str | None = None
+    csv: Path | None = None
+    allow_extrapolation: bool = False
+
+    @classmethod
+    def from_options(cls, n: int | None, counts: str | None, tissue: str | None, csv_path: Path | None,
+                     from_dataset: bool, balance: bool, allow_extrapolation: bool = False) -> ConditionRequest:
+        """Exactly one source: --counts [--tissue], --conditions CSV, --from-dataset (default) or --balance."""
+        chosen = [name for name, on in (("counts", counts is not None), ("conditions", csv_path is not None),
+                                        ("from-dataset", from_dataset), ("balance", balance)) if on]
+        if len(chosen) > 1:
+            raise HistoSmithError(f"choose one condition source, got --{' and --'.join(chosen)}")
+        if tissue is not None and counts is None:
+            raise HistoSmithError("--tissue goes with --counts")
+        if csv_path is not None:
+            if not csv_path.is_file():
+                raise file_error(csv_path, "not found" if not csv_path.exists() else "not a file")
+            return cls("csv", n, csv=csv_path, allow_extrapolation=allow_extrapolation)
+        if counts is not None:
+            return cls("counts", n, parse_counts(counts), tissue, allow_extrapolation=allow_extrapolation)
+        return cls("balance" if balance else "from-dataset", n, allow_extrapolation=allow_extrapolation)
+
+    def resolve(self, info: GeneratorInfo, seed: int) -> ConditionTable:
+        """The per-tile table for this generator (names checked against its classes and tissues)."""
+        spec = info.spec
+        if self.kind == "counts":
+            row = np.zeros(spec.n_classes, dtype=np.int64)
+            for name, value in self.counts:
+                if name not in spec.class_names:
+                    raise HistoSmithError(f"--counts: unknown class {name!r}; known: {list(spec.class_names)}")
+                row[spec.class_names.index(name)] = value
+            text = ",".join(f"{k}={v}" for k, v in self.counts)
+            table = explicit(info, row, spec.tissue_index(self.tissue), self.n or DEFAULT_N,
+                             f"counts {text} tissue {self.tissue}")
+        elif self.kind == "csv":
+            assert self.csv is not None
+            table = from_csv(info, self.csv, self.n)
+        elif self.kind == "balance":
+            table = balanced(info, self.n or DEFAULT_N, seed)
+        else:
+            table = from_dataset(info, self.n or DEFAULT_N, seed)
+        spec.check_range(table.counts, self.allow_extrapolation)
+        return table
+
+
+def parse_counts(text: str) -> tuple[tuple[str, int], ...]:
+    """``name=int,name=int`` -> ((name, count), ...); whole, non-negative, 64-bit counts only."""
+    pairs: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name:
+            raise HistoSmithError(f"--counts: expected name=count, got {part!r}")
+        if name in pairs:
+            raise HistoSmithError(f"--counts: class {name!r} given twice")
+        pairs[name] = parse_count(value, f"--counts: {name}")
+    if not pairs:
+        raise HistoSmithError("--counts: no class counts given")
+    return tuple(pairs.items())
+
+
+def parse_count(text: str, what: str) -> int:
+    """A nucleus count written by a user: a whole number in 0..MAX_COUNT."""
+    try:
+        number = int(text.strip())
+    except ValueError:
+        raise HistoSmithError(f"{what}={text.strip()!r} is not a whole number") from None
+    if number < 0:
+        raise HistoSmithError(f"{what}={number} is negative")
+    if number > MAX_COUNT:
+        raise HistoSmithError(f"{what}={number} is beyond any tile ({MAX_COUNT} at most)")
+    return number
+
+
+MAX_COUNT = 1_000_000  # far above any tile; keeps counts inside int64 and float32 arithmetic
+
+
+def explicit(info: GeneratorInfo, counts: np.ndarray, tissue: int, n: int, label: str = "explicit") -> ConditionTable:
     """The same counts and tissue for every tile."""
-    return ConditionTable(np.repeat(np.asarray(counts, np.int64)[None], n, axis=0), np.full(n, tissue, np.int64))
+    return ConditionTable(np.repeat(np.asarray(counts, np.int64)[None], n, axis=0), np.full(n, tissue, np.int64),
+                          label)
 
 
 def from_csv(info: GeneratorInfo, path: Path, n: int | None) -> ConditionTable:
     """Rows of ``<class>...,tissue``; missing class columns mean 0; rows repeat cyclically up to ``n``."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = [h.strip() for h in reader.fieldnames or []]
     except FileNotFoundError:
         raise file_error(path, "not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise file_error(path, "not UTF-8 text") from None
+    except (OSError, csv.Error) as exc:
         raise file_error(path, f"unreadable CSV ({exc})") from None
     if not rows:
         raise file_error(path, "no rows")
     spec = info.spec
-    header = list(rows[0])
+    if len(set(header)) != len(header):
+        raise file_error(path, f"repeated columns in the header {header}")
     unknown = [h for h in header if h not in spec.class_names and h != "tissue"]
     if unknown:
         raise file_error(path, f"unknown columns {unknown}; expected class names {list(spec.class_names)} and 'tissue'")
@@ -51,21 +151,21 @@ def from_csv(info: GeneratorInfo, path: Path, n: int | None) -> ConditionTable:
     counts = np.zeros((len(rows), spec.n_classes), dtype=np.int64)
     tissues = np.zeros(len(rows), dtype=np.int64)
     for r, row in enumerate(rows):
+        row = {(k.strip() if isinstance(k, str) else k): v for k, v in row.items()}
+        if None in row:
+            raise file_error(path, f"row {r + 2}: more fields than the header's {len(header)} columns")
         for c, name in enumerate(spec.class_names):
-            value = (row.get(name) or "0").strip()
             try:
-                counts[r, c] = int(value)
-            except ValueError:
-                raise file_error(path, f"row {r + 2}: {name}={value!r} is not a whole number") from None
-            if counts[r, c] < 0:
-                raise file_error(path, f"row {r + 2}: {name}={value} is negative")
+                counts[r, c] = parse_count(row.get(name) or "0", name)
+            except HistoSmithError as exc:
+                raise file_error(path, f"row {r + 2}: {exc}") from None
         try:
             tissues[r] = spec.tissue_index(row.get("tissue") or None)
         except HistoSmithError as exc:
             raise file_error(path, f"row {r + 2}: {exc}") from None
     n = n or len(rows)
     reps = -(-n // len(rows))
-    return ConditionTable(np.tile(counts, (reps, 1))[:n], np.tile(tissues, reps)[:n])
+    return ConditionTable(np.tile(counts, (reps, 1))[:n], np.tile(tissues, reps)[:n], f"conditions {path}")
 
 
 def from_dataset(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
@@ -74,7 +174,7 @@ def from_dataset(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
     if total == 0:
         raise HistoSmithError("the generator carries no training conditions to draw from")
     pick = np.array([tile_rng(seed, i, STREAM_CONDITION).integers(total) for i in range(n)], dtype=np.int64)
-    return ConditionTable(info.training_counts[pick], info.training_tissues[pick])
+    return ConditionTable(info.training_counts[pick], info.training_tissues[pick], "from-dataset")
 
 
 def balanced(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
@@ -101,4 +201,4 @@ def balanced(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
         raised = rng.integers(low, np.maximum(high, low) + 1)
         row[rare] = np.maximum(row[rare], raised[rare])
         out_counts[i], out_tissues[i] = row, tissues[j]
-    return ConditionTable(out_counts, out_tissues)
+    return ConditionTable(out_counts, out_tissues, "balance")

@@ -8,8 +8,9 @@ an uninterrupted run with the same batch size.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,15 +19,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from histosmith.data.atomic import write_json_atomic
-from histosmith.data.format import Dataset, DatasetMeta, DatasetWriter, default_shard_size
+from histosmith.data.atomic import describe_os_error, read_json_object, write_json_atomic
+from histosmith.data.format import DatasetMeta, DatasetWriter, default_shard_size
 from histosmith.data.provenance import PROVENANCE_KEY
 from histosmith.errors import HistoSmithError, file_error
-from histosmith.runtime.backends.base import Backend, Decoded
+from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
-from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,35 @@ PLAN_FILE = "generation.json"
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    """Everything that determines the output bytes; a resumed run must match it exactly."""
+    """The sampling settings of a run (validated when built)."""
 
-    n: int
-    seed: int
-    batch: int
-    steps: int
-    eta: float
-    guidance: float
-    shard_size: int
-    conditions: str  # how conditions were chosen (for the record and the resume check)
-    conditions_digest: str
-    model: str  # engine / checkpoint identity
-    postprocess: dict[str, Any]
+    seed: int = 0
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 4.0
+    batch: int = 16
+    shard_size: int | None = None  # None: about 128 MB of tiles per shard
+    postprocess: PostprocessConfig = PostprocessConfig()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise HistoSmithError(f"--seed {self.seed}: must be a whole number in 0..2^63-1")
+        if not 1 <= self.steps <= 1000:
+            raise HistoSmithError(f"--steps {self.steps}: must be in 1..1000")
+        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
+            raise HistoSmithError(f"--eta {self.eta}: must be a number in 0..1")
+        if not (math.isfinite(self.guidance) and 0.0 <= self.guidance <= 100.0):
+            raise HistoSmithError(f"--guidance {self.guidance}: must be a number in 0..100")
+        if self.batch < 1 or (self.shard_size is not None and self.shard_size < 1):
+            raise HistoSmithError("--batch and --shard-size must be at least 1")
+
+
+def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable) -> dict[str, Any]:
+    """``generation.json``: everything that determines the output bytes; a resumed run must match it."""
+    return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
+            "guidance": plan.guidance, "shard_size": plan.shard_size or default_shard_size(session.info.tile_size),
+            "conditions": conditions.label, "conditions_digest": conditions.digest(), "model": session.model_id,
+            "postprocess": asdict(plan.postprocess)}
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -61,29 +78,37 @@ def decode_labels(decoded: Decoded, n_classes: int, post: PostprocessConfig) -> 
     return [labels_from_maps(decoded.distance[b, 0], classes[b], n_classes, post) for b in range(len(classes))]
 
 
-def _digest(table: ConditionTable) -> str:
-    import hashlib
-
-    return hashlib.sha256(table.counts.tobytes() + table.tissues.tobytes()).hexdigest()[:16]
-
-
-def _check_plan(out: Path, plan: GenerationPlan, resume: bool, provenance: list[dict[str, Any]]) -> None:
+def check_output_dir(out: Path, resume: bool) -> None:
+    """``out`` must be new or empty, or (with ``resume``) hold an earlier generation run. Reads only."""
+    if out.exists() and not out.is_dir():
+        raise file_error(out, "exists and is not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise file_error(out, f"cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise file_error(out, f"not writable ({existing} does not allow it)")
     path = out / PLAN_FILE
-    if path.exists():
-        if not resume:
-            raise file_error(out, "already holds a generation run; pass --resume to finish it or use a new --out")
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise file_error(path, f"unreadable ({exc})") from None
-        mine = asdict(plan)
-        diff = sorted(k for k in mine if previous.get(k) != mine[k])
-        if diff:
-            raise file_error(path, f"--resume with different settings ({', '.join(diff)}); use the original ones")
-    elif resume:
-        raise file_error(path, "nothing to resume (no generation.json)")
-    # The generator's training records ride along (not part of the plan: they follow from the model).
-    write_json_atomic(path, asdict(plan) | {PROVENANCE_KEY: provenance})
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            hint = "pass --resume to finish that run" if path.exists() else "choose a new or empty directory"
+            raise file_error(out, f"exists and is not empty; {hint} (generation never writes into other data)")
+        return
+    if not path.is_file():
+        raise file_error(out, f"nothing to resume (no {PLAN_FILE}: not an earlier generation run)")
+
+
+def check_output(out: Path, record: dict[str, Any], resume: bool) -> None:
+    """:func:`check_output_dir`, and a resumed run must have exactly these settings."""
+    check_output_dir(out, resume)
+    if not resume:
+        return
+    path = out / PLAN_FILE
+    previous = read_json_object(path)
+    diff = sorted(k for k in record if previous.get(k) != record[k])
+    if diff:
+        raise file_error(path, f"--resume with different settings ({', '.join(diff)}); use the original ones")
 
 
 @dataclass
@@ -96,71 +121,65 @@ class GenerationResult:
     measured: np.ndarray  # (N, K)
 
 
-def generate(
-    backend: Backend,
-    info: GeneratorInfo,
-    tables: DDIMTables,
-    table: ConditionTable,
-    out: Path,
-    *,
-    seed: int,
-    batch: int,
-    guidance: float,
-    eta: float,
-    model_id: str,
-    conditions_label: str,
-    resume: bool = False,
-    shard_size: int | None = None,
-    post: PostprocessConfig = PostprocessConfig(),
-    show_progress: bool = True,
-) -> GenerationResult:
-    """Generate ``len(table)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout)."""
-    n = len(table)
+def generate(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable, out: Path, *,
+             resume: bool = False, show_progress: bool = True) -> GenerationResult:
+    """Generate ``len(conditions)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout)."""
+    info = session.info
     spec = info.spec
-    shard_size = shard_size or default_shard_size(info.tile_size)
-    plan = GenerationPlan(n=n, seed=seed, batch=batch, steps=tables.num_steps, eta=eta, guidance=guidance,
-                          shard_size=shard_size, conditions=conditions_label, conditions_digest=_digest(table),
-                          model=model_id, postprocess=asdict(post))
+    n = len(conditions)
+    record = run_record(session, plan, conditions)
+    shard_size = record["shard_size"]
+    low, high = session.batch_limits()
+    if not low <= plan.batch <= high:
+        raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
+    check_output(out, record, resume)
+    tables = DDIMScheduler(info.schedule).set_timesteps(plan.steps, plan.eta)
+    backend = session.backend(tables)  # the expensive part; nothing is written before it succeeds
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise file_error(out, f"cannot create the output directory ({exc.strerror})") from None
-    provenance = list(info.provenance)
-    _check_plan(out, plan, resume, provenance)
+        raise describe_os_error(out, exc) from None
+    provenance = [dict(r) for r in info.provenance]
+    if not resume:
+        # The generator's training records ride along (not part of the plan: they follow from the model).
+        write_json_atomic(out / PLAN_FILE, record | {PROVENANCE_KEY: provenance})
     meta = DatasetMeta(
         class_names=list(spec.class_names), tissue_names=list(spec.tissue_names), tile_size=info.tile_size,
         count_margin=info.count_margin, source=info.source, licence="generated",
-        notes=f"{n} synthetic tiles; seed {seed}, {tables.num_steps} DDIM steps, eta {eta}, guidance {guidance}",
-        extra={"generation": asdict(plan), PROVENANCE_KEY: provenance},
+        notes=f"{n} synthetic tiles; seed {plan.seed}, {plan.steps} DDIM steps, eta {plan.eta}, "
+              f"guidance {plan.guidance}",
+        extra={"generation": record, PROVENANCE_KEY: provenance},
     )
-    writer = DatasetWriter(out, meta, shard_size, resume=True)
+    writer = DatasetWriter(out, meta, shard_size, resume=resume)
     start = writer.tiles_done
     if start:
         log.info("resuming at tile %d of %d", start, n)
-    vectors = spec.vectors(table.counts, table.tissues)
-    guidance_all = np.full(n, guidance, dtype=np.float32)
+    vectors = spec.vectors(conditions.counts, conditions.tissues)
+    guidance_all = np.full(n, plan.guidance, dtype=np.float32)
     started = time.monotonic()
     bar = tqdm(total=n, initial=start, desc=f"generate ({backend.name})", unit="tile", disable=not show_progress,
                dynamic_ncols=True)
-    i = start
-    while i < n:
-        end = min(i + batch, n, (i // shard_size + 1) * shard_size)  # never cross a shard boundary
-        index = np.arange(i, end)
-        latents, step_noise = tile_noise(seed, index, info.latent_shape, tables.num_steps, tables.stochastic)
-        decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
-        for b, labels in enumerate(decode_labels(decoded, spec.n_classes, post)):
-            tile = int(index[b])
-            row = {"patch_info": f"gen-{seed}-{tile:07d}", "tissue": spec.tissue_names[table.tissues[tile]],
-                   "seed": seed, "index": tile}
-            row.update({f"requested_{c}": int(v) for c, v in zip(spec.class_names, table.counts[tile], strict=True)})
-            writer.add(to_uint8(decoded.image[b]), labels, row)
-        bar.update(len(index))
-        i = end
-    bar.close()
+    try:
+        i = start
+        while i < n:
+            end = min(i + plan.batch, n, (i // shard_size + 1) * shard_size)  # never cross a shard boundary
+            index = np.arange(i, end)
+            latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic)
+            decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
+            for b, labels in enumerate(decode_labels(decoded, spec.n_classes, plan.postprocess)):
+                tile = int(index[b])
+                row = {"patch_info": f"gen-{plan.seed}-{tile:07d}", "seed": plan.seed, "index": tile,
+                       "tissue": spec.tissue_names[conditions.tissues[tile]]}
+                row.update({f"requested_{c}": int(v)
+                            for c, v in zip(spec.class_names, conditions.counts[tile], strict=True)})
+                writer.add(to_uint8(decoded.image[b]), labels, row)
+            bar.update(len(index))
+            i = end
+    finally:
+        bar.close()  # before any error line, so it is not glued to the bar
     writer.close()
     seconds = time.monotonic() - started
-    measured = Dataset.open(out).counts()
-    return GenerationResult(out, n, n - start, seconds, table.counts, measured)
+    return GenerationResult(out, n, n - start, seconds, conditions.counts, writer.counts())
 
 
 @dataclass(frozen=True)

@@ -1,110 +1,373 @@
-"""``manifest.json``: everything the runtime needs beside the graph files, and the checks it makes.
+"""``manifest.json``: everything the runtime needs beside the graph files, parsed once into frozen types.
 
-Written by ``hs-export``; read by ``hs-generate`` before any work: format version, models' configs, the
-noise schedule, class and tissue names, count scales and training range, graph I/O specs, the files of
-each precision variant with their SHA-256, and the versions that exported them.
+Written by ``hs-export``; read by ``hs-generate`` before any work: format version, the models' configs,
+the noise schedule, class and tissue names, count scales and training range, graph I/O specs, the files
+of each precision variant with their SHA-256, and the versions that exported them.
+
+Integrity (what :func:`Manifest.load` and :meth:`Manifest.verify_file` check, and what they do not):
+
+* every file name is a plain name inside the export directory — absolute paths, ``..`` and names that
+  resolve (through links) outside the directory are refused before anything is opened;
+* ``body_sha256`` is the SHA-256 of the canonical JSON of every other field, written by the exporter:
+  an edited manifest (class names, latent shape, scales, file hashes) is refused, so one cannot relabel
+  tiles or swap graphs by editing it. It is a checksum, not a signature: someone who recomputes the
+  digest after editing defeats it;
+* the semantic fields that shape the graphs (latent shape, condition width, class count, tile size) are
+  checked against the graph I/O specs here, and the specs against the graph files when they are loaded;
+* each graph file must match the SHA-256 recorded for it (a modified or foreign graph is refused).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from histosmith.data.atomic import read_json_object, sha256_file
+from histosmith.data.atomic import read_json_object, sha256_file, write_json_atomic
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.schedule import ScheduleConfig
-from histosmith.runtime.specs import DECODER, UNET, GraphSpec
+from histosmith.runtime.schedule import BetaSchedule, Prediction, ScheduleConfig
+from histosmith.runtime.specs import DECODER, STEP, UNET, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".plan": "tensorrt", ".engine": "tensorrt"}
+MANIFEST_VERSION = 2
+
+Precision = Literal["fp32", "fp16", "int8"]
+GraphFormat = Literal["onnx", "torchscript", "tensorrt"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+GRAPH_FORMATS: tuple[str, ...] = get_args(GraphFormat)
+FORMATS: dict[str, GraphFormat] = {".onnx": "onnx", ".pt": "torchscript", ".plan": "tensorrt",
+                                    ".engine": "tensorrt"}
+
+
+class ManifestError(HistoSmithError):
+    """A malformed field; :meth:`Manifest.load` prefixes the file name."""
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(data, Mapping) or key not in data:
+        raise ManifestError(f"{where}: missing {key!r}")
+    value = data[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ManifestError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str, where: str, low: int = 0) -> int:
+    value = _require(data, key, int, where)
+    if value < low:
+        raise ManifestError(f"{where}.{key}: {value} is below {low}")
+    return value
+
+
+def _choice(data: Mapping[str, Any], key: str, options: tuple[str, ...], where: str) -> Any:
+    value = _require(data, key, str, where)
+    if value not in options:
+        raise ManifestError(f"{where}.{key}: {value!r} is not one of {list(options)}")
+    return value
+
+
+def check_file_name(name: str) -> str:
+    """A file name the manifest may list: relative, no ``..``, no drive or backslash tricks."""
+    path = PurePosixPath(name)
+    if not name or "\\" in name or path.is_absolute() or ".." in path.parts or ":" in name or "\0" in name:
+        raise ManifestError(f"file name {name!r} is not a plain name inside the export directory")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Batch sizes the graphs accept: any in ``min..max`` when dynamic, exactly ``max`` otherwise."""
+
+    dynamic: bool
+    min: int
+    max: int
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self.min, self.max
+
+    @classmethod
+    def from_json(cls, data: Any) -> BatchRange:
+        low, high = _int(data, "min", "batch", 1), _int(data, "max", "batch", 1)
+        if low > high:
+            raise ManifestError(f"batch: min {low} > max {high}")
+        return cls(bool(_require(data, "dynamic", bool, "batch")), low, high)
+
+
+@dataclass(frozen=True)
+class TensorRTBuild:
+    """What a TensorRT engine was built for (compared with this machine before deserialising)."""
+
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    buckets: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> TensorRTBuild:
+        buckets = _require(data, "buckets", list, where)
+        if not buckets or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets):
+            raise ManifestError(f"{where}.buckets: expected positive whole numbers, got {buckets}")
+        return cls(str(_require(data, "gpu", str, where)), str(_require(data, "compute_capability", str, where)),
+                   str(_require(data, "tensorrt", str, where)), tuple(buckets))
+
+    def facts(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, "compute_capability": self.compute_capability, "tensorrt": self.tensorrt,
+                "buckets": list(self.buckets)}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One runnable pair of graph files."""
+    """One runnable set of graph files of one precision and format.
 
-    precision: str  # fp32 | fp16 | int8
-    format: str  # onnx | torchscript | tensorrt
-    unet: str  # file names, relative to the export directory
+    ``entry`` is the file users name with ``--engine``. ``guided_unet`` maps (latent, timestep, condition,
+    guidance) to the guided noise prediction (ONNX Runtime and TorchScript run it step by step);
+    ``fused_step`` is that U-Net fused with the DDIM update (TensorRT runs it; its entry is this file).
+    """
+
+    precision: Precision
+    format: GraphFormat
+    entry: str
     decoder: str
-    step: str = ""  # the fused U-Net + DDIM step graph (GPU backends), when exported
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT build facts
+    guided_unet: str = ""
+    fused_step: str = ""
+    tensorrt: TensorRTBuild | None = None
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for n in (self.entry, self.guided_unet, self.fused_step, self.decoder) if n))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "format": self.format, "entry": self.entry,
+                               "decoder": self.decoder, "guided_unet": self.guided_unet,
+                               "fused_step": self.fused_step}
+        if self.tensorrt is not None:
+            out["tensorrt"] = self.tensorrt.facts()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Variant:
+        fmt = _choice(data, "format", GRAPH_FORMATS, where)
+        names = {k: check_file_name(_require(data, k, str, where)) for k in ("entry", "decoder")}
+        for k in ("guided_unet", "fused_step"):
+            value = data.get(k, "") if isinstance(data, Mapping) else ""
+            if not isinstance(value, str):
+                raise ManifestError(f"{where}.{k}: expected a file name")
+            names[k] = check_file_name(value) if value else ""
+        if names["entry"] not in (names["guided_unet"], names["fused_step"]):
+            raise ManifestError(f"{where}: entry {names['entry']!r} is neither its guided U-Net nor its fused step")
+        build = TensorRTBuild.from_json(data["tensorrt"], f"{where}.tensorrt") if fmt == "tensorrt" else None
+        return cls(_choice(data, "precision", PRECISIONS, where), fmt, tensorrt=build, **names)
 
 
-@dataclass
+@dataclass(frozen=True)
+class ExportSource:
+    checkpoint: str
+    step: int
+    sha256: str
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingConditions:
+    """The training set's per-tile (counts, tissue) — what ``--from-dataset`` and ``--balance`` draw from."""
+
+    counts: np.ndarray  # (N, K) int64
+    tissues: np.ndarray  # (N,) int64
+
+    @classmethod
+    def from_json(cls, data: Any, n_classes: int, n_tissues: int) -> TrainingConditions:
+        try:
+            counts = np.asarray(_require(data, "counts", list, "training_conditions"), dtype=np.int64)
+            tissues = np.asarray(_require(data, "tissues", list, "training_conditions"), dtype=np.int64)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ManifestError(f"training_conditions: not whole numbers ({exc})") from None
+        counts = counts.reshape(-1, n_classes) if counts.size else np.zeros((0, n_classes), np.int64)
+        if len(counts) != len(tissues) or (counts < 0).any() or ((tissues < 0) | (tissues >= n_tissues)).any():
+            raise ManifestError("training_conditions: counts and tissues do not fit the condition spec")
+        counts.flags.writeable = tissues.flags.writeable = False
+        return cls(counts, tissues)
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True, eq=False)
 class Manifest:
-    format_version: int
-    condition: dict[str, Any]
-    schedule: dict[str, Any]
-    latent_shape: list[int]
+    """A parsed, checked ``manifest.json``. Graph roles: ``unet`` (guided U-Net), ``step`` (U-Net fused with
+    the DDIM update), ``decoder`` (latent -> image, distance, class probabilities)."""
+
+    condition: ConditionSpec
+    schedule: ScheduleConfig
+    latent_shape: tuple[int, int, int]
     tile_size: int
     latent_scale: float
-    models: dict[str, Any]
-    graphs: dict[str, Any]
-    batch: dict[str, Any]  # {"dynamic": bool, "min": int, "max": int}
-    variants: list[dict[str, Any]]
-    files: dict[str, str]  # file name -> sha256
-    versions: dict[str, str]
-    source: dict[str, Any]
-    training_conditions: dict[str, list]
-    count_margin: int = 0
-    verification: dict[str, Any] = field(default_factory=dict)
+    count_margin: int
+    models: Mapping[str, Any]  # {"unet": UNetConfig fields, "vqvae": VQConfig fields} (a record)
+    graphs: Mapping[str, GraphSpec]
+    batch: BatchRange
+    variants: tuple[Variant, ...]
+    files: Mapping[str, str]  # file name -> sha256
+    versions: Mapping[str, str]
+    source: ExportSource
+    training: TrainingConditions
+    verification: Mapping[str, Any] = field(default_factory=dict)
     cache_key: str = ""
-    provenance: list[dict[str, Any]] = field(default_factory=list)  # the generator's training records
+    provenance: tuple[Mapping[str, Any], ...] = ()  # the generator's training records (data.provenance)
 
     # ------------------------------------------------------------------ views
 
-    @property
-    def spec(self) -> ConditionSpec:
-        return ConditionSpec.from_json(self.condition)
-
-    def graph(self, name: str) -> GraphSpec:
-        return GraphSpec.from_json(self.graphs[name])
-
+    @cached_property
     def info(self) -> GeneratorInfo:
-        k = len(self.condition["class_names"])
-        counts = np.asarray(self.training_conditions["counts"], dtype=np.int64).reshape(-1, k)
         return GeneratorInfo(
-            spec=self.spec,
-            schedule=ScheduleConfig(**self.schedule),
-            latent_shape=tuple(self.latent_shape),
-            tile_size=int(self.tile_size),
-            training_counts=counts,
-            training_tissues=np.asarray(self.training_conditions["tissues"], dtype=np.int64),
+            spec=self.condition,
+            schedule=self.schedule,
+            latent_shape=self.latent_shape,
+            tile_size=self.tile_size,
+            training_counts=self.training.counts,
+            training_tissues=self.training.tissues,
             count_margin=self.count_margin,
-            source=f"HistoSmith export of {self.source.get('checkpoint', '?')} (step {self.source.get('step', '?')})",
+            source=f"HistoSmith export of {self.source.checkpoint} (step {self.source.step})",
             provenance=tuple(self.provenance),
         )
 
-    def variant_list(self) -> list[Variant]:
-        return [Variant(**v) for v in self.variants]
+    def graph(self, role: str) -> GraphSpec:
+        return self.graphs[role]
 
     def variant_for(self, engine: Path) -> Variant:
-        """The variant whose U-Net file is ``engine`` (matched by file name)."""
-        for v in self.variant_list():
-            if v.unet == engine.name:
+        """The variant whose entry file is ``engine`` (matched by file name)."""
+        for v in self.variants:
+            if v.entry == engine.name:
                 return v
-        known = ", ".join(v.unet for v in self.variant_list())
+        known = ", ".join(v.entry for v in self.variants)
         raise file_error(engine, f"not listed in {MANIFEST_FILE} (this export has: {known})")
 
-    def batch_range(self) -> tuple[int, int]:
-        return int(self.batch["min"]), int(self.batch["max"])
+    def with_variant(self, variant: Variant, hashes: Mapping[str, str]) -> Manifest:
+        """A copy with ``variant`` added (replacing one of the same format and precision) and ``hashes``."""
+        kept = tuple(v for v in self.variants if (v.format, v.precision) != (variant.format, variant.precision))
+        return _replace(self, variants=(*kept, variant), files={**self.files, **hashes})
 
-    # ------------------------------------------------------------------ persistence and checks
+    # ------------------------------------------------------------------ persistence
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format_version": MANIFEST_VERSION,
+            "condition": self.condition.to_json(),
+            "schedule": {f.name: getattr(self.schedule, f.name) for f in fields(ScheduleConfig)},
+            "latent_shape": list(self.latent_shape),
+            "tile_size": self.tile_size,
+            "latent_scale": self.latent_scale,
+            "count_margin": self.count_margin,
+            "models": dict(self.models),
+            "graphs": {role: spec.to_json() for role, spec in self.graphs.items()},
+            "batch": {"dynamic": self.batch.dynamic, "min": self.batch.min, "max": self.batch.max},
+            "variants": [v.to_json() for v in self.variants],
+            "files": dict(self.files),
+            "versions": dict(self.versions),
+            "source": {"checkpoint": self.source.checkpoint, "step": self.source.step,
+                       "sha256": self.source.sha256},
+            "training_conditions": {"counts": self.training.counts.tolist(),
+                                    "tissues": self.training.tissues.tolist()},
+            "verification": dict(self.verification),
+            "cache_key": self.cache_key,
+            "provenance": [dict(r) for r in self.provenance],
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        body = self.body()
+        return {**body, "body_sha256": body_digest(body)}
 
     def save(self, directory: Path) -> None:
-        from histosmith.data.atomic import write_json_atomic
-
         write_json_atomic(directory / MANIFEST_FILE, self.to_json())
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        """Parse and cross-check a manifest body (raises :class:`ManifestError`)."""
+        try:
+            condition = ConditionSpec.from_json(_require(data, "condition", dict, "manifest"))
+        except ManifestError:
+            raise
+        except HistoSmithError as exc:
+            raise ManifestError(str(exc)) from None
+        schedule = _schedule(_require(data, "schedule", dict, "manifest"))
+        shape = _require(data, "latent_shape", list, "manifest")
+        if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise ManifestError(f"latent_shape: expected three positive whole numbers, got {shape}")
+        graphs_data = _require(data, "graphs", dict, "manifest")
+        graphs = {}
+        for role in (UNET, DECODER, STEP):
+            if role in graphs_data:
+                try:
+                    graphs[role] = GraphSpec.from_json(graphs_data[role])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ManifestError(f"graphs.{role}: malformed ({exc})") from None
+        for role in (UNET, DECODER):
+            if role not in graphs:
+                raise ManifestError(f"graphs: missing {role!r}")
+        files = _require(data, "files", dict, "manifest")
+        for name, digest in files.items():
+            check_file_name(name)
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise ManifestError(f"files.{name}: not a SHA-256")
+        variants = tuple(Variant.from_json(v, f"variants[{i}]")
+                         for i, v in enumerate(_require(data, "variants", list, "manifest")))
+        for v in variants:
+            for name in v.file_names:
+                if name not in files:
+                    raise ManifestError(f"{name} is used by a variant but has no SHA-256 in 'files'")
+        source = _require(data, "source", dict, "manifest")
+        scale = _require(data, "latent_scale", (int, float), "manifest")
+        if not np.isfinite(scale) or scale <= 0:
+            raise ManifestError(f"latent_scale: {scale} is not a positive number")
+        manifest = cls(
+            condition=condition,
+            schedule=schedule,
+            latent_shape=(shape[0], shape[1], shape[2]),
+            tile_size=_int(data, "tile_size", "manifest", 1),
+            latent_scale=float(scale),
+            count_margin=_int(data, "count_margin", "manifest", 0),
+            models=_require(data, "models", dict, "manifest"),
+            graphs=graphs,
+            batch=BatchRange.from_json(_require(data, "batch", dict, "manifest")),
+            variants=variants,
+            files=dict(files),
+            versions={str(k): str(v) for k, v in _require(data, "versions", dict, "manifest").items()},
+            source=ExportSource(str(source.get("checkpoint", "?")), int(source.get("step", 0) or 0),
+                                str(source.get("sha256", ""))),
+            training=TrainingConditions.from_json(_require(data, "training_conditions", dict, "manifest"),
+                                                  condition.n_classes, condition.n_tissues),
+            verification=data.get("verification") or {},
+            cache_key=str(data.get("cache_key", "")),
+            provenance=_records(data.get("provenance", [])),
+        )
+        manifest._check_graph_shapes()
+        return manifest
+
+    def _check_graph_shapes(self) -> None:
+        """The semantic fields agree with the graph specs (so a spec edit cannot pass as another model)."""
+        c, h, w = self.latent_shape
+        expect = {
+            (UNET, "latent"): ("batch", c, h, w), (UNET, "condition"): ("batch", self.condition.dim),
+            (DECODER, "latent"): ("batch", c, h, w),
+            (DECODER, "image"): ("batch", 3, self.tile_size, self.tile_size),
+            (DECODER, "semantic"): ("batch", self.condition.n_classes + 1, self.tile_size, self.tile_size),
+        }
+        for (role, tensor), shape in expect.items():
+            spec = self.graphs[role]
+            found = {t.name: t.shape for t in (*spec.inputs, *spec.outputs)}.get(tensor)
+            if found != shape:
+                raise ManifestError(f"graphs.{role}.{tensor}: shape {found} does not fit the manifest "
+                                    f"(expected {shape})")
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
@@ -113,20 +376,35 @@ class Manifest:
         if "format_version" not in data:
             raise file_error(path, "not a HistoSmith export manifest")
         if data["format_version"] != MANIFEST_VERSION:
-            raise file_error(path, f"manifest format {data['format_version']}; this runtime reads {MANIFEST_VERSION}")
+            raise file_error(path, f"manifest format {data['format_version']!r}; this runtime reads "
+                                   f"{MANIFEST_VERSION} (re-export with hs-export)")
+        recorded = data.pop("body_sha256", None)
+        if recorded != body_digest(data):
+            raise file_error(path, "its content does not match its body_sha256: the manifest was edited or "
+                                   "damaged after export; re-export instead of editing it")
         try:
-            manifest = cls(**data)
-            for name in (UNET, DECODER):
-                manifest.graph(name)
-            manifest.spec  # noqa: B018 - validates the condition block
-        except (TypeError, KeyError, HistoSmithError) as exc:
+            return cls.from_json(data)
+        except ManifestError as exc:
             raise file_error(path, f"malformed manifest ({exc})") from None
-        return manifest
+
+    # ------------------------------------------------------------------ file checks
+
+    def path_of(self, directory: Path, name: str) -> Path:
+        """``directory / name``, refused when it leaves the export directory (also through links)."""
+        try:
+            check_file_name(name)
+        except ManifestError as exc:
+            raise file_error(directory / MANIFEST_FILE, str(exc)) from None
+        path = directory / name
+        root = directory.resolve()
+        if root not in path.resolve().parents:
+            raise file_error(path, "resolves outside the export directory (a link?); refused")
+        return path
 
     def verify_file(self, directory: Path, name: str) -> Path:
-        """Check that ``name`` exists and matches the SHA-256 recorded at export."""
-        path = directory / name
-        if not path.exists():
+        """Check that ``name`` lies in the export, exists and matches the SHA-256 recorded at export."""
+        path = self.path_of(directory, name)
+        if not path.is_file():
             raise file_error(path, "missing (listed in the manifest)")
         expected = self.files.get(name)
         if expected is None:
@@ -135,3 +413,37 @@ class Manifest:
             raise file_error(path, f"SHA-256 differs from {MANIFEST_FILE}: the file was modified or comes "
                                    "from another export")
         return path
+
+
+def body_digest(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a manifest body (every field except ``body_sha256``)."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _schedule(data: Mapping[str, Any]) -> ScheduleConfig:
+    where = "schedule"
+    known = {f.name for f in fields(ScheduleConfig)}
+    if set(data) - known:
+        raise ManifestError(f"{where}: unknown fields {sorted(set(data) - known)}")
+    beta = [_require(data, k, (int, float), where) for k in ("beta_start", "beta_end")]
+    if not all(0 < b < 1 for b in beta):
+        raise ManifestError(f"{where}: betas {beta} outside (0, 1)")
+    return ScheduleConfig(
+        num_train_timesteps=_int(data, "num_train_timesteps", where, 1),
+        beta_start=float(beta[0]), beta_end=float(beta[1]),
+        beta_schedule=_choice(data, "beta_schedule", get_args(BetaSchedule), where),
+        prediction=_choice(data, "prediction", get_args(Prediction), where),
+    )
+
+
+def _records(data: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ManifestError("provenance: expected a list of records")
+    return tuple(data)
+
+
+def _replace(manifest: Manifest, **changes: Any) -> Manifest:
+    from dataclasses import replace
+
+    return replace(manifest, **changes)

@@ -21,7 +21,7 @@ from histosmith.errors import HistoSmithError
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing, different export in --out.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (unet.plan, decoder.plan).")
-@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="TensorRT engine precision (carried by the ONNX graph).")
 @click.option("--batch-buckets", default="1,8,32", show_default=True, help="TensorRT profiles / CUDA graphs.")
 @click.option("--workspace-gb", type=click.FloatRange(min=0.25), default=4.0, show_default=True)
@@ -48,8 +48,8 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
                              force=force)
         manifest, cached = export_generator(checkpoint, out, opts)
         click.echo(("reused cached export " if cached else "exported ") + str(out))
-        for v in manifest.variant_list():
-            click.echo(f"  {v.format:<12} {v.precision:<5} {v.unet} + {v.decoder}")
+        for v in manifest.variants:
+            click.echo(f"  {v.format:<12} {v.precision:<5} {v.entry} + {v.decoder}")
         if not cached:
             click.echo("verification against PyTorch (max error relative to each output's scale):")
             for label, rows in manifest.verification.items():
@@ -59,14 +59,14 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
         from histosmith.export.tensorrt_build import EngineOptions, build_engines
 
         variant = build_engines(out, EngineOptions(precision, buckets, workspace_gb))
-        click.echo(f"built {variant.unet} + {variant.decoder} for {variant.extra['gpu']} "
-                   f"(compute {variant.extra['compute_capability']}, TensorRT {variant.extra['tensorrt']}, "
-                   f"buckets {variant.extra['buckets']})")
+        build = variant.tensorrt
+        click.echo(f"built {variant.entry} + {variant.decoder} for {build.gpu} (compute "
+                   f"{build.compute_capability}, TensorRT {build.tensorrt}, buckets {list(build.buckets)})")
     if register_engines:
         from histosmith.export.tensorrt_build import register_engines as register
 
         variant = register(out, precision, buckets=buckets)
-        click.echo(f"registered {variant.unet} + {variant.decoder} in {out / 'manifest.json'}")
+        click.echo(f"registered {variant.entry} + {variant.decoder} in {out / 'manifest.json'}")
     if verify:
         from histosmith.export.verify_trt import verify_engines
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from histosmith.cli.common import entry_point
-from histosmith.cli.generation import build_conditions, check_condition_choice, echo_result, generation_options
-from histosmith.errors import HistoSmithError
+from histosmith.cli.generation import echo_result, generation_options, parse_request
 
 
 @click.command(help="Generate labelled tiles with an exported engine (unet.onnx, unet.fp16.onnx, unet.pt, unet.plan).")
@@ -27,24 +26,16 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool) -> None:
-    source = check_condition_choice(counts, tissue, conditions_csv, from_dataset, balance)
-    from histosmith.runtime.engine import batch_limits, load_engine, resolve_engine
+    request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
+                                  steps, eta, guidance, batch, shard_size, out, resume)
+    from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report
-    from histosmith.runtime.schedule import DDIMScheduler
 
-    manifest, variant = resolve_engine(engine)  # every check before loading anything
-    info = manifest.info()
-    low, high, _ = batch_limits(manifest, variant)
-    if not low <= batch <= high:
-        raise HistoSmithError(f"--batch {batch} is outside what the exported graphs accept ({low}..{high})")
-    table, label = build_conditions(info, source, n, counts, tissue, conditions_csv, seed, allow_extrapolation)
-    tables = DDIMScheduler(info.schedule).set_timesteps(steps, eta)
-    loaded = load_engine(engine, tables, device, threads, precision, cuda_graph, batch)
-    result = generate(loaded.backend, info, tables, table, out, seed=seed, batch=batch, guidance=guidance,
-                      eta=eta, model_id=loaded.model_id, conditions_label=label, resume=resume,
-                      shard_size=shard_size)
-    echo_result(result, write_report(result, list(info.spec.class_names)))
+    session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch))  # verified once
+    conditions = request.resolve(session.info, plan.seed)
+    result = generate(session, plan, conditions, out, resume=resume)
+    echo_result(result, write_report(result, list(session.info.spec.class_names)))
 
 
 main = entry_point(cli)

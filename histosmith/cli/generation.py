@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from histosmith.errors import HistoSmithError
-
 
 def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Click options for what to generate; applied to both commands."""
@@ -25,7 +23,8 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--balance", is_flag=True,
                      help="Training draws with rare classes raised within the trained range."),
         click.option("--allow-extrapolation", is_flag=True, help="Allow counts above the training range (warns)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Base seed; tile i uses (seed, i)."),
+        click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                     help="Base seed; tile i uses (seed, i)."),
         click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps."),
         click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM eta."),
         click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True,
@@ -39,42 +38,18 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def check_condition_choice(counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
-                           balance: bool) -> str:
-    """Exactly one condition source; returns its name."""
-    chosen = [name for name, on in (("counts", counts is not None), ("conditions", conditions_csv is not None),
-                                    ("from-dataset", from_dataset), ("balance", balance)) if on]
-    if len(chosen) > 1:
-        raise HistoSmithError(f"choose one condition source, got --{' and --'.join(chosen)}")
-    if tissue is not None and chosen and chosen[0] != "counts":
-        raise HistoSmithError("--tissue goes with --counts")
-    if conditions_csv is not None and not conditions_csv.exists():
-        raise HistoSmithError(f"{conditions_csv}: not found")
-    return chosen[0] if chosen else ("counts" if tissue is not None else "from-dataset")
+def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
+                  from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
+                  guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool) -> tuple[Any, Any]:
+    """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
+    from histosmith.runtime.conditions import ConditionRequest
+    from histosmith.runtime.generate import GenerationPlan, check_output_dir
 
-
-def build_conditions(info: Any, source: str, n: int | None, counts: str | None, tissue: str | None,
-                     conditions_csv: Path | None, seed: int, allow_extrapolation: bool) -> tuple[Any, str]:
-    """The per-tile condition table and a label describing it."""
-    from histosmith.runtime import conditions as cond
-
-    if source == "counts":
-        if counts is None:
-            raise HistoSmithError("--tissue needs --counts")
-        parsed = info.spec.parse_counts(counts)
-        table = cond.explicit(info, parsed, info.spec.tissue_index(tissue), n or 64)
-        label = f"counts {counts} tissue {tissue}"
-    elif source == "conditions":
-        table = cond.from_csv(info, conditions_csv, n)
-        label = f"conditions {conditions_csv}"
-    elif source == "balance":
-        table = cond.balanced(info, n or 64, seed)
-        label = "balance"
-    else:
-        table = cond.from_dataset(info, n or 64, seed)
-        label = "from-dataset"
-    info.spec.check_range(table.counts, allow_extrapolation)
-    return table, label
+    request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
+                                            allow_extrapolation)
+    plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size)
+    check_output_dir(out, resume)
+    return request, plan
 
 
 def echo_result(result: Any, summary: Any) -> None:

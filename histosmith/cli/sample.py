@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from histosmith.cli.common import entry_point
-from histosmith.cli.generation import build_conditions, check_condition_choice, echo_result, generation_options
+from histosmith.cli.generation import echo_result, generation_options, parse_request
 
 
 @click.command(help="Sample labelled tiles from a trained generator with the torch reference sampler.")
@@ -22,31 +22,22 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool) -> None:
-    source = check_condition_choice(counts, tissue, conditions_csv, from_dataset, balance)
+    request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
+                                  steps, eta, guidance, batch, shard_size, out, resume)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
-    from histosmith.generator import load_generator
-    from histosmith.runtime.backends.torch_backend import DTYPES, TorchBackend
+    from histosmith.generator import CheckpointSession, load_generator
     from histosmith.runtime.generate import generate
-    from histosmith.runtime.planning import BatchBuckets
     from histosmith.runtime.report import write_report
-    from histosmith.runtime.schedule import DDIMScheduler
     from histosmith.training.loop import pick_device
 
     dev = pick_device(device)
-    gen = load_generator(checkpoint)
-    table, label = build_conditions(gen.info, source, n, counts, tissue, conditions_csv, seed, allow_extrapolation)
-    tables = DDIMScheduler(gen.info.schedule).set_timesteps(steps, eta)
-    dtype = DTYPES[precision]
-    buckets = BatchBuckets((batch,)) if cuda_graph else None
-    backend = TorchBackend(gen.guided.to(dev, dtype), gen.decoder.to(dev, dtype), tables, str(dev), dtype, cuda_graph,
-                           buckets, compile_modules=compile_modules)
-    result = generate(backend, gen.info, tables, table, out, seed=seed, batch=batch, guidance=guidance, eta=eta,
-                      model_id=f"{gen.checkpoint} step {gen.step}", conditions_label=label, resume=resume,
-                      shard_size=shard_size)
-    echo_result(result, write_report(result, list(gen.info.spec.class_names)))
+    session = CheckpointSession(load_generator(checkpoint), str(dev), precision, cuda_graph, compile_modules, batch)
+    conditions = request.resolve(session.info, plan.seed)
+    result = generate(session, plan, conditions, out, resume=resume)
+    echo_result(result, write_report(result, list(session.info.spec.class_names)))
 
 
 main = entry_point(cli)

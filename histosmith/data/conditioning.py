@@ -85,33 +85,6 @@ class ConditionSpec:
             raise HistoSmithError(f"unknown tissue {name!r}; known: {list(self.tissue_names)}")
         return self.tissue_names.index(name)
 
-    def parse_counts(self, text: str) -> np.ndarray:
-        """Parse ``name=int,name=int`` into int64 (K,); classes not named get 0."""
-        counts = np.zeros(self.n_classes, dtype=np.int64)
-        seen: set[str] = set()
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            name, sep, value = part.partition("=")
-            name, value = name.strip(), value.strip()
-            if not sep:
-                raise HistoSmithError(f"--counts: expected name=count, got {part!r}")
-            if name not in self.class_names:
-                raise HistoSmithError(f"--counts: unknown class {name!r}; known: {list(self.class_names)}")
-            if name in seen:
-                raise HistoSmithError(f"--counts: class {name!r} given twice")
-            try:
-                number = int(value)
-            except ValueError:
-                raise HistoSmithError(f"--counts: {name}={value!r} is not a whole number") from None
-            if number < 0:
-                raise HistoSmithError(f"--counts: {name}={number} is negative")
-            seen.add(name)
-            counts[self.class_names.index(name)] = number
-        if not seen:
-            raise HistoSmithError("--counts: no class counts given")
-        return counts
-
     def check_range(self, counts: np.ndarray, allow_extrapolation: bool = False) -> list[str]:
         """Refuse (or, when allowed, warn about) counts above the training range; returns the warnings."""
         counts = np.asarray(counts).reshape(-1, self.n_classes)

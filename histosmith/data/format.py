@@ -341,6 +341,8 @@ class DatasetWriter:
         self._labels: np.ndarray | None = None
         self._counts: list[np.ndarray] = []
         self._info: list[Mapping[str, Any]] = []
+        self._done_counts: list[np.ndarray] = []  # (n, K) per shard on disk
+        self._done_tissues: list[str] = []
         self._prepare(resume)
 
     def _prepare(self, resume: bool) -> None:
@@ -356,23 +358,32 @@ class DatasetWriter:
         for i, path in enumerate(existing):
             if path.name != shard_name(i):
                 raise file_error(path, f"unexpected shard name (expected {shard_name(i)})")
-            sizes.append(_open_shard(path, self.meta.n_classes).n_tiles)
+            shard = _open_shard(path, self.meta.n_classes)
+            sizes.append(shard.n_tiles)
+            counts = shard.counts(self.meta.class_names)
+            if counts is None:
+                raise file_error(path / COUNTS_FILE, "missing in a shard to resume after")
+            self._done_counts.append(counts)
+            self._done_tissues.extend(r.get("tissue", "") for r in shard.patch_info())
         if any(n != self.shard_size for n in sizes[:-1]) or any(n > self.shard_size for n in sizes):
             raise file_error(self.root, f"shard sizes {sizes} do not fit a shard size of {self.shard_size}")
         self.next_shard = len(sizes)
         # A short last shard is written only by close(): the dataset is finished.
-        self._short_tail = sizes[-1] if sizes and sizes[-1] < self.shard_size else 0
-        if self._short_tail:
-            self.next_shard -= 1
+        self._finished = bool(sizes) and sizes[-1] < self.shard_size
 
     @property
     def tiles_done(self) -> int:
-        """Tiles already on disk in complete shards (plus a finished short tail)."""
-        return self.next_shard * self.shard_size + self._short_tail
+        """Tiles already on disk (complete shards, plus a finished short last shard)."""
+        return sum(len(c) for c in self._done_counts)
+
+    def counts(self) -> np.ndarray:
+        """Nuclei per class (N, K) of every tile written so far, in order."""
+        parts = self._done_counts + ([np.stack(self._counts)] if self._counts else [])
+        return np.concatenate(parts) if parts else np.zeros((0, self.meta.n_classes), np.int64)
 
     def add(self, image: np.ndarray, labels: np.ndarray, info: Mapping[str, Any]) -> None:
         """Queue one tile; a full shard is written out immediately."""
-        if self._short_tail:
+        if self._finished:
             raise HistoSmithError(f"{self.root}: the dataset is already complete")
         if self._images is None:
             self._images = np.empty((self.shard_size, *image.shape), dtype=np.uint8)
@@ -389,29 +400,22 @@ class DatasetWriter:
         n = len(self._info)
         if n == 0:
             return
-        write_shard(
-            self.root / shard_name(self.next_shard),
-            self._images[:n],
-            self._labels[:n],
-            np.stack(self._counts),
-            self.meta.class_names,
-            self._info,
-        )
+        counts = np.stack(self._counts)
+        write_shard(self.root / shard_name(self.next_shard), self._images[:n], self._labels[:n], counts,
+                    self.meta.class_names, self._info)
         self.next_shard += 1
+        self._done_counts.append(counts)
+        self._done_tissues.extend(str(r.get("tissue", "")) for r in self._info)
         self._counts, self._info = [], []
 
     def close(self, count_stats: bool = True) -> DatasetMeta:
         """Write the last shard and ``meta.json``; returns the final metadata."""
         self._flush()
-        dataset = Dataset.open(self.root, meta=self.meta) if self.next_shard else None
-        if dataset is not None and count_stats:
-            counts = dataset.counts()
-            tissues = dataset.tissue_indices()
+        counts = self.counts()
+        if count_stats and len(counts):
             self.meta.count_scale, self.meta.count_max = count_statistics(counts)
-            self.meta.tissue_tiles = {
-                name: int((tissues == i).sum()) for i, name in enumerate(self.meta.tissue_names)
-            }
-        self.meta.n_tiles = len(dataset) if dataset is not None else 0
+            self.meta.tissue_tiles = {name: self._done_tissues.count(name) for name in self.meta.tissue_names}
+        self.meta.n_tiles = len(counts)
         write_json_atomic(self.root / META_FILE, self.meta.to_json())
         return self.meta
 

@@ -57,7 +57,8 @@ class RunOptions:
 def dataset_summary(root: Path) -> dict:
     meta = Dataset.open(root).meta
     return {"path": str(root), "class_names": meta.class_names, "tissue_names": meta.tissue_names,
-            "tile_size": meta.tile_size, "count_scale": meta.count_scale, "count_max": meta.count_max}
+            "tile_size": meta.tile_size, "count_scale": meta.count_scale, "count_max": meta.count_max,
+            "count_margin": meta.count_margin}
 
 
 def vq_losses(model: VQAutoencoder, x: torch.Tensor, cfg: VQTrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor],

@@ -97,8 +97,10 @@ class TensorRTBackend:
         self.trt, self.cudart = trt, import_cudart()
         gpu, major, minor = device_facts()
         current = {"gpu": gpu, "compute_capability": f"{major}.{minor}", "tensorrt": trt.__version__}
-        check_engine_facts(variant.extra, current, step_plan.name)
-        self.buckets = BatchBuckets(tuple(variant.extra.get("buckets") or ()))
+        if variant.tensorrt is None:
+            raise HistoSmithError(f"{step_plan.name}: the manifest records no TensorRT build facts")
+        check_engine_facts(variant.tensorrt.facts(), current, step_plan.name)
+        self.buckets = BatchBuckets(variant.tensorrt.buckets)
         self.step_spec, self.decoder_spec = manifest.graph(STEP), manifest.graph(DECODER)
         self.tables = tables
         self.latent_shape = tuple(manifest.latent_shape)

@@ -14,27 +14,6 @@ def test_vector_layout():
     assert np.allclose(SPEC.counts_from_vectors(v), [4, 20])
 
 
-def test_parse_counts_defaults_missing_classes_to_zero():
-    assert SPEC.parse_counts("epithelial=30").tolist() == [0, 30]
-    assert SPEC.parse_counts(" neutrophil = 4 , epithelial=30 ").tolist() == [4, 30]
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("lymphocyte=3", "unknown class"),
-        ("neutrophil=-1", "negative"),
-        ("neutrophil=2.5", "not a whole number"),
-        ("neutrophil", "expected name=count"),
-        ("neutrophil=1,neutrophil=2", "given twice"),
-        ("", "no class counts"),
-    ],
-)
-def test_parse_counts_errors(text, message):
-    with pytest.raises(HistoSmithError, match=message):
-        SPEC.parse_counts(text)
-
-
 def test_tissue_errors():
     with pytest.raises(HistoSmithError, match="unknown tissue"):
         SPEC.tissue_index("colon")

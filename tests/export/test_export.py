@@ -5,30 +5,31 @@ import pytest
 import torch
 from torch import nn
 
+from histosmith.data.atomic import sha256_file
 from histosmith.errors import HistoSmithError
 from histosmith.export.exporter import ExportOptions, export_generator
 from histosmith.export.fp16 import convert_to_fp16
 from histosmith.export.onnx_export import to_onnx
 from histosmith.models.layers import SelfAttention, Upsample, norm
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
-from histosmith.runtime.manifest import Manifest, sha256_file
+from histosmith.runtime.manifest import BatchRange, Manifest
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.specs import BATCH, DECODER, UNET, GraphSpec, TensorSpec, decoder_spec, unet_spec
 
 
 def test_manifest_describes_the_export(tiny_export):
     m = Manifest.load(tiny_export)
-    info = m.info()
+    info = m.info
     assert m.graph(UNET) == unet_spec(info.latent_shape, info.spec.dim)
     assert m.graph(DECODER) == decoder_spec(info.latent_shape, info.tile_size, info.n_classes)
-    assert {(v.format, v.precision) for v in m.variant_list()} == {("onnx", "fp32"), ("onnx", "fp16"),
+    assert {(v.format, v.precision) for v in m.variants} == {("onnx", "fp32"), ("onnx", "fp16"),
                                                                    ("torchscript", "fp32")}
     for name, digest in m.files.items():
         assert sha256_file(tiny_export / name) == digest
-    assert m.batch == {"dynamic": True, "min": 1, "max": 64}
+    assert m.batch == BatchRange(dynamic=True, min=1, max=64)
     assert {"torch", "onnx", "onnxruntime", "opset"} <= set(m.versions)
     assert any(k.startswith("unet.fp16.onnx batch") for k in m.verification)
-    assert m.spec.class_names == ("epithelial", "lymphocyte", "neutrophil")
+    assert m.condition.class_names == ("epithelial", "lymphocyte", "neutrophil")
 
 
 def test_onnx_io_follows_the_spec(tiny_export):
@@ -52,12 +53,12 @@ def test_fixed_batch_export_pads_smaller_batches(tiny_runs, tmp_path):
     out = tmp_path / "fixed"
     manifest, _ = export_generator(tiny_runs["ldm"], out, ExportOptions(batch=4, dynamic_batch=False, fp16=False,
                                                                          torchscript=False))
-    assert manifest.batch == {"dynamic": False, "min": 4, "max": 4}
+    assert manifest.batch == BatchRange(dynamic=False, min=4, max=4)
     assert onnx.load(str(out / "unet.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
-    info = manifest.info()
+    info = manifest.info
     tables = DDIMScheduler(info.schedule).set_timesteps(3)
     backend = OnnxBackend(out / "unet.onnx", out / "decoder.onnx", manifest.graph(UNET), manifest.graph(DECODER),
-                          tables, manifest.batch_range())
+                          tables, (4, 4))
     rng = np.random.default_rng(0)
     lat = rng.standard_normal((4, *info.latent_shape)).astype(np.float32)
     vec = info.spec.vectors(info.training_counts[:4], info.training_tissues[:4])

@@ -10,7 +10,7 @@ import pytest
 from histosmith.errors import HistoSmithError
 from histosmith.export.tensorrt_build import EngineOptions, build_engines, register_engines
 from histosmith.export.trtexec import SCRIPT, trtexec_command
-from histosmith.runtime.engine import batch_limits, resolve_engine
+from histosmith.runtime.engine import open_engine
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.planning import BatchBuckets
 from histosmith.runtime.specs import STEP
@@ -57,12 +57,13 @@ def test_register_engines_and_resolve(tiny_export, tmp_path):
     (exp / "unet.plan").write_bytes(b"plan bytes from trtexec")
     (exp / "decoder.plan").write_bytes(b"decoder plan bytes")
     variant = register_engines(exp, "fp16", buckets=BatchBuckets((1, 16)))
-    manifest, found = resolve_engine(exp / "unet.plan")
-    assert found == variant and found.format == "tensorrt" and found.step == "unet.plan"
-    assert batch_limits(manifest, found) == (1, 16, True)
+    session = open_engine(exp / "unet.plan")
+    found = session.variant
+    assert found == variant and found.format == "tensorrt" and found.fused_step == "unet.plan"
+    assert session.batch_limits() == (1, 16)
     (exp / "decoder.plan").write_bytes(b"tampered")
     with pytest.raises(HistoSmithError, match="SHA-256 differs"):
-        resolve_engine(exp / "unet.plan")
+        open_engine(exp / "unet.plan")
 
 
 def test_engine_facts_refuse_another_gpu_or_version():
@@ -85,7 +86,9 @@ def test_manifest_round_trips_tensorrt_variants(tiny_export, tmp_path):
     register_engines(exp, "fp16", engine_facts("GPU", 8, 7, "10.3.0", [1, 8], "fp16"))
     data = json.loads((exp / "manifest.json").read_text())
     trt = [v for v in data["variants"] if v["format"] == "tensorrt"]
-    assert len(trt) == 1 and trt[0]["extra"]["compute_capability"] == "8.7"
+    assert len(trt) == 1 and trt[0]["tensorrt"]["compute_capability"] == "8.7"
+    variant = Manifest.load(exp).variant_for(exp / "unet.plan")
+    assert variant.fused_step == "unet.plan" and variant.guided_unet == "" and variant.tensorrt.buckets == (1, 8)
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason=NO_TRT)
@@ -95,7 +98,7 @@ def test_build_and_verify_engines(tiny_export, tmp_path):  # pragma: no cover - 
     exp = tmp_path / "exp"
     shutil.copytree(tiny_export, exp)
     variant = build_engines(exp, EngineOptions("fp16", BatchBuckets((1, 4)), 1.0))
-    assert (exp / variant.unet).exists() and (exp / "timing.cache").exists()
+    assert (exp / variant.entry).exists() and (exp / "timing.cache").exists()
     assert all("ok" in line for line in verify_engines(exp, "fp16"))
     r = run_cli("hs-generate", "--engine", str(exp / "unet.plan"), "--n", "6", "--batch", "4", "--steps", "5",
                 "--out", str(tmp_path / "gen"))

@@ -45,6 +45,32 @@ def test_csv_conditions(tmp_path):
         cond.from_csv(INFO, p, None)
 
 
+def _request_counts(text, n=3):
+    return cond.ConditionRequest.from_options(n, text, "a", None, False, False).resolve(INFO, 0)
+
+
+def test_counts_request_defaults_missing_classes_to_zero():
+    assert _request_counts("rare=3").counts.tolist() == [[0, 3]] * 3
+    assert _request_counts(" common = 4 , rare=2 ").counts.tolist() == [[4, 2]] * 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lymphocyte=3", "unknown class"),
+        ("common=-1", "negative"),
+        ("common=2.5", "not a whole number"),
+        ("common", "expected name=count"),
+        ("common=1,common=2", "given twice"),
+        ("", "no class counts"),
+        ("common=99999999999999999999", "beyond any tile"),
+    ],
+)
+def test_counts_request_errors(text, message):
+    with pytest.raises(HistoSmithError, match=message):
+        _request_counts(text)
+
+
 def test_tile_noise_depends_only_on_seed_and_index():
     a, _ = tile_noise(7, np.arange(0, 6), (3, 4, 4), 10, False)
     b, steps = tile_noise(7, np.arange(4, 8), (3, 4, 4), 10, True)

@@ -18,8 +18,8 @@ from histosmith.generator import load_generator
 from histosmith.runtime import conditions as cond
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
 from histosmith.runtime.backends.torch_backend import TorchBackend
-from histosmith.runtime.engine import load_engine
-from histosmith.runtime.generate import decode_labels, generate
+from histosmith.runtime.engine import open_engine
+from histosmith.runtime.generate import GenerationPlan, decode_labels, generate
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.postprocess import PostprocessConfig
 from histosmith.runtime.schedule import DDIMScheduler
@@ -45,7 +45,7 @@ def test_onnx_runtime_matches_torch_reference(tiny_runs, tiny_export, eta):
     ref = TorchBackend(gen.guided, gen.decoder, tables).sample(latents, vectors, guidance, noise)
     manifest = Manifest.load(tiny_export)
     ort_backend = OnnxBackend(tiny_export / "unet.onnx", tiny_export / "decoder.onnx", manifest.graph(UNET),
-                              manifest.graph(DECODER), tables, manifest.batch_range())
+                              manifest.graph(DECODER), tables, manifest.batch.bounds)
     got = ort_backend.sample(latents, vectors, guidance, noise)
     rel = np.abs(got.latent - ref.latent).max() / np.abs(ref.latent).max()
     assert rel < 1e-4
@@ -60,26 +60,38 @@ def test_onnx_runtime_matches_torch_reference(tiny_runs, tiny_export, eta):
 def test_fp16_graphs_stay_close_to_fp32(tiny_runs, tiny_export):
     """fp16 vs fp32 on the same noise (the numbers themselves are reported by benchmarks/)."""
     manifest = Manifest.load(tiny_export)
-    info = manifest.info()
+    info = manifest.info
     tables, latents, vectors, guidance, noise = _batch_inputs(info)
     outs = {}
     for p in ("", ".fp16"):
         b = OnnxBackend(tiny_export / f"unet{p}.onnx", tiny_export / f"decoder{p}.onnx", manifest.graph(UNET),
-                        manifest.graph(DECODER), tables, manifest.batch_range())
+                        manifest.graph(DECODER), tables, manifest.batch.bounds)
         outs[p] = b.sample(latents, vectors, guidance, noise)
     rel = np.abs(outs[".fp16"].latent - outs[""].latent).max() / np.abs(outs[""].latent).max()
     assert rel < 0.05
     assert (outs[".fp16"].semantic.argmax(1) == outs[""].semantic.argmax(1)).mean() > 0.97
 
 
-def _generate(engine, out, n=12, shard_size=4, batch=3, resume=False, backend=None):
-    tables = DDIMScheduler(Manifest.load(engine.parent).info().schedule).set_timesteps(4)
-    loaded = load_engine(engine, tables)
-    info = loaded.manifest.info()
-    table = cond.from_dataset(info, n, 1)
-    return generate(backend or loaded.backend, info, tables, table, out, seed=1, batch=batch, guidance=2.0, eta=0.0,
-                    model_id=loaded.model_id, conditions_label="from-dataset", resume=resume,
-                    shard_size=shard_size, show_progress=False)
+class _Wrapped:
+    """A session whose backend is replaced (e.g. by one that fails mid-run)."""
+
+    def __init__(self, session, wrap):
+        self.session, self.wrap = session, wrap
+        self.info, self.model_id = session.info, session.model_id
+
+    def batch_limits(self):
+        return self.session.batch_limits()
+
+    def backend(self, tables):
+        return self.wrap(self.session.backend(tables))
+
+
+def _generate(engine, out, n=12, shard_size=4, batch=3, resume=False, wrap=None):
+    session = open_engine(engine)
+    table = cond.from_dataset(session.info, n, 1)
+    plan = GenerationPlan(seed=1, steps=4, guidance=2.0, batch=batch, shard_size=shard_size)
+    return generate(_Wrapped(session, wrap) if wrap else session, plan, table, out, resume=resume,
+                    show_progress=False)
 
 
 def _same_dataset(a: Path, b: Path) -> None:
@@ -111,10 +123,8 @@ def test_resume_after_crash_gives_identical_bytes(tiny_export, tmp_path):
     engine = tiny_export / "unet.onnx"
     full = _generate(engine, tmp_path / "full")
     assert full.n_tiles == 12 and full.measured.shape == (12, 3)
-    tables = DDIMScheduler(Manifest.load(tiny_export).info().schedule).set_timesteps(4)
-    crashing = _FailingBackend(load_engine(engine, tables).backend, 4, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        _generate(engine, tmp_path / "part", backend=crashing)
+        _generate(engine, tmp_path / "part", wrap=lambda b: _FailingBackend(b, 4, KeyboardInterrupt()))
     assert sorted(p.name for p in (tmp_path / "part").glob("shard-*")) == ["shard-00000"]
     resumed = _generate(engine, tmp_path / "part", resume=True)
     assert resumed.generated == 8
@@ -145,7 +155,7 @@ def test_resume_refuses_other_settings(tiny_export, tmp_path):
     _generate(tiny_export / "unet.onnx", tmp_path / "d", n=4)
     with pytest.raises(HistoSmithError, match="different settings"):
         _generate(tiny_export / "unet.onnx", tmp_path / "d", n=4, batch=2, resume=True)
-    with pytest.raises(HistoSmithError, match="already holds a generation run"):
+    with pytest.raises(HistoSmithError, match="pass --resume"):
         _generate(tiny_export / "unet.onnx", tmp_path / "d", n=4)
 
 
@@ -181,11 +191,11 @@ def test_cli_bad_inputs(tiny_export, tmp_path):
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--counts", "epithelial=3", "--tissue", "liver"))
     assert "beyond the training range" in _one_error_line(
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--counts", "epithelial=999", "--tissue", "stroma"))
-    assert "outside what the exported graphs accept" in _one_error_line(
+    assert "outside what the model accepts" in _one_error_line(
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--batch", "65"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert "cannot create the output directory" in _one_error_line(_gen_cli(exp / "unet.onnx", blocker / "sub"))
+    assert "not a directory" in _one_error_line(_gen_cli(exp / "unet.onnx", blocker / "sub"))
     # A modified graph, a missing manifest, a manifest from another export.
     other = tmp_path / "other"
     shutil.copytree(exp, other)
@@ -196,7 +206,7 @@ def test_cli_bad_inputs(tiny_export, tmp_path):
     manifest = json.loads((exp / "manifest.json").read_text())
     manifest["files"]["unet.onnx"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
-    assert "SHA-256 differs" in _one_error_line(_gen_cli(other / "unet.onnx", tmp_path / "o"))
+    assert "was edited" in _one_error_line(_gen_cli(other / "unet.onnx", tmp_path / "o"))
     (other / "manifest.json").unlink()
     assert "manifest.json: not found" in _one_error_line(_gen_cli(other / "unet.onnx", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
