@@ -22,7 +22,7 @@ import torch
 
 import histosmith
 from histosmith.config import to_dict
-from histosmith.data.atomic import atomic_directory, sha256_file
+from histosmith.data.atomic import atomic_directory, read_json_object, sha256_file
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
 from histosmith.export.verify import OutputError, check
@@ -141,8 +141,34 @@ def _torchscript_runner(module: torch.jit.ScriptModule, names: list[str]):
     return run
 
 
+BUILD_FILES = ("build_engines.sh", "timing.cache")  # written beside an export by hs-export --trt
+
+
+def check_export_out(out: Path, force: bool) -> None:
+    """``out`` must be new, empty, or an hs-export directory (replaced only with ``force``). Reads only.
+
+    An export directory is recognised by its manifest and by holding nothing else than the files the
+    manifest lists, TensorRT build files and engines: ``--force`` never deletes anything else.
+    """
+    if out.exists() and not out.is_dir():
+        raise file_error(out, "exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        listed = set(read_json_object(out / MANIFEST_FILE)["files"])
+    except (HistoSmithError, KeyError, TypeError):
+        raise file_error(out, "exists, is not empty and is not an hs-export directory; choose a new --out "
+                              "(--force replaces only an earlier export)") from None
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in listed | {MANIFEST_FILE, *BUILD_FILES}
+                     and not (p.is_file() and p.suffix in (".plan", ".engine")))
+    if foreign:
+        raise file_error(out, f"holds files that are not part of the export ({', '.join(foreign[:5])}); "
+                              "move them or choose a new --out")
+
+
 def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOptions()) -> tuple[Manifest, bool]:
     """Export; returns (manifest, reused_from_cache)."""
+    check_export_out(out, opts.force)
     gen = load_generator(checkpoint)
     key = cache_key(gen.checkpoint, opts)
     cached = _cached(out, key)

@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from histosmith.data.atomic import read_json_object, sha256_file, write_json_atomic
+from histosmith.data.atomic import json_safe, read_json_object, sha256_file, write_json_atomic
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.info import GeneratorInfo
@@ -284,7 +284,7 @@ class Manifest:
         }
 
     def to_json(self) -> dict[str, Any]:
-        body = self.body()
+        body = json_safe(self.body())
         return {**body, "body_sha256": body_digest(body)}
 
     def save(self, directory: Path) -> None:

@@ -60,7 +60,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 def tiny_runs(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny VQ autoencoder and generator trained briefly on the synthetic set (read-only)."""
     from histosmith.training.ldm import train_ldm
-    from histosmith.training.vqvae import RunOptions, train_vqvae
+    from histosmith.training.trainer import RunOptions
+    from histosmith.training.vqvae import train_vqvae
 
     root = tmp_path_factory.mktemp("runs")
     opts = RunOptions(seed=0, device="cpu", max_steps=30, show_progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,24 +29,51 @@ def setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+def _close_progress_bars() -> None:
+    """End any live tqdm bar on its own line, so that the next message is not glued to it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def click_error_line(exc: click.ClickException) -> str:
+    """A click usage error as ``<what>: <problem>`` (click itself prints usage, a hint and the message)."""
+    if isinstance(exc, click.BadParameter) and exc.param is not None:
+        names = getattr(exc.param, "opts", None) or [exc.param.name or "argument"]
+        return f"{names[0]}: {exc.message}"
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        return f"{exc.ctx.command_path}: {exc.format_message()}"
+    return exc.format_message()
+
+
 def run(group: click.Command, args: list[str] | None = None) -> None:
     """Run a click command; user errors become one line on stderr and exit 2, Ctrl-C exits 130."""
     setup_logging()
     try:
         group.main(args=args, standalone_mode=False)
+    except BrokenPipeError:
+        sys.exit(0)
     except HistoSmithError as exc:
+        _close_progress_bars()
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        _close_progress_bars()
         click.echo("interrupted: everything written so far is complete; rerun with --resume to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        click.echo(f"error: {click_error_line(exc)}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:  # a full disk or a file-size limit hit outside the atomic writers
+        _close_progress_bars()
+        from histosmith.data.atomic import describe_os_error
+
+        click.echo(f"error: {describe_os_error(getattr(exc, 'filename', None) or 'writing', exc)}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        sys.exit(0)
+
     sys.exit(0)
 
 
@@ -58,11 +86,17 @@ def entry_point(group: click.Command) -> Callable[[], None]:
     return main
 
 
-def output_path(path: Path) -> Path:
-    """Check that the parent of an output file can be created; returns the path."""
+def output_path(path: Path | None) -> Path | None:
+    """Check, before any work, that an output file can be written there; returns the path."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise HistoSmithError(f"{path}: is a directory; give a file name")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise HistoSmithError(f"{path}: parent {parent} is not a directory")
+        raise HistoSmithError(f"{path}: cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HistoSmithError(f"{path}: not writable ({parent} does not allow it)")
     return path

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histosmith.cli.common import entry_point
+from histosmith.cli.common import entry_point, output_path
 from histosmith.data.prepare import SOURCES
 
 
@@ -47,9 +47,9 @@ def info_cmd(directory: Path, plot: Path | None) -> None:
     from histosmith.data.format import Dataset
     from histosmith.data.info import plot_summary, summarise
 
+    plot = output_path(plot or directory / "info.png")
     summary = summarise(Dataset.open(directory))
     click.echo(summary.format_table())
-    plot = plot or directory / "info.png"
     plot_summary(summary, plot)
     click.echo(f"chart: {plot}")
 

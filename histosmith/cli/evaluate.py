@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from histosmith.cli.common import entry_point
+from histosmith.cli.common import entry_point, output_path
 
 
 @click.group(help="Evaluate datasets and models.")
@@ -21,6 +21,7 @@ def cli() -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
 def conic_cmd(true_dir: Path, pred_dir: Path, json_path: Path | None) -> None:
     """The CoNIC challenge metrics: PQ, mPQ+, multi-class R², AJI, Dice, per class."""
+    output_path(json_path)
     from histosmith.data.atomic import write_json_atomic
     from histosmith.evaluation.conic_dirs import evaluate_conic_dirs
 
@@ -57,6 +58,7 @@ def _echo_and_save(report: Any, json_path: Path | None) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
 def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Reconstruction PSNR, class mIoU, instance PQ from reconstructed maps, codebook usage."""
+    output_path(json_path)
     _check_model_and_data(checkpoint, data)
     from histosmith.evaluation.vqvae import evaluate_vqvae
 
@@ -70,6 +72,7 @@ def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) 
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
 def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Predict with a trained segmenter and score with the CoNIC metrics (the hs-eval conic code)."""
+    output_path(json_path)
     _check_model_and_data(checkpoint, data)
     from histosmith.segmentation.evaluate import evaluate_segmenter
 

@@ -42,7 +42,9 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
     if precision == "fp16" and not fp16 and trt and checkpoint is not None:
         raise HistoSmithError("--trt --precision fp16 needs the fp16 graphs (drop --no-fp16)")
     if checkpoint is not None:
-        from histosmith.export.exporter import ExportOptions, export_generator
+        from histosmith.export.exporter import ExportOptions, check_export_out, export_generator
+
+        check_export_out(out, force)
 
         opts = ExportOptions(batch=batch, dynamic_batch=batch is None, max_batch=max_batch, fp16=fp16, opset=opset,
                              force=force)

@@ -43,7 +43,7 @@ def _check_data(data: Path) -> None:
 
 
 def _options(**kw: Any) -> Any:
-    from histosmith.training.vqvae import RunOptions
+    from histosmith.training.trainer import RunOptions
 
     return RunOptions(seed=kw["seed"], device=kw["device"], precision=kw["precision"], max_steps=kw["max_steps"],
                       max_minutes=kw["max_minutes"], batch_size=kw["batch_size"], lr=kw["lr"], resume=kw["resume"])

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,8 +28,13 @@ from histosmith.errors import HistoSmithError, file_error
 
 def describe_os_error(path: str | Path, exc: OSError) -> HistoSmithError:
     """Turn an ``OSError`` into the standard one-line error, naming full disks explicitly."""
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HistoSmithError(f"{path}: disk full (no space left on device); nothing partial was kept")
+    if exc.errno == errno.EFBIG:
+        return HistoSmithError(f"{path}: file-size limit reached (ulimit -f); nothing partial was kept")
+    if exc.errno is None and "requested and" in str(exc):  # numpy's short write: the disk filled up
+        return HistoSmithError(f"{path}: disk full or file-size limit reached (short write: {exc}); "
+                               "nothing partial was kept")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return HistoSmithError(f"{path}: not writable ({exc.strerror})")
     return HistoSmithError(f"{path}: {exc.strerror or exc}")
@@ -86,9 +92,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, lambda f: f.write(data))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as ``null``: JSON has no such numbers (Python would write invalid JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write an indented JSON file atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write an indented JSON file atomically (always valid JSON: non-finite numbers become ``null``)."""
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
@@ -147,8 +164,8 @@ def read_json_object(path: str | Path, missing: str = "not found") -> dict[str, 
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise file_error(path, missing) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise file_error(path, f"unreadable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise file_error(path, f"unreadable JSON ({str(exc)[:120] or type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise file_error(path, "expected a JSON object")
     return data

@@ -82,9 +82,53 @@ class DatasetMeta:
         missing = [k for k in ("class_names", "tissue_names", "tile_size") if k not in data]
         if missing:
             raise file_error(path, f"missing keys {missing}")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise file_error(path, f"format version {data['format_version']} is newer than this HistoSmith")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise file_error(path, f"format_version: expected a whole number, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise file_error(path, f"format version {version} is newer than this HistoSmith")
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        problem = meta.problem()
+        if problem:
+            raise file_error(path, problem)
+        return meta
+
+    def problem(self) -> str | None:
+        """What is wrong with the field types and values (a hand-edited meta.json), else None."""
+
+        def names(value: Any) -> bool:
+            return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+        def whole(value: Any, low: int = 0) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not names(self.class_names) or not self.class_names:
+            return "class_names: expected a list of names"
+        if len(set(self.class_names)) != len(self.class_names):
+            return "class_names: repeated names"
+        if not names(self.tissue_names):
+            return "tissue_names: expected a list of names"
+        for key in ("tile_size", "count_margin", "n_tiles", "shard_size"):
+            if not whole(getattr(self, key)):
+                return f"{key}: expected a whole number >= 0, got {getattr(self, key)!r}"
+        if self.microns_per_pixel is not None and not (number(self.microns_per_pixel) and self.microns_per_pixel > 0):
+            return f"microns_per_pixel: expected a positive number, got {self.microns_per_pixel!r}"
+        k = len(self.class_names)
+        if self.count_scale and not (isinstance(self.count_scale, list) and len(self.count_scale) == k
+                                     and all(number(v) and v > 0 for v in self.count_scale)):
+            return f"count_scale: expected {k} positive numbers, got {self.count_scale!r}"
+        if self.count_max and not (isinstance(self.count_max, list) and len(self.count_max) == k
+                                   and all(whole(v) for v in self.count_max)):
+            return f"count_max: expected {k} whole numbers, got {self.count_max!r}"
+        if not isinstance(self.tissue_tiles, dict) or not isinstance(self.extra, dict):
+            return "tissue_tiles and extra: expected objects"
+        for key in ("source", "licence", "notes"):
+            if not isinstance(getattr(self, key), str):
+                return f"{key}: expected text"
+        return None
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetMeta:
@@ -145,6 +189,8 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise file_error(path, "not found") from None
     except (ValueError, OSError, EOFError) as exc:
         raise file_error(path, f"corrupt .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise file_error(path, f"holds Python objects (dtype {dtype}); expected a numeric array")
     expected = data_start + math.prod(shape) * dtype.itemsize
     actual = path.stat().st_size
     if actual < expected:
@@ -180,13 +226,26 @@ def read_counts_csv(path: Path, class_names: Sequence[str], n_rows: int | None =
     cols = [header.index(c) for c in class_names]
     out = np.zeros((len(rows), len(cols)), dtype=np.int64)
     for r, row in enumerate(rows):
-        try:
-            out[r] = [int(float(row[c])) for c in cols]
-        except (ValueError, IndexError):
-            raise file_error(path, f"row {r + 2} is not a row of counts: {row}") from None
-    if (out < 0).any():
-        raise file_error(path, "negative counts")
+        if len(row) != len(header):
+            raise file_error(path, f"row {r + 2} has {len(row)} fields, the header {len(header)}")
+        for j, c in enumerate(cols):
+            out[r, j] = _count_value(row[c], path, f"row {r + 2}, column {header[c]!r}")
     return out
+
+
+MAX_TILE_COUNT = 1_000_000  # no tile holds more nuclei; larger values are corrupt files
+
+
+def _count_value(text: str, path: Path, where: str) -> int:
+    """A whole, non-negative count (``3`` or ``3.0``); refuses 1.5, inf, nan and absurd sizes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise file_error(path, f"{where}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_TILE_COUNT:
+        raise file_error(path, f"{where}: {text.strip()!r} is not a nucleus count (a whole number in "
+                               f"0..{MAX_TILE_COUNT})")
+    return int(value)
 
 
 def read_counts_header(path: Path) -> list[str]:

@@ -46,7 +46,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     model, ckpt = load_vqvae(checkpoint)
     names = ["background", *ckpt["dataset"]["class_names"]]
     from histosmith.training.common import check_dataset_matches
-    from histosmith.training.vqvae import dataset_summary
+    from histosmith.training.trainer import dataset_summary
 
     summary = dataset_summary(data)
     check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"], summary["tile_size"],

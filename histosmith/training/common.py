@@ -1,4 +1,4 @@
-"""Pieces both training stages use: run-directory checks, optimiser steps, config files."""
+"""Pieces both training stages use: device and seed, optimiser steps, config files, dataset checks."""
 
 from __future__ import annotations
 
@@ -10,22 +10,7 @@ import torch
 
 from histosmith.data.atomic import write_text_atomic
 from histosmith.errors import HistoSmithError
-from histosmith.training.checkpoint import CHECKPOINT_FILE
 from histosmith.training.loop import autocast_dtype, lr_at, pick_device
-
-
-def prepare_run_dir(out: Path, resume: bool) -> bool:
-    """Create ``out``; returns True when there is a checkpoint to resume from."""
-    ckpt = out / CHECKPOINT_FILE
-    if ckpt.exists() and not resume:
-        raise HistoSmithError(f"{out}: already holds a checkpoint; pass --resume to continue it or use a new --out")
-    if resume and not ckpt.exists():
-        raise HistoSmithError(f"{ckpt}: nothing to resume (no checkpoint)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HistoSmithError(f"{out}: cannot create the run directory ({exc.strerror})") from None
-    return resume
 
 
 def start_run(opts: Any, seed: int) -> tuple[torch.device, torch.dtype | None]:
@@ -41,8 +26,8 @@ def write_config_json(out: Path, configs: dict[str, Any]) -> None:
 
 
 def optimiser_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor,
-                   step: int, base_lr: float, warmup: int, total: int, clip: float) -> float:
-    """Backward, clip, set the scheduled learning rate, step; returns the gradient norm."""
+                   step: int, base_lr: float, warmup: int, total: int, clip: float) -> torch.Tensor:
+    """Backward, clip, set the scheduled learning rate, step; returns the gradient norm (on the device)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -50,7 +35,7 @@ def optimiser_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Param
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
-    return float(norm)
+    return norm
 
 
 def check_dataset_matches(ckpt_dataset: dict[str, Any], class_names: list[str], tissue_names: list[str],

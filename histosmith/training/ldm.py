@@ -12,7 +12,9 @@ import contextlib
 import copy
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,25 +27,12 @@ from histosmith.data.provenance import collect_records, training_record
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.runtime.schedule import ScheduleConfig, alphas_cumprod
-from histosmith.training.checkpoint import (
-    CHECKPOINT_FILE,
-    load_checkpoint,
-    load_state,
-    resolve,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from histosmith.training.common import (
-    check_dataset_matches,
-    optimiser_step,
-    prepare_run_dir,
-    start_run,
-    write_config_json,
-)
+from histosmith.training.checkpoint import CHECKPOINT_FILE, load_state, resolve
+from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import TileStore
-from histosmith.training.loop import LogWriter, LoopResult, run_loop, step_seed
-from histosmith.training.vqvae import RunOptions, dataset_summary, load_vqvae
+from histosmith.training.loop import LoopResult, step_seed
+from histosmith.training.trainer import RunContext, RunOptions, dataset_summary, train_stage
+from histosmith.training.vqvae import load_vqvae
 
 log = logging.getLogger(__name__)
 LATENT_CACHE = "latents.npz"
@@ -68,10 +57,13 @@ def cached_latents(run: Path, vq: VQAutoencoder, vq_path: Path, data: Path, stor
     key = hashlib.sha256(f"{sha256_file(resolve(vq_path))}|{data.resolve()}|{len(store)}".encode()).hexdigest()
     cache = run / LATENT_CACHE
     if cache.exists():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                return z["latents"]
-        log.info("latent cache %s is stale; re-encoding", cache)
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    return np.asarray(z["latents"], dtype=np.float32)
+            log.info("latent cache %s is stale; re-encoding", cache)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            log.warning("latent cache %s is damaged (truncated?); re-encoding", cache)
     latents = encode_latents(vq, store, show_progress=show_progress)
     write_bytes_atomic(cache, lambda f: np.savez(f, latents=latents, key=np.array(key)))
     return latents
@@ -104,96 +96,102 @@ class EMA:
             e.lerp_(p.detach(), 1 - decay)
 
 
+class LDMStage:
+    """Stage 2 for :func:`~histosmith.training.trainer.train_stage`."""
+
+    kind = "ldm"
+    title = "conditional U-Net (eps MSE)"
+
+    def __init__(self, ctx: RunContext, data: Path, vqvae: Path, config: str,
+                 schedule: ScheduleConfig = ScheduleConfig()):
+        ckpt, opts = ctx.checkpoint, ctx.opts
+        self.summary = summary = dataset_summary(data)
+        self.vq, self.vq_ckpt = load_vqvae(vqvae)
+        self.vqvae = vqvae
+        check_dataset_matches(self.vq_ckpt["dataset"], summary["class_names"], summary["tissue_names"],
+                              summary["tile_size"], str(data))
+        self.spec = ConditionSpec(tuple(summary["class_names"]), tuple(summary["tissue_names"]),
+                                  tuple(summary["count_scale"]), tuple(summary["count_max"]))
+        if ckpt is not None:
+            check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"],
+                                  summary["tile_size"], str(data))
+            self.model_cfg = from_dict(UNetConfig, ckpt["model_config"])
+            train_cfg = from_dict(LDMTrainConfig, ckpt["train_config"])
+            schedule = from_dict(ScheduleConfig, ckpt["schedule"])
+        else:
+            self.model_cfg = unet_config(config, self.vq.cfg, self.spec.n_tissues)
+            train_cfg = override(preset(config).ldm_train, batch_size=opts.batch_size, lr=opts.lr)
+        self.schedule = schedule
+        self.train_cfg = cfg = override(train_cfg, max_steps=opts.max_steps)
+        self.max_steps, self.log_every, self.checkpoint_every = cfg.max_steps, cfg.log_every, cfg.checkpoint_every
+        self.seed, self.device, self.amp = ctx.seed, ctx.device, ctx.amp
+        store = TileStore.load(data, "train", opts.show_progress)
+        # Every tile either stage saw: the generator's provenance, checked by hs-eval downstream for leakage.
+        self.training_data = collect_records(self.vq_ckpt.get("training_data"),
+                                             training_record(data, "train", store.images, "ldm"))
+        latents = cached_latents(ctx.out, self.vq, vqvae, data, store, opts.show_progress)
+        self.latent_scale = float(ckpt["latent_scale"]) if ckpt is not None else float(1.0 / latents.std())
+        conditions = np.repeat(self.spec.vectors(store.counts, store.tissues), 8, axis=0)  # matches the latent order
+        self.latents = torch.from_numpy(latents * self.latent_scale).to(ctx.device)
+        self.conditions = torch.from_numpy(conditions).to(ctx.device)
+        self.training_conditions = {"counts": torch.from_numpy(store.counts),
+                                    "tissues": torch.from_numpy(store.tissues)}
+        self.a_bar = torch.from_numpy(alphas_cumprod(schedule)).float().to(ctx.device)
+        self.loss_weight = min_snr_weights(self.a_bar, schedule.prediction, cfg.min_snr_gamma)
+        self.model = ConditionalUNet(self.model_cfg).to(ctx.device)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        if ckpt is not None:
+            load_state(self.model, ckpt["model"], str(ctx.out / CHECKPOINT_FILE))
+            load_state(self.ema.model, ckpt["ema"], str(ctx.out / CHECKPOINT_FILE))
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        cfg, schedule, device = self.train_cfg, self.schedule, self.device
+        rng = np.random.default_rng(step_seed(self.seed, step))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 1))
+        torch.manual_seed(step_seed(self.seed, step, 2))
+        b = cfg.batch_size
+        index = torch.from_numpy(rng.integers(0, len(self.latents), b)).to(device)
+        x0 = self.latents[index]
+        t = torch.from_numpy(rng.integers(0, schedule.num_train_timesteps, b)).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = self.a_bar[t][:, None, None, None]
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
+        target = noise if schedule.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        keep = torch.from_numpy((rng.random(b) >= cfg.cond_drop).astype(np.float32)).to(device)
+        self.model.train()
+        ctx = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
+        with ctx:
+            pred = self.model(x_t, t, self.conditions[index], keep)
+        per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (self.loss_weight[t] * per_sample).mean()
+        optimiser_step(self.optimizer, self.params, loss, step, cfg.lr, cfg.warmup_steps, cfg.max_steps,
+                       cfg.grad_clip)
+        self.ema.update(self.model, step)
+        return {"loss": loss.detach()}
+
+    def log_extras(self) -> dict[str, float]:
+        return {}
+
+    def config_record(self) -> dict[str, Any]:
+        return {"model_config": to_dict(self.model_cfg), "train_config": to_dict(self.train_cfg),
+                "schedule": to_dict(self.schedule), "latent_scale": self.latent_scale,
+                "condition": self.spec.to_json(), "dataset": self.summary, "vqvae": str(self.vqvae)}
+
+    def state(self) -> dict[str, Any]:
+        return {"model_config": to_dict(self.model_cfg), "train_config": to_dict(self.train_cfg),
+                "schedule": to_dict(self.schedule), "latent_scale": self.latent_scale,
+                "condition": self.spec.to_json(), "dataset": self.summary,
+                "training_conditions": self.training_conditions, "training_data": self.training_data,
+                "model": self.model.state_dict(),
+                "ema": self.ema.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "vqvae": {"model_config": self.vq_ckpt["model_config"], "model": self.vq.state_dict(),
+                          "source": str(self.vqvae)}}
+
+
 def train_ldm(data: Path, vqvae: Path, out: Path, config: str = "small", opts: RunOptions = RunOptions(),
               schedule: ScheduleConfig = ScheduleConfig()) -> LoopResult:
     """Train (or resume) the conditional U-Net; the checkpoint embeds the autoencoder and the schedule."""
-    resuming = prepare_run_dir(out, opts.resume)
-    summary = dataset_summary(data)
-    vq, vq_ckpt = load_vqvae(vqvae)
-    check_dataset_matches(vq_ckpt["dataset"], summary["class_names"], summary["tissue_names"],
-                          summary["tile_size"], str(data))
-    spec = ConditionSpec(tuple(summary["class_names"]), tuple(summary["tissue_names"]),
-                         tuple(summary["count_scale"]), tuple(summary["count_max"]))
-    ckpt = load_checkpoint(out, "ldm") if resuming else None
-    if ckpt is not None:
-        check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"],
-                              summary["tile_size"], str(data))
-        model_cfg = from_dict(UNetConfig, ckpt["model_config"])
-        train_cfg = from_dict(LDMTrainConfig, ckpt["train_config"])
-        schedule = from_dict(ScheduleConfig, ckpt["schedule"])
-        seed = int(ckpt["seed"])
-    else:
-        model_cfg = unet_config(config, vq.cfg, spec.n_tissues)
-        train_cfg = override(preset(config).ldm_train, batch_size=opts.batch_size, lr=opts.lr)
-        seed = opts.seed
-    train_cfg = override(train_cfg, max_steps=opts.max_steps)
-    device, amp = start_run(opts, seed)
-    store = TileStore.load(data, "train", opts.show_progress)
-    # Every tile either stage saw: the generator's provenance, checked by hs-eval downstream for leakage.
-    training_data = collect_records(vq_ckpt.get("training_data"), training_record(data, "train", store.images, "ldm"))
-    latents = cached_latents(out, vq, vqvae, data, store, opts.show_progress)
-    latent_scale = float(ckpt["latent_scale"]) if ckpt is not None else float(1.0 / latents.std())
-    conditions = np.repeat(spec.vectors(store.counts, store.tissues), 8, axis=0)  # matches the latent order
-    latents_t = torch.from_numpy(latents * latent_scale).to(device)
-    conditions_t = torch.from_numpy(conditions).to(device)
-    a_bar = torch.from_numpy(alphas_cumprod(schedule)).float().to(device)
-    loss_weight = min_snr_weights(a_bar, schedule.prediction, train_cfg.min_snr_gamma)
-
-    model = ConditionalUNet(model_cfg).to(device)
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    ema = EMA(model, train_cfg.ema_decay)
-    start = 0
-    if ckpt is not None:
-        load_state(model, ckpt["model"], str(out / CHECKPOINT_FILE))
-        load_state(ema.model, ckpt["ema"], str(out / CHECKPOINT_FILE))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
-    training_conditions = {"counts": torch.from_numpy(store.counts), "tissues": torch.from_numpy(store.tissues)}
-    write_config_json(out, {"kind": "ldm", "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
-                            "schedule": to_dict(schedule), "latent_scale": latent_scale,
-                            "condition": spec.to_json(), "dataset": summary, "vqvae": str(vqvae), "seed": seed})
-    log_writer = LogWriter.resume(out / "log.csv", start)
-
-    def train_step(step: int) -> dict[str, float]:
-        rng = np.random.default_rng(step_seed(seed, step))
-        gen = torch.Generator().manual_seed(step_seed(seed, step, 1))
-        torch.manual_seed(step_seed(seed, step, 2))
-        b = train_cfg.batch_size
-        index = torch.from_numpy(rng.integers(0, len(latents_t), b)).to(device)
-        x0 = latents_t[index]
-        t = torch.from_numpy(rng.integers(0, schedule.num_train_timesteps, b)).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        a = a_bar[t][:, None, None, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
-        target = noise if schedule.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        keep = torch.from_numpy((rng.random(b) >= train_cfg.cond_drop).astype(np.float32)).to(device)
-        model.train()
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with ctx:
-            pred = model(x_t, t, conditions_t[index], keep)
-        per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        loss = (loss_weight[t] * per_sample).mean()
-        optimiser_step(optimizer, params, loss, step, train_cfg.lr, train_cfg.warmup_steps, train_cfg.max_steps,
-                       train_cfg.grad_clip)
-        ema.update(model, step)
-        return {"loss": float(loss.detach())}
-
-    def save(step: int) -> None:
-        save_checkpoint(out / CHECKPOINT_FILE, {
-            "kind": "ldm", "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
-            "schedule": to_dict(schedule), "latent_scale": latent_scale, "condition": spec.to_json(),
-            "dataset": summary, "training_conditions": training_conditions, "training_data": training_data,
-            "seed": seed, "step": step,
-            "model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "vqvae": {"model_config": vq_ckpt["model_config"], "model": vq.state_dict(), "source": str(vqvae)},
-        })
-
-    result = run_loop(start_step=start, max_steps=train_cfg.max_steps, max_minutes=opts.max_minutes,
-                      train_step=train_step, save=save, log_writer=log_writer, log_every=train_cfg.log_every,
-                      checkpoint_every=train_cfg.checkpoint_every, desc="ldm", stop_at_step=opts.stop_at_step,
-                      show_progress=opts.show_progress)
-    log_writer.plot(out / "loss.png", "conditional U-Net (eps MSE)")
-    return result
+    return train_stage("ldm", out, opts, lambda ctx: LDMStage(ctx, data, vqvae, config, schedule))

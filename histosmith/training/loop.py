@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,16 +66,20 @@ class LogWriter:
     """CSV log of (step, losses...) kept in memory and rewritten atomically; a loss-curve PNG beside it."""
 
     path: Path
-    rows: list[dict[str, float]] = field(default_factory=list)
+    rows: list[dict[str, float | int]] = field(default_factory=list)
 
     @classmethod
     def resume(cls, path: Path, up_to_step: int) -> LogWriter:
-        rows: list[dict[str, float]] = []
+        rows: list[dict[str, float | int]] = []
         if path.exists():
-            with open(path, newline="") as f:
-                # Columns that start later (the GAN losses) are empty in earlier rows.
-                rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-        return cls(path, [r for r in rows if r["step"] <= up_to_step])
+            try:
+                with open(path, newline="", encoding="utf-8") as f:
+                    # Columns that start later (the GAN losses) are empty in earlier rows; steps stay whole.
+                    rows = [{k: int(v) if k == "step" else float(v) for k, v in r.items() if k and v not in ("", None)}
+                            for r in csv.DictReader(f)]
+            except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+                raise HistoSmithError(f"{path}: unreadable training log ({exc})") from None
+        return cls(path, [r for r in rows if "step" in r and r["step"] <= up_to_step])
 
     def add(self, row: dict[str, float]) -> None:
         self.rows.append(row)
@@ -139,54 +143,64 @@ class LoopResult:
     seconds: float
 
 
+class LoopStage(Protocol):
+    """What the loop drives (see :class:`histosmith.training.trainer.Stage`)."""
+
+    kind: str
+    max_steps: int
+    log_every: int
+    checkpoint_every: int
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]: ...
+
+    def log_extras(self) -> dict[str, float]: ...
+
+
 def run_loop(
+    stage: LoopStage,
     *,
     start_step: int,
-    max_steps: int,
     max_minutes: float | None,
-    train_step: Callable[[int], dict[str, float]],
     save: Callable[[int], None],
     log_writer: LogWriter,
-    log_every: int,
-    checkpoint_every: int,
-    desc: str,
     stop_at_step: int | None = None,
     show_progress: bool = True,
 ) -> LoopResult:
-    """Run ``train_step(step)`` from ``start_step`` to ``max_steps``, saving on schedule and on exit.
+    """Run ``stage.train_step(step)`` from ``start_step`` to ``stage.max_steps``, saving on schedule and on exit.
 
+    Losses stay on the device between log steps: reading them is a host sync, done once per log row.
     Stops early (after a checkpoint) when ``max_minutes`` pass, on Ctrl-C (``interrupted``), or at
     ``stop_at_step`` (tests use it to simulate a crash).
     """
     started = time.monotonic()
     step = start_step
     interrupted = False
-    running: dict[str, float] = {}
-    bar = tqdm(total=max_steps, initial=start_step, desc=desc, unit="step", disable=not show_progress,
+    bar = tqdm(total=stage.max_steps, initial=start_step, desc=stage.kind, unit="step", disable=not show_progress,
                dynamic_ncols=True)
-    with StopFlag() as stop:
-        while step < max_steps:
-            losses = train_step(step)
-            step += 1
-            for k, v in losses.items():
-                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in list(running.items())[:3]})
-            if step % log_every == 0 or step == max_steps:
-                log_writer.add({"step": step, **losses, "seconds": time.monotonic() - started})
-            if step % checkpoint_every == 0:
-                save(step)
-                log_writer.flush()
-            if stop.requested:
-                interrupted = True
-                break
-            if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-                log.info("--max-minutes reached at step %d", step)
-                break
-            if stop_at_step is not None and step >= stop_at_step:
-                break
-    bar.close()
-    if step % checkpoint_every:
+    try:
+        with StopFlag() as stop:
+            while step < stage.max_steps:
+                losses = stage.train_step(step)
+                step += 1
+                bar.update(1)
+                if step % stage.log_every == 0 or step == stage.max_steps:
+                    values = {k: float(v) for k, v in losses.items()} | stage.log_extras()  # the host sync
+                    log_writer.add({"step": step, **values, "seconds": time.monotonic() - started})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(values.items())[:3]})
+                if step % stage.checkpoint_every == 0:
+                    save(step)
+                    log_writer.flush()
+                if stop.requested:
+                    interrupted = True
+                    break
+                if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
+                    log.info("--max-minutes reached at step %d", step)
+                    break
+                if stop_at_step is not None and step >= stop_at_step:
+                    break
+    finally:
+        bar.close()
+    if step % stage.checkpoint_every:
         save(step)
     log_writer.flush()
     return LoopResult(step, interrupted, time.monotonic() - started)

@@ -86,7 +86,7 @@ def test_counts_csv_errors(tmp_path):
     with pytest.raises(HistoSmithError, match="expected 2"):
         read_counts_csv(p, ["a", "b"], n_rows=2)
     p.write_text("a,b\n1,x\n")
-    with pytest.raises(HistoSmithError, match="not a row of counts"):
+    with pytest.raises(HistoSmithError, match="is not a number"):
         read_counts_csv(p, ["a", "b"])
 
 

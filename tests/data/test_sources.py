@@ -56,7 +56,7 @@ def test_cohort_prefix():
 @pytest.mark.parametrize("breakage, message", [
     ("truncate", "truncated"),
     ("labels_shape", "does not match images"),
-    ("counts_columns", "missing columns|not a row"),
+    ("counts_columns", "missing columns|not a number"),
     ("counts_rows", "expected 4"),
     ("class_range", "class ids must lie"),
 ])

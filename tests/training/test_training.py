@@ -8,7 +8,8 @@ from histosmith.errors import HistoSmithError
 from histosmith.generator import load_generator
 from histosmith.training.checkpoint import load_checkpoint
 from histosmith.training.ldm import train_ldm
-from histosmith.training.vqvae import RunOptions, load_vqvae, train_vqvae
+from histosmith.training.trainer import RunOptions
+from histosmith.training.vqvae import load_vqvae, train_vqvae
 from tests.conftest import run_cli
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.data.labels import downscale_image, downscale_labels, relabel_sequential
+from histosmith.data.labels import (
+    check_labels,
+    downscale_image,
+    downscale_labels,
+    instance_classes,
+    relabel_sequential,
+)
 from histosmith.errors import HistoSmithError
 
 
@@ -57,10 +63,66 @@ class Tiling:
         return self.tile_size or source_size // self.downscale
 
 
+def as_uint8_image(image: np.ndarray, where: str) -> np.ndarray:
+    """An (H, W, 3) RGB image as uint8; other dtypes only when every value is a whole number in 0..255."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise HistoSmithError(f"{where}: expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind not in "uif":
+        raise HistoSmithError(f"{where}: image values of type {image.dtype}; expected uint8 RGB")
+    if image.size and (not np.isfinite(image).all() or image.min() < 0 or image.max() > 255
+                       or (image.dtype.kind == "f" and not (image == np.round(image)).all())):
+        raise HistoSmithError(f"{where}: {image.dtype} image with values outside the whole numbers 0..255 "
+                              f"({float(np.nanmin(image)):g}..{float(np.nanmax(image)):g}); convert it to uint8 "
+                              "RGB first (refusing to clip or round)")
+    return image.astype(np.uint8)
+
+
+def as_label_array(labels: np.ndarray, where: str) -> np.ndarray:
+    """Label maps as int32; float maps only when every value is a whole number (1.5 is refused)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iub":
+        if labels.size and labels.max() > np.iinfo(np.int32).max:
+            raise HistoSmithError(f"{where}: label ids beyond int32")
+        return labels.astype(np.int32)
+    if labels.dtype.kind != "f":
+        raise HistoSmithError(f"{where}: label values of type {labels.dtype}; expected integers")
+    if labels.size and (not np.isfinite(labels).all() or not (labels == np.round(labels)).all()
+                        or np.abs(labels).max() > np.iinfo(np.int32).max):
+        bad = labels[~np.isfinite(labels) | (labels != np.round(labels))]
+        example = f" (e.g. {float(bad.flat[0]):g})" if bad.size else ""
+        raise HistoSmithError(f"{where}: label values that are not whole ids{example}; labels are integers")
+    return labels.astype(np.int32)
+
+
+def check_every_nucleus_has_a_class(labels: np.ndarray, n_classes: int, where: str) -> None:
+    """Refuse a nucleus whose pixels are all class 0: counting it as background would lose it silently."""
+    inst = labels[..., 0]
+    classes = instance_classes(inst, labels[..., 1], n_classes)
+    present = np.zeros(len(classes), dtype=bool)
+    present[np.unique(inst)] = True
+    present[0] = False
+    orphans = np.flatnonzero(present & (classes == 0))
+    if len(orphans):
+        raise HistoSmithError(f"{where}: {len(orphans)} nuclei have no class (class 0 under every pixel, e.g. "
+                              f"instance {int(orphans[0])}); give them a class or remove them")
+
+
 def cut_tiles(
-    image: np.ndarray, labels: np.ndarray, tiling: Tiling, name: str, info: dict[str, Any]
+    image: np.ndarray, labels: np.ndarray, tiling: Tiling, where: str, info: dict[str, Any], n_classes: int,
+    name: str | None = None,
 ) -> Iterator[Tile]:
-    """Downscale one labelled image and cut it into tiles; instance ids renumbered per tile."""
+    """Check one labelled image (``where`` names it in errors), downscale it and cut it into tiles named
+    after ``name`` (default ``where``); instance ids are renumbered per tile."""
+    name = name or where
+    image = as_uint8_image(image, where)
+    labels = as_label_array(labels, where)
+    problem = check_labels(labels, n_classes)
+    if problem:
+        raise HistoSmithError(f"{where}: {problem}")
+    check_every_nucleus_has_a_class(labels, n_classes, where)
     image = downscale_image(image, tiling.downscale)
     labels = downscale_labels(labels, tiling.downscale)
     h, w = image.shape[:2]

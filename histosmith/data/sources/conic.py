@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from histosmith.data.format import npy_header, read_counts_csv, read_counts_header
-from histosmith.data.labels import check_labels, conic_margin_for
+from histosmith.data.labels import conic_margin_for
 from histosmith.data.sources.common import Source, Tile, Tiling, cut_tiles
 from histosmith.errors import file_error
 
@@ -65,14 +65,9 @@ def conic_source(path: Path, tiling: Tiling | None = None) -> Source:
         images = np.load(path / "images.npy", mmap_mode="r")
         labels = np.load(path / "labels.npy", mmap_mode="r")
         for i in range(n):
-            lab = np.asarray(labels[i]).astype(np.int32)
-            problem = check_labels(lab, len(classes))
-            if problem:
-                raise file_error(path / "labels.npy", f"tile {i}: {problem}")
-            img = np.asarray(images[i])
-            if img.dtype != np.uint8:
-                img = np.clip(img, 0, 255).astype(np.uint8)
-            yield from cut_tiles(img, lab, tiling, names[i], {"tissue": cohort(names[i]), "source_index": i})
+            info = {"tissue": cohort(names[i]), "source_index": i}
+            yield from cut_tiles(np.asarray(images[i]), np.asarray(labels[i]), tiling, f"{path} tile {i} ({names[i]})",
+                                 info, len(classes), names[i])
 
     return Source(
         class_names=classes,

@@ -130,7 +130,7 @@ def example_source(tiling: Tiling | None = None, cache: Path | None = None) -> S
 
     def tiles() -> Iterator[Tile]:
         for tissue, image, labels in images:
-            batch = list(cut_tiles(image, labels, tiling, f"hgsc_{tissue}", {"tissue": tissue}))
+            batch = list(cut_tiles(image, labels, tiling, f"hgsc_{tissue}", {"tissue": tissue}, len(CLASS_NAMES)))
             held_out = sorted({t.info["y"] for t in batch})[-VAL_ROWS:]
             for tile in batch:
                 tile.info["split"] = "val" if tile.info["y"] in held_out else "train"

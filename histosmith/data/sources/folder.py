@@ -12,6 +12,7 @@ P/tissues.csv               optional: stem,tissue
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from histosmith.data.labels import check_labels
-from histosmith.data.sources.common import Source, Tile, Tiling, cut_tiles
+from histosmith.data.sources.common import Source, Tile, Tiling, as_label_array, cut_tiles
 from histosmith.errors import HistoSmithError, file_error
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -40,6 +40,15 @@ def _by_stem(directory: Path, exts: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise file_error(path, "not UTF-8 text") from None
+    except OSError as exc:
+        raise file_error(path, f"unreadable ({exc.strerror})") from None
+
+
 def read_map(path: Path) -> np.ndarray:
     """Read an integer label map (png/tif 8 or 16 bit, or .npy)."""
     if path.suffix.lower() == ".npy":
@@ -55,9 +64,9 @@ def read_map(path: Path) -> np.ndarray:
         if not (arr == arr[..., :1]).all():
             raise file_error(path, "label map has several differing channels")
         arr = arr[..., 0]
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise file_error(path, f"expected a 2-D integer map, got {arr.dtype} {arr.shape}")
-    return arr.astype(np.int32)
+    if arr.ndim != 2:
+        raise file_error(path, f"expected a 2-D label map, got shape {arr.shape}")
+    return as_label_array(arr, str(path))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -72,7 +81,9 @@ def folder_source(path: Path, tiling: Tiling | None = None) -> Source:
     names_file = path / "classes.txt"
     if not names_file.exists():
         raise file_error(names_file, "not found (one class name per line)")
-    class_names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    class_names = [line.strip() for line in read_utf8(names_file).splitlines() if line.strip()]
+    if len(set(class_names)) != len(class_names):
+        raise file_error(names_file, "repeated class names")
     if not class_names:
         raise file_error(names_file, "no class names")
     images = _by_stem(path / "images", IMAGE_EXTS)
@@ -90,10 +101,9 @@ def folder_source(path: Path, tiling: Tiling | None = None) -> Source:
     tissue_of = {s: DEFAULT_TISSUE for s in stems}
     tissue_file = path / "tissues.csv"
     if tissue_file.exists():
-        with open(tissue_file, newline="") as f:
-            for row in csv.reader(f):
-                if len(row) >= 2 and row[0].strip() in tissue_of:
-                    tissue_of[row[0].strip()] = row[1].strip()
+        for row in csv.reader(io.StringIO(read_utf8(tissue_file), newline="")):
+            if len(row) >= 2 and row[0].strip() in tissue_of and row[1].strip():
+                tissue_of[row[0].strip()] = row[1].strip()
     if tiling.tile_size is None:
         first = read_rgb(images[min(stems)])
         tiling = replace(tiling, tile_size=min(first.shape[:2]) // tiling.downscale)
@@ -104,11 +114,9 @@ def folder_source(path: Path, tiling: Tiling | None = None) -> Source:
             labels = np.stack([read_map(insts[stem]), read_map(classes[stem])], axis=-1)
             if labels.shape[:2] != image.shape[:2]:
                 raise file_error(insts[stem], f"size {labels.shape[:2]} does not match image {image.shape[:2]}")
-            problem = check_labels(labels, len(class_names))
-            if problem:
-                raise file_error(classes[stem], problem)
             labels[labels[..., 0] == 0, 1] = 0
-            yield from cut_tiles(image, labels, tiling, stem, {"tissue": tissue_of[stem]})
+            yield from cut_tiles(image, labels, tiling, str(classes[stem]), {"tissue": tissue_of[stem]},
+                                 len(class_names), stem)
 
     return Source(
         class_names=class_names,

@@ -69,10 +69,10 @@ def pannuke_source(path: Path, tiling: Tiling | None = None) -> Source:
         images = np.load(images_path, mmap_mode="r")
         masks = np.load(masks_path, mmap_mode="r")
         for i in range(n):
-            img = np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8)
             labels = merge_pannuke_masks(np.asarray(masks[i]))
             info = {"tissue": tissue_of[i], "source_index": i}
-            yield from cut_tiles(img, labels, tiling, f"pannuke-{i:05d}", info)
+            yield from cut_tiles(np.asarray(images[i]), labels, tiling, f"pannuke-{i:05d}", info,
+                                 len(PANNUKE_CLASSES))
 
     return Source(
         class_names=list(PANNUKE_CLASSES),
