@@ -41,6 +41,8 @@ def click_error_line(exc: click.ClickException) -> str:
     """A click usage error as ``<what>: <problem>`` (click itself prints usage, a hint and the message)."""
     if isinstance(exc, click.BadParameter) and exc.param is not None:
         names = getattr(exc.param, "opts", None) or [exc.param.name or "argument"]
+        if isinstance(exc, click.MissingParameter):
+            return f"{names[0]}: missing (required)"
         return f"{names[0]}: {exc.message}"
     if isinstance(exc, click.UsageError) and exc.ctx is not None:
         return f"{exc.ctx.command_path}: {exc.format_message()}"

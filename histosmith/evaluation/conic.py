@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from histosmith.data.labels import count_nuclei
+
 __all__ = [
     "ConicAccumulator",
     "ConicResult",
@@ -362,19 +364,6 @@ def dice(true_inst: np.ndarray, pred_inst: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(t_fg & p_fg)) / denom
 
 
-def _class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Number of distinct instance ids having pixels of each class 1..n_classes.
-
-    This is how CoNIC's ``extract_patches.py`` builds ``counts.csv`` (there over the central
-    224x224 crop; here over the whole tile).
-    """
-    lab, _ = _dense_labels(labels[..., 0])
-    cls = labels[..., 1].reshape(-1).astype(np.int64)
-    keep = (lab > 0) & (cls > 0)
-    codes = np.unique(lab[keep].astype(np.int64) * (n_classes + 1) + cls[keep])
-    return np.bincount(codes % (n_classes + 1), minlength=n_classes + 1)[1:].astype(np.float64)
-
-
 def _nanmean(values: Sequence[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
@@ -434,8 +423,9 @@ class ConicAccumulator:
     official mPQ+ pooling) and per-class nucleus counts (for R²).
     """
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], count_margin: int = 0) -> None:
         names = tuple(str(n) for n in class_names)
+        self.count_margin = count_margin
         if not names:
             raise ValueError("class_names must not be empty")
         if len(set(names)) != len(names):
@@ -468,8 +458,8 @@ class ConicAccumulator:
         pq = binary_pq(t[..., 0], p[..., 0])[2]
         aji_v = aji(t[..., 0], p[..., 0])
         dice_v = dice(t[..., 0], p[..., 0])
-        true_counts = _class_counts(t, self.n_classes)
-        pred_counts = _class_counts(p, self.n_classes)
+        true_counts = count_nuclei(t, self.n_classes, self.count_margin).astype(np.float64)
+        pred_counts = count_nuclei(p, self.n_classes, self.count_margin).astype(np.float64)
         # Everything is computed before any state changes, so a failing tile leaves no trace.
         self._stats += stats
         self._tile_stats.append(stats)
@@ -494,7 +484,10 @@ class ConicAccumulator:
 
         ``true_counts`` / ``pred_counts`` (``(n_tiles, n_classes)``, rows in the order the
         tiles were added) override the nucleus counts used for R²; each one left ``None`` is
-        measured from the labels (distinct instance ids per class per tile).
+        measured from the labels with the one definition of a count, :func:`histosmith.data.labels.count_nuclei`
+        (a nucleus counts once, in its majority class; with ``count_margin`` only if it reaches the centre
+        region). CoNIC's own ``counts.csv`` counts distinct (id, class) pairs, which is the same number for
+        labels with one class per nucleus.
         """
         if self.n_tiles == 0:
             raise ValueError("no tiles were added")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from histosmith.data.format import COUNTS_FILE, META_FILE, Dataset, read_counts_header
-from histosmith.data.labels import count_nuclei
 from histosmith.errors import HistoSmithError
 from histosmith.evaluation.conic import ConicAccumulator, ConicResult
 
@@ -51,16 +50,12 @@ def evaluate_conic_dirs(true_dir: Path, pred_dir: Path) -> ConicResult:
         raise HistoSmithError(
             f"{pred_dir}: tiles of {pred.shards[0].tile_shape}, the truth has {truth.shards[0].tile_shape}"
         )
-    acc = ConicAccumulator(names)
-    margin = truth.meta.count_margin
-    measured_true, measured_pred = [], []
+    acc = ConicAccumulator(names, truth.meta.count_margin)
     for t, p in zip(_labels(truth), _labels(pred), strict=True):
         acc.add(t, p)
-        measured_true.append(count_nuclei(t, len(names), margin))
-        measured_pred.append(count_nuclei(p, len(names), margin))
     true_counts, pred_counts = truth.counts(), pred.counts()
-    if true_counts is None or pred_counts is None:
-        true_counts, pred_counts = np.stack(measured_true), np.stack(measured_pred)
+    if true_counts is None or pred_counts is None:  # both measured the same way, by the accumulator
+        true_counts = pred_counts = None
     try:
         return acc.result(true_counts, pred_counts)
     except ValueError as exc:

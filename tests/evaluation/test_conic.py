@@ -223,8 +223,8 @@ def test_measured_counts_and_given_counts() -> None:
     t1 = _tile((10, 10), [(1, 1, 0, 3, 0, 3), (2, 1, 4, 6, 4, 6), (3, 2, 7, 9, 0, 2)])
     t2 = _tile((10, 10), [(5, 2, 0, 3, 0, 3)])
     t3 = _tile((10, 10), [(1, 1, 0, 3, 0, 3)])
-    t3[0, 0, 1] = 2  # one instance with pixels of both classes counts once in each class
-    expected = np.array([[2, 1], [0, 1], [1, 1]], dtype=float)
+    t3[0, 0, 1] = 2  # a nucleus with pixels of both classes counts once, in its majority class
+    expected = np.array([[2, 1], [0, 1], [1, 0]], dtype=float)
     acc = ConicAccumulator(["a", "b"])
     for t in (t1, t2, t3):
         acc.add(t, np.zeros_like(t))

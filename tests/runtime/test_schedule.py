@@ -1,5 +1,7 @@
 """DDIM golden values: the numpy scheduler and the torch sampling loop must agree step for step."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -7,22 +9,63 @@ import torch
 from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig, alphas_cumprod
 
-# Golden values (computed once from the formulas in runtime/schedule.py and checked by hand against
-# ᾱ at t = 999, 499): any change to the schedule or its spacing changes them.
-GOLDEN_TIMESTEPS_4 = [999, 749, 499, 249]
+# Trailing spacing written out by hand: t_i = round(T - i T / n) - 1.
+GOLDEN_TIMESTEPS = {4: [999, 749, 499, 249], 3: [999, 666, 332], 1: [999]}
 
 
-def test_trailing_timesteps_and_alphas():
-    s = DDIMScheduler(ScheduleConfig())
-    tables = s.set_timesteps(4)
-    assert tables.timesteps.tolist() == GOLDEN_TIMESTEPS_4
-    a = alphas_cumprod(ScheduleConfig())
-    assert a[0] == pytest.approx(1 - 0.0015)
-    # eps: A = sqrt(ᾱ_s / ᾱ_t), B = sqrt(1 - ᾱ_s) - sqrt(ᾱ_s) sqrt(1 - ᾱ_t) / sqrt(ᾱ_t)
-    t, s_ = 999, 749
-    assert tables.sample_coef[0] == pytest.approx(np.sqrt(a[s_] / a[t]), rel=1e-6)
-    assert tables.output_coef[0] == pytest.approx(np.sqrt(1 - a[s_]) - np.sqrt(a[s_] * (1 - a[t]) / a[t]), rel=1e-5)
-    assert tables.sample_coef[-1] == pytest.approx(1 / np.sqrt(a[249]), rel=1e-6)  # last step lands on x_0
+def _alpha_bar_by_definition(cfg: ScheduleConfig) -> list[float]:
+    """ᾱ_t = Π_{i<=t} (1 - β_i), β on a square-root-linear ramp: a plain-Python loop, independent of numpy's."""
+    n, lo, hi = cfg.num_train_timesteps, math.sqrt(cfg.beta_start), math.sqrt(cfg.beta_end)
+    out, prod = [], 1.0
+    for i in range(n):
+        beta = (lo + (hi - lo) * i / (n - 1)) ** 2
+        prod *= 1.0 - beta
+        out.append(prod)
+    return out
+
+
+def _ddim_step_by_the_paper(x, out, t, s, a, eta, z, prediction):
+    """DDIM eq. 12 (Song et al. 2021) written step by step: x̂_0 and ε̂ first, then x_s."""
+    a_t, a_s = a[t], (a[s] if s >= 0 else 1.0)
+    if prediction == "eps":
+        eps = out
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    else:  # v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0
+        x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
+        eps = math.sqrt(1 - a_t) * x + math.sqrt(a_t) * out
+    sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+    return math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps + sigma * z
+
+
+@pytest.mark.parametrize("n", sorted(GOLDEN_TIMESTEPS))
+def test_trailing_timesteps(n):
+    assert DDIMScheduler(ScheduleConfig()).set_timesteps(n).timesteps.tolist() == GOLDEN_TIMESTEPS[n]
+
+
+def test_alphas_cumprod_follow_the_definition():
+    cfg = ScheduleConfig()
+    ours = alphas_cumprod(cfg)
+    ref = _alpha_bar_by_definition(cfg)
+    assert ours[0] == pytest.approx(1 - 0.0015, rel=1e-12)  # ᾱ_0 = 1 - β_start
+    assert np.allclose(ours, ref, rtol=1e-12, atol=0)
+    assert ours[-1] == pytest.approx(ref[-1], rel=1e-12) and 0 < ours[-1] < 1e-3  # nearly pure noise at T-1
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_every_step_matches_the_paper_formula(prediction, eta):
+    """The precomputed (A, B, σ) tables reproduce DDIM eq. 12 evaluated the long way, at every step."""
+    cfg = ScheduleConfig(prediction=prediction)
+    sched = DDIMScheduler(cfg)
+    tables = sched.set_timesteps(7, eta)
+    a = _alpha_bar_by_definition(cfg)
+    rng = np.random.default_rng(3)
+    for i, t in enumerate(tables.timesteps):
+        s_ = int(tables.timesteps[i + 1]) if i + 1 < len(tables.timesteps) else -1
+        x, out, z = (float(v) for v in rng.standard_normal(3))
+        want = _ddim_step_by_the_paper(x, out, int(t), s_, a, eta, z, prediction)
+        got = float(sched.step(np.array([out]), i, np.array([x]), np.array([z]) if eta else None)[0])
+        assert got == pytest.approx(want, rel=2e-5, abs=2e-6), (i, int(t))
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
