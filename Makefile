@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= runs/demo
 DOWNSTREAM ?= runs/downstream
 
-.PHONY: demo downstream test install lint clean
+.PHONY: demo downstream test install lint ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# What CI runs (.ci/run): the linter, then the README's test command.
+ci: lint test
 
 clean:
 	rm -rf $(DEMO)

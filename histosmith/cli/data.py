@@ -42,8 +42,10 @@ def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, 
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="PNG bar chart (default: DIRECTORY/info.png).")
-def info_cmd(directory: Path, plot: Path | None) -> None:
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the summary here.")
+def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None:
     """Per-class nucleus counts and shares, tiles per tissue, imbalance ratio, and a bar chart."""
+    output_path(json_path)
     from histosmith.data.format import Dataset
     from histosmith.data.info import plot_summary, summarise
 
@@ -52,6 +54,11 @@ def info_cmd(directory: Path, plot: Path | None) -> None:
     click.echo(summary.format_table())
     plot_summary(summary, plot)
     click.echo(f"chart: {plot}")
+    if json_path:
+        from histosmith.data.atomic import write_json_atomic
+
+        write_json_atomic(json_path, summary.to_dict())
+        click.echo(f"json: {json_path}")
 
 
 main = entry_point(cli)

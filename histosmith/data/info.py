@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,14 @@ class DatasetSummary:
             return float("nan")
         smallest = self.class_counts.min()
         return float(self.class_counts.max() / smallest) if smallest else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_tiles": self.n_tiles, "tile_size": self.tile_size, "source": self.source, "licence": self.licence,
+                "class_counts": {n: int(c) for n, c in zip(self.class_names, self.class_counts, strict=True)},
+                "class_shares": {n: round(float(s), 4) for n, s in zip(self.class_names, self.class_shares,
+                                                                       strict=True)},
+                "imbalance_ratio": self.imbalance_ratio, "tissue_tiles": dict(self.tissue_tiles),
+                "split_tiles": dict(self.split_tiles)}
 
     def format_table(self) -> str:
         lines = [
