@@ -339,6 +339,10 @@ def test_error_after_a_progress_bar_is_on_its_own_line(capsys, conic_src, tmp_pa
 def test_click_usage_errors_are_one_line(capsys, tmp_path):
     refused(capsys, "data", "prepare", "--source", "nope", "--out", tmp_path / "o", match="--source")
     refused(capsys, "data", "prepare", "--source", "synthetic", match="--out")
+    refused(capsys, "data", "prepare", "--source", "synthetic", "--seed", "-1", "--out", tmp_path / "o",
+            match="--seed", absent=(tmp_path / "o",))
+    refused(capsys, "train", "vqvae", "--data", tmp_path, "--out", tmp_path / "o", "--seed", "-1", match="--seed",
+            absent=(tmp_path / "o",))
 
 
 def test_full_file_system_says_so(tmp_path):

@@ -14,6 +14,7 @@ from histosmith.errors import HistoSmithError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+SEED = click.IntRange(0, 2**63 - 1)  # every --seed: numpy's SeedSequence and torch take non-negative seeds
 
 
 class _ClickEchoHandler(logging.Handler):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histosmith.cli.common import entry_point, output_path
+from histosmith.cli.common import SEED, entry_point, output_path
 from histosmith.data.prepare import SOURCES
 
 
@@ -24,7 +24,7 @@ def cli() -> None:
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Tile stride (default: tile size).")
 @click.option("--downscale", type=click.IntRange(min=1), default=None, help="Integer downscale factor.")
 @click.option("--n-tiles", type=click.IntRange(min=1), default=256, show_default=True, help="synthetic only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="synthetic only.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="synthetic only.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per shard.")
 def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, stride: int | None,
                 downscale: int | None, n_tiles: int, seed: int, shard_size: int | None) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from histosmith.cli.common import SEED
+
 
 def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Click options for what to generate; applied to both commands."""
@@ -23,7 +25,7 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--balance", is_flag=True,
                      help="Training draws with rare classes raised within the trained range."),
         click.option("--allow-extrapolation", is_flag=True, help="Allow counts above the training range (warns)."),
-        click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+        click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Base seed; tile i uses (seed, i)."),
         click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps."),
         click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM eta."),

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from histosmith.cli.common import entry_point
+from histosmith.cli.common import SEED, entry_point
 from histosmith.config import PRESETS
 from histosmith.errors import HistoSmithError
 from histosmith.segmentation.config import SEG_PRESETS
@@ -25,7 +25,7 @@ def run_options(f: Callable[..., Any], configs: tuple[str, ...] = PRESETS) -> Ca
                      help="Training steps (also the learning-rate schedule's horizon)."),
         click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Stop (with a checkpoint) after this long; --resume continues."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                      help="auto: bf16 autocast on CUDA and on CPUs with native bf16."),
