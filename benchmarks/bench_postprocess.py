@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from histosmith.data.atomic import write_json_atomic, write_text_atomic
-from histosmith.data.format import Dataset
 from histosmith.data.labels import distance_map
+from histosmith.data.reader import Dataset
 from histosmith.evaluation.conic import ConicAccumulator
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
 

@@ -20,8 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from histosmith.data.atomic import describe_os_error, read_json_object, write_json_atomic
-from histosmith.data.format import DatasetMeta, DatasetWriter, default_shard_size
+from histosmith.data.layout import default_shard_size
+from histosmith.data.meta import DatasetMeta
 from histosmith.data.provenance import PROVENANCE_KEY
+from histosmith.data.writer import DatasetWriter
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from histosmith.data.atomic import write_json_atomic
-from histosmith.data.format import Dataset
+from histosmith.data.reader import Dataset
 from histosmith.runtime.generate import ControlSummary, GenerationResult, control_summary
 from histosmith.runtime.preview import contact_sheet, save_png
 

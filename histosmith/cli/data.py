@@ -29,9 +29,9 @@ def cli() -> None:
 def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, stride: int | None,
                 downscale: int | None, n_tiles: int, seed: int, shard_size: int | None) -> None:
     """Write a dataset from one of the supported sources."""
-    from histosmith.data.format import Dataset
     from histosmith.data.info import summarise
     from histosmith.data.prepare import prepare
+    from histosmith.data.reader import Dataset
 
     prepare(kind, path, out, tile_size, stride, downscale, n_tiles, seed, shard_size)
     click.echo(f"wrote {out}")
@@ -46,8 +46,8 @@ def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, 
 def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None:
     """Per-class nucleus counts and shares, tiles per tissue, imbalance ratio, and a bar chart."""
     output_path(json_path)
-    from histosmith.data.format import Dataset
     from histosmith.data.info import plot_summary, summarise
+    from histosmith.data.reader import Dataset
 
     plot = output_path(plot or directory / "info.png")
     summary = summarise(Dataset.open(directory))

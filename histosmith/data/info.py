@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.data.format import Dataset
 from histosmith.data.labels import count_nuclei
+from histosmith.data.reader import Dataset
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from histosmith.data.atomic import atomic_directory
-from histosmith.data.format import DatasetMeta, DatasetWriter
+from histosmith.data.meta import DatasetMeta
 from histosmith.data.sources.common import Source, Tiling
+from histosmith.data.writer import DatasetWriter
 from histosmith.errors import HistoSmithError
 
 log = logging.getLogger(__name__)

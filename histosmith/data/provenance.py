@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.data.format import Dataset
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 
 PROVENANCE_KEY = "provenance"  # in meta.json "extra" and generation.json: a list of training records

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histosmith.data.format import COUNTS_FILE, META_FILE, Dataset, read_counts_header
+from histosmith.data.codecs import read_counts_header
+from histosmith.data.layout import COUNTS_FILE, META_FILE
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.evaluation.conic import ConicAccumulator, ConicResult
 

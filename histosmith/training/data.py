@@ -15,8 +15,8 @@ import torch
 from tqdm import tqdm
 
 from histosmith.data.conditioning import ConditionSpec
-from histosmith.data.format import Dataset
 from histosmith.data.labels import distance_map
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 
 MAX_IN_MEMORY_BYTES = 8 * 2**30

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from histosmith.data.format import Dataset
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from histosmith.training.common import start_run, write_config_json

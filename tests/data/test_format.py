@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 
-from histosmith.data.format import Dataset, DatasetMeta, DatasetWriter, read_counts_csv
+from histosmith.data.codecs import read_counts_csv
+from histosmith.data.meta import DatasetMeta
+from histosmith.data.reader import Dataset
 from histosmith.data.sources.synthetic import synthetic_tile
+from histosmith.data.writer import DatasetWriter
 from histosmith.errors import HistoSmithError
 
 

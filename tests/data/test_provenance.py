@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from histosmith.data.format import Dataset
 from histosmith.data.provenance import check_no_leakage, dataset_digests, dataset_provenance, tile_digest
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.runtime.manifest import Manifest
 from tests.conftest import run_cli
@@ -31,7 +31,7 @@ def generated(tiny_export, tmp_path_factory):
 
 def test_records_travel_from_training_to_the_generated_dataset(tiny_export, synthetic_dir, generated):
     train = dataset_digests(synthetic_dir, "train")
-    records = Manifest.load(tiny_export).provenance
+    records = list(Manifest.load(tiny_export).provenance)
     assert [r["stage"] for r in records] == ["vqvae", "ldm"]
     for r in records:
         assert r["split"] == "train" and r["n_tiles"] == len(train) and set(r["tile_digests"]) == set(train)

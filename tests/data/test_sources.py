@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from histosmith.data.format import Dataset
 from histosmith.data.prepare import prepare
+from histosmith.data.reader import Dataset
 from histosmith.data.sources.conic import cohort
 from histosmith.data.sources.pannuke import merge_pannuke_masks
 from histosmith.data.sources.synthetic import synthetic_tile

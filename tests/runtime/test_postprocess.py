@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from histosmith.data.format import Dataset
 from histosmith.data.labels import distance_map
+from histosmith.data.reader import Dataset
 from histosmith.evaluation.conic import ConicAccumulator
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
 

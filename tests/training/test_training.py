@@ -101,7 +101,7 @@ def test_cli_checkpoint_of_another_config(tiny_runs, tmp_path):
 
 
 def test_cli_dataset_with_other_classes(tiny_runs, tmp_path):
-    from histosmith.data.format import DatasetMeta
+    from histosmith.data.meta import DatasetMeta
 
     other = tmp_path / "other"
     import shutil
@@ -131,7 +131,7 @@ def test_hs_sample_writes_a_dataset_with_reports(tiny_runs, tmp_path):
     r = run_cli("hs-sample", "--checkpoint", str(tiny_runs["ldm"]), "--n", "5", "--steps", "3", "--batch", "2",
                 "--balance", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    from histosmith.data.format import Dataset
+    from histosmith.data.reader import Dataset
 
     ds = Dataset.open(out)
     assert len(ds) == 5 and ds.meta.class_names == ["epithelial", "lymphocyte", "neutrophil"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histosmith.data.format import npy_header, read_counts_csv, read_counts_header
+from histosmith.data.codecs import npy_header, read_counts_csv, read_counts_header
 from histosmith.data.labels import conic_margin_for
 from histosmith.data.sources.common import Source, Tile, Tiling, cut_tiles
 from histosmith.errors import file_error
