@@ -31,7 +31,7 @@ from histosmith.segmentation.evaluate import evaluate_model, load_split
 from histosmith.segmentation.statistics import bootstrap, flat_metrics
 from histosmith.segmentation.train import load_segmenter, train_segmenter
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from histosmith.training.vqvae import RunOptions
+from histosmith.training.trainer import RunOptions
 
 log = logging.getLogger(__name__)
 ARMS = ("real", "real+synthetic", "synthetic")

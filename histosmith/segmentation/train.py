@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,25 +22,12 @@ from histosmith.data.provenance import training_record
 from histosmith.segmentation.config import SegConfig, SegTrainConfig, seg_config, seg_train_config
 from histosmith.segmentation.data import load_training_tiles
 from histosmith.segmentation.model import Segmenter
-from histosmith.training.checkpoint import (
-    CHECKPOINT_FILE,
-    load_checkpoint,
-    load_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from histosmith.training.common import (
-    check_dataset_matches,
-    optimiser_step,
-    prepare_run_dir,
-    start_run,
-    write_config_json,
-)
+from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_state
+from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import split_input
-from histosmith.training.loop import LogWriter, LoopResult, run_loop, step_seed
+from histosmith.training.loop import LoopResult, step_seed
 from histosmith.training.losses import tversky_loss
-from histosmith.training.vqvae import RunOptions, dataset_summary
+from histosmith.training.trainer import RunContext, RunOptions, dataset_summary, train_stage
 
 log = logging.getLogger(__name__)
 KIND = "seg"
@@ -75,69 +63,73 @@ def seg_losses(model: Segmenter, x: torch.Tensor, cfg: SegTrainConfig) -> tuple[
     return loss, terms
 
 
+class SegStage:
+    """The segmenter for :func:`~histosmith.training.trainer.train_stage`."""
+
+    kind = KIND
+
+    def __init__(self, ctx: RunContext, what: SegData, config: str):
+        ckpt, opts = ctx.checkpoint, ctx.opts
+        data = Path(what.data)
+        self.summary = summary = dataset_summary(data)
+        if ckpt is not None:
+            check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"],
+                                  summary["tile_size"], str(data))
+            self.model_cfg = from_dict(SegConfig, ckpt["model_config"])
+            train_cfg = from_dict(SegTrainConfig, ckpt["train_config"])
+            what = SegData(**{**ckpt["data"], "extra": tuple(ckpt["data"]["extra"])})
+        else:
+            self.model_cfg = seg_config(config, len(summary["class_names"]), summary["tile_size"])
+            train_cfg = override(seg_train_config(config), batch_size=opts.batch_size, lr=opts.lr)
+        self.what = what
+        self.train_cfg = cfg = override(train_cfg, max_steps=opts.max_steps)
+        self.max_steps, self.log_every, self.checkpoint_every = cfg.max_steps, cfg.log_every, cfg.checkpoint_every
+        self.seed, self.device, self.amp = ctx.seed, ctx.device, ctx.amp
+        self.tiles = tiles = load_training_tiles(Path(what.data), [Path(p) for p in what.extra], what.extra_ratio,
+                                                 what.real_fraction, ctx.seed, opts.show_progress)
+        self.records = [training_record(Path(what.data), "train", tiles.real.images, "seg")] if tiles.real else []
+        self.title = f"segmenter ({tiles.n_real} real + {tiles.n_extra} extra tiles)"
+        self.model = Segmenter(self.model_cfg).to(ctx.device)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if ckpt is not None:
+            load_state(self.model, ckpt["model"], str(ctx.out / CHECKPOINT_FILE))
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        log.info("segmenter: %d real + %d extra training tiles", tiles.n_real, tiles.n_extra)
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.train_cfg
+        rng = np.random.default_rng(step_seed(self.seed, step))
+        torch.manual_seed(step_seed(self.seed, step, 1))
+        x = torch.from_numpy(self.tiles.batch(rng, cfg.batch_size)).to(self.device)
+        self.model.train()
+        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
+        with ctx:
+            loss, terms = seg_losses(self.model, x, cfg)
+        optimiser_step(self.optimizer, self.params, loss, step, cfg.lr, cfg.warmup_steps, cfg.max_steps,
+                       cfg.grad_clip)
+        return {"loss": loss.detach()} | {k: v.detach() for k, v in terms.items()}
+
+    def log_extras(self) -> dict[str, float]:
+        return {}
+
+    def config_record(self) -> dict[str, Any]:
+        return {"model_config": to_dict(self.model_cfg), "train_config": to_dict(self.train_cfg),
+                "dataset": self.summary, "data": to_dict(self.what),
+                "tiles": {"real": self.tiles.n_real, "extra": self.tiles.n_extra}}
+
+    def state(self) -> dict[str, Any]:
+        return {"model_config": to_dict(self.model_cfg), "train_config": to_dict(self.train_cfg),
+                "dataset": self.summary, "data": to_dict(self.what), "training_data": self.records,
+                "model": self.model.state_dict(), "ema": None, "optimizer": self.optimizer.state_dict()}
+
+
 def train_segmenter(data: Path, out: Path, config: str = "small", opts: RunOptions = RunOptions(),
                     extra: list[Path] | None = None, extra_ratio: float | None = None,
                     real_fraction: float = 1.0) -> LoopResult:
     """Train (or resume) a segmenter on the ``train`` split of ``data`` plus every tile of ``extra``."""
     what = SegData(str(data), tuple(str(p) for p in extra or ()), extra_ratio, real_fraction)
-    resuming = prepare_run_dir(out, opts.resume)
-    summary = dataset_summary(data)
-    ckpt = load_checkpoint(out, KIND) if resuming else None
-    if ckpt is not None:
-        check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"], summary["tile_size"],
-                              str(data))
-        model_cfg = from_dict(SegConfig, ckpt["model_config"])
-        train_cfg = from_dict(SegTrainConfig, ckpt["train_config"])
-        what = SegData(**{**ckpt["data"], "extra": tuple(ckpt["data"]["extra"])})
-        seed = int(ckpt["seed"])
-    else:
-        model_cfg = seg_config(config, len(summary["class_names"]), summary["tile_size"])
-        train_cfg = override(seg_train_config(config), batch_size=opts.batch_size, lr=opts.lr)
-        seed = opts.seed
-    train_cfg = override(train_cfg, max_steps=opts.max_steps)
-    tiles = load_training_tiles(Path(what.data), [Path(p) for p in what.extra], what.extra_ratio, what.real_fraction,
-                                seed, opts.show_progress)
-    device, amp = start_run(opts, seed)
-    records = [training_record(Path(what.data), "train", tiles.real.images, "seg")] if tiles.real else []
-    model = Segmenter(model_cfg).to(device)
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    start = 0
-    if ckpt is not None:
-        load_state(model, ckpt["model"], str(out / CHECKPOINT_FILE))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
-    header = {"kind": KIND, "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
-              "dataset": summary, "data": to_dict(what), "seed": seed}
-    write_config_json(out, header | {"tiles": {"real": tiles.n_real, "extra": tiles.n_extra}})
-    log_writer = LogWriter.resume(out / "log.csv", start)
-    log.info("segmenter: %d real + %d extra training tiles", tiles.n_real, tiles.n_extra)
-
-    def train_step(step: int) -> dict[str, float]:
-        rng = np.random.default_rng(step_seed(seed, step))
-        torch.manual_seed(step_seed(seed, step, 1))
-        x = torch.from_numpy(tiles.batch(rng, train_cfg.batch_size)).to(device)
-        model.train()
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with ctx:
-            loss, terms = seg_losses(model, x, train_cfg)
-        optimiser_step(optimizer, params, loss, step, train_cfg.lr, train_cfg.warmup_steps, train_cfg.max_steps,
-                       train_cfg.grad_clip)
-        return {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in terms.items()}
-
-    def save(step: int) -> None:
-        save_checkpoint(out / CHECKPOINT_FILE, header | {
-            "step": step, "training_data": records, "model": model.state_dict(), "ema": None,
-            "optimizer": optimizer.state_dict(), "rng": rng_state(),
-        })
-
-    result = run_loop(start_step=start, max_steps=train_cfg.max_steps, max_minutes=opts.max_minutes,
-                      train_step=train_step, save=save, log_writer=log_writer, log_every=train_cfg.log_every,
-                      checkpoint_every=train_cfg.checkpoint_every, desc="seg", stop_at_step=opts.stop_at_step,
-                      show_progress=opts.show_progress)
-    log_writer.plot(out / "loss.png", f"segmenter ({tiles.n_real} real + {tiles.n_extra} extra tiles)")
-    return result
+    return train_stage(KIND, out, opts, lambda ctx: SegStage(ctx, what, config))
 
 
 def load_segmenter(path: Path) -> tuple[Segmenter, dict]:

@@ -15,7 +15,7 @@ from histosmith.segmentation.model import Segmenter, count_parameters
 from histosmith.segmentation.predict import class_map
 from histosmith.segmentation.train import load_segmenter, train_segmenter
 from histosmith.training.checkpoint import load_checkpoint
-from histosmith.training.vqvae import RunOptions
+from histosmith.training.trainer import RunOptions
 from tests.conftest import run_cli
 
 
