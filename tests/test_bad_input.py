@@ -389,6 +389,24 @@ def test_ldm_refuses_changed_lr_on_resume(capsys, tiny_runs, tmp_path):
             keep=(run_dir,))
 
 
+def test_pickle_that_is_not_a_checkpoint_is_refused(capsys, tmp_path):
+    """A pickle with code in it is refused by safe loading, in one line (no torch warning around it)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo should-never-run",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"kind": Payload()}))
+    refused(capsys, "sample", "--checkpoint", evil, "--out", tmp_path / "o", match="safe (weights_only) loading",
+            keep=(evil,), absent=(tmp_path / "o",))
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    refused(capsys, "export", "--checkpoint", text, "--out", tmp_path / "e", match="not a PyTorch checkpoint",
+            absent=(tmp_path / "e",))
+
+
 def test_failed_training_start_leaves_no_run_directory(capsys, tiny_runs, tmp_path):
     out = tmp_path / "run"
     refused(capsys, "train", "ldm", "--data", tiny_runs["data"], "--vqvae", tiny_runs["ldm"], "--config", "tiny",

@@ -45,6 +45,10 @@ def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, 
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the summary here.")
 def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None:
     """Per-class nucleus counts and shares, tiles per tissue, imbalance ratio, and a bar chart."""
+    if not directory.is_dir():
+        from histosmith.errors import file_error
+
+        raise file_error(directory, "not a dataset directory" if directory.exists() else "not found")
     output_path(json_path)
     from histosmith.data.info import plot_summary, summarise
     from histosmith.data.reader import Dataset

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,20 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
     file = resolve(path)
     if not file.exists():
         raise file_error(file, "checkpoint not found")
+    if not file.is_file():
+        raise file_error(file, "not a file")
+    with open(file, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
+        raise file_error(file, "not a PyTorch checkpoint file")
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise file_error(file, "refused: it holds objects that safe (weights_only) loading does not allow; "
+                               "not a HistoSmith checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise file_error(file, f"corrupt or unreadable checkpoint ({first[:160]})") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt or "model_config" not in ckpt:

@@ -85,7 +85,7 @@ def test_cli_missing_and_corrupt_checkpoints(tiny_runs, tmp_path):
     bad.write_bytes(b"definitely not a checkpoint" * 100)
     line = _one_error_line(run_cli("hs-train", "ldm", "--data", data, "--vqvae", str(bad), "--config", "tiny",
                                    "--out", str(tmp_path / "o")))
-    assert "corrupt" in line
+    assert "not a PyTorch checkpoint" in line
     line = _one_error_line(run_cli("hs-sample", "--checkpoint", str(tiny_runs["vq"]), "--n", "2",
                                    "--out", str(tmp_path / "s")))
     assert "a vqvae checkpoint, expected ldm" in line
