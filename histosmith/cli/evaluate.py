@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from histosmith.cli.common import entry_point, output_path
+from histosmith.cli.common import SEED, entry_point, output_path
 
 
 @click.group(help="Evaluate datasets and models.")
@@ -120,6 +120,54 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
     report = run_downstream(plan, out)
     click.echo((out / "downstream.md").read_text())
     click.echo(f"report: {out}/downstream.json, downstream.md, downstream.png ({len(report['runs'])} runs)")
+
+
+@cli.command("control")
+@click.option("--engine", type=click.Path(path_type=Path), default=None, help="Exported U-Net (EXPORT/unet.onnx, .pt).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="hs-train ldm run or file.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New directory for the report and tiles.")
+@click.option("--levels", type=int, default=5, show_default=True,
+              help="Requested levels per class from 0 to the training maximum (1.25x and 1.5x are added).")
+@click.option("--tiles-per-level", type=int, default=4, show_default=True, help="Tiles per level (fixed seeds).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Base seed; sweep tile i uses (seed, i).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps.")
+@click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True, help="Guidance scale.")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels: int, tiles_per_level: int,
+                seed: int, steps: int, guidance: float, batch: int, device: str, threads: int | None) -> None:
+    """Count control: a per-class sweep of requested counts (per tissue, into the extrapolation region)."""
+    import shlex
+    import sys
+
+    from histosmith.errors import HistoSmithError
+    from histosmith.evaluation.control import SweepDesign
+    from histosmith.runtime.generate import GenerationPlan, check_output_dir
+
+    if (engine is None) == (checkpoint is None):
+        raise HistoSmithError("give exactly one of --engine and --checkpoint")
+    design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
+    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch)
+    check_output_dir(out, resume=False)
+    if engine is not None:
+        from histosmith.runtime.engine import EngineOptions, open_engine
+
+        session = open_engine(engine, EngineOptions(device, threads, batch=batch))
+    else:
+        assert checkpoint is not None
+        if not checkpoint.exists():
+            raise HistoSmithError(f"{checkpoint}: checkpoint not found")
+        from histosmith.generator import CheckpointSession, load_generator
+        from histosmith.training.loop import pick_device
+
+        session = CheckpointSession(load_generator(checkpoint), str(pick_device(device)), batch=batch)
+    from histosmith.evaluation.control_report import format_markdown, run_control
+
+    report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]))
+    click.echo(format_markdown(report))
+    click.echo(f"report: {out}/control.json, control.md, control_scatter.png, control_saturation.png, "
+               "control_bland_altman.png")
 
 
 main = entry_point(cli)

@@ -1,0 +1,139 @@
+"""hs-eval control: sweep design, statistics on known numbers, the command on a tiny export, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from histosmith.data.conditioning import ConditionSpec
+from histosmith.errors import HistoSmithError
+from histosmith.evaluation.control import (
+    SweepDesign,
+    agreement,
+    analyse,
+    build_sweep,
+    class_levels,
+    level_means,
+    saturation_point,
+    tissue_medians,
+)
+from histosmith.evaluation.control_report import format_markdown
+from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.schedule import ScheduleConfig
+from tests.conftest import run_cli
+
+
+def _info(counts, tissues, count_max=(8, 4)):
+    spec = ConditionSpec(("a", "b"), ("t0", "t1"), (4.0, 2.0), tuple(count_max))
+    return GeneratorInfo(spec, ScheduleConfig(), (4, 8, 8), 32, np.array(counts, np.int64),
+                         np.array(tissues, np.int64))
+
+
+def test_levels_cover_the_training_range_and_flag_extrapolation():
+    inside, beyond = class_levels(8, SweepDesign(levels=5))
+    assert inside == [0, 2, 4, 6, 8]
+    assert beyond == [10, 12]
+    inside, beyond = class_levels(0, SweepDesign(levels=5))
+    assert inside == [0] and beyond == []
+
+
+def test_sweep_holds_other_classes_at_the_tissue_median():
+    info = _info([[1, 3], [3, 1], [5, 1], [8, 4]], [0, 0, 0, 1])
+    assert tissue_medians(info).tolist() == [[3, 1], [8, 4]]
+    design = SweepDesign(levels=3, tiles_per_level=2)
+    sweep = build_sweep(info, design)
+    # per tissue: class a at 0,4,8,10,12 and class b at 0,2,4,5,6; two tiles each
+    assert len(sweep) == 2 * (5 + 5) * 2
+    counts, swept = sweep.conditions.counts, sweep.swept_class
+    t0_a = (sweep.conditions.tissues == 0) & (swept == 0)
+    assert set(counts[t0_a, 1]) == {1}  # b held at tissue 0's median
+    assert sorted(set(counts[t0_a, 0])) == [0, 4, 8, 10, 12]
+    assert (sweep.extrapolated == (sweep.level > np.where(swept == 0, 8, 4))).all()
+    assert (counts[np.arange(len(sweep)), swept] == sweep.level).all()
+
+
+def test_agreement_on_known_numbers():
+    q = np.array([0, 2, 4, 6, 8])
+    perfect = agreement(q, q)
+    assert perfect["r"] == pytest.approx(1.0) and perfect["slope"] == pytest.approx(1.0)
+    assert perfect["mae"] == 0 and perfect["bias"] == 0 and perfect["loa_low"] == perfect["loa_high"] == 0
+    half = agreement(q, q / 2 + 1)
+    assert half["slope"] == pytest.approx(0.5) and half["intercept"] == pytest.approx(1.0)
+    assert half["bias"] == pytest.approx(np.mean(q / 2 + 1 - q))
+    sd = np.std(q / 2 + 1 - q, ddof=1)
+    assert half["loa_high"] - half["loa_low"] == pytest.approx(2 * 1.96 * sd)
+    flat = agreement(np.full(4, 3), np.array([1, 2, 3, 4]))
+    assert flat["r"] is None and flat["slope"] is None
+
+
+def test_saturation_point():
+    def curve(levels, means):
+        return level_means(np.repeat(levels, 2), np.repeat(means, 2), count_max=levels[-1])
+
+    assert saturation_point(curve(np.array([0, 2, 4, 6]), np.array([0, 2, 4, 6]))) is None
+    assert saturation_point(curve(np.array([0, 2, 4, 6, 8]), np.array([0, 2, 4, 4.5, 4.6]))) == 4
+    assert saturation_point(curve(np.array([0, 2, 4]), np.array([3, 3, 3]))) == 0
+    # a dip and recovery is still following
+    assert saturation_point(curve(np.array([0, 2, 4, 6]), np.array([0, 2, 2, 6]))) is None
+
+
+def test_analyse_identity_and_override():
+    info = _info([[1, 3], [3, 1], [5, 1], [8, 4]], [0, 0, 0, 1])
+    sweep = build_sweep(info, SweepDesign(levels=3, tiles_per_level=1))
+    measured = sweep.conditions.counts.copy()
+    report = analyse(info, sweep, measured)
+    for e in report["classes"]:
+        assert e["in_range"]["r"] == pytest.approx(1.0)
+        assert e["in_range"]["mae"] == 0
+        assert e["saturation_point"] is None
+        assert e["extrapolation"]["extrapolated"] is True
+    slopes = np.array(report["override"]["slopes"], dtype=float)
+    assert slopes == pytest.approx(np.eye(2))
+    text = format_markdown(report)
+    assert "EXTRAPOLATION" in text and "| a | 0..8 | 6 | 1.000 | 1.00 | 0.00 | 0.00 | 0.00 |" in text
+    # override: asking for a produces b instead
+    swapped = measured.copy()
+    mine = sweep.swept_class == 0
+    swapped[mine, 0], swapped[mine, 1] = sweep.conditions.counts[mine, 1], sweep.conditions.counts[mine, 0]
+    slopes = np.array(analyse(info, sweep, swapped)["override"]["slopes"], dtype=float)
+    assert slopes[0, 1] == pytest.approx(1.0) and slopes[0, 0] == pytest.approx(0.0)
+
+
+def test_design_rejects_bad_values():
+    with pytest.raises(HistoSmithError):
+        SweepDesign(levels=1)
+    with pytest.raises(HistoSmithError):
+        SweepDesign(tiles_per_level=0)
+
+
+def test_control_command_on_tiny_export(tiny_export, tmp_path):
+    out = tmp_path / "ctl"
+    res = run_cli("hs-eval", "control", "--engine", str(tiny_export / "unet.onnx"), "--out", str(out),
+                  "--levels", "2", "--tiles-per-level", "1", "--steps", "2", "--batch", "8")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "control.json").read_text())
+    assert report["n_tiles"] == len(report["tissue_names"]) * sum(
+        len(e["levels"]) for e in report["classes"])
+    assert report["n_extrapolated_tiles"] > 0
+    assert any(p["extrapolated"] for e in report["classes"] for p in e["levels"])
+    assert "EXTRAPOLATION" in (out / "control.md").read_text()
+    for name in ("control_scatter.png", "control_saturation.png", "control_bland_altman.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # measured counts are the dataset's own (count_nuclei with the training margin)
+    from histosmith.data.reader import Dataset
+
+    tiles = Dataset.open(out / "tiles")
+    assert len(tiles) == report["n_tiles"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "exactly one of --engine and --checkpoint"),
+    (["--checkpoint", "nowhere", "--levels", "1"], "--levels 1"),
+    (["--checkpoint", "nowhere"], "checkpoint not found"),
+])
+def test_control_bad_input(tmp_path, args, needle):
+    res = run_cli("hs-eval", "control", "--out", str(tmp_path / "o"), *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()
