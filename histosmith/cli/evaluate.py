@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,36 @@ def conic_cmd(true_dir: Path, pred_dir: Path, json_path: Path | None) -> None:
         click.echo(f"json: {json_path}")
 
 
-def _check_model_and_data(checkpoint: Path, data: Path) -> None:
+def _model_eval_options(kind: str, data_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--checkpoint --data --split --json`` of the commands that score a trained model on a dataset."""
+    options = [
+        click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+                     help=f"hs-train {kind} run or file."),
+        click.option("--data", type=click.Path(path_type=Path), required=True, help=data_help),
+        click.option("--split", default="val", show_default=True,
+                     help="patch_info split to evaluate ('all' for every tile)."),
+        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+                     help="Write the report here."),
+    ]
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def _check_model_and_data(checkpoint: Path, data: Path, json_path: Path | None, split: str) -> str | None:
+    """Check the paths before any work; returns the split to evaluate (None: every tile)."""
     from histosmith.errors import HistoSmithError
 
+    output_path(json_path)
     if not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
     if not (data / "meta.json").exists():
         raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
+    return None if split == "all" else split
 
 
 def _echo_and_save(report: Any, json_path: Path | None) -> None:
@@ -52,31 +76,23 @@ def _echo_and_save(report: Any, json_path: Path | None) -> None:
 
 
 @cli.command("vqvae")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="hs-train vqvae run or file.")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset (held-out split is used).")
-@click.option("--split", default="val", show_default=True, help="patch_info split to evaluate ('all' for every tile).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+@_model_eval_options("vqvae", "Dataset (held-out split is used).")
 def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Reconstruction PSNR, class mIoU, instance PQ from reconstructed maps, codebook usage."""
-    output_path(json_path)
-    _check_model_and_data(checkpoint, data)
+    chosen = _check_model_and_data(checkpoint, data, json_path, split)
     from histosmith.evaluation.vqvae import evaluate_vqvae
 
-    _echo_and_save(evaluate_vqvae(checkpoint, data, None if split == "all" else split), json_path)
+    _echo_and_save(evaluate_vqvae(checkpoint, data, chosen), json_path)
 
 
 @cli.command("seg")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="hs-train seg run or file.")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset with ground-truth labels.")
-@click.option("--split", default="val", show_default=True, help="patch_info split to evaluate ('all' for every tile).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
+@_model_eval_options("seg", "Dataset with ground-truth labels.")
 def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Predict with a trained segmenter and score with the CoNIC metrics (the hs-eval conic code)."""
-    output_path(json_path)
-    _check_model_and_data(checkpoint, data)
+    chosen = _check_model_and_data(checkpoint, data, json_path, split)
     from histosmith.segmentation.evaluate import evaluate_segmenter
 
-    _echo_and_save(evaluate_segmenter(checkpoint, data, None if split == "all" else split).result(), json_path)
+    _echo_and_save(evaluate_segmenter(checkpoint, data, chosen).result(), json_path)
 
 
 @cli.command("downstream")

@@ -15,29 +15,18 @@ fixed number of tiles, so a writer can resume after the last complete shard.
 The code lives in one module per concept: :mod:`~histosmith.data.layout` (file names, shard sizes),
 :mod:`~histosmith.data.meta` (``meta.json``), :mod:`~histosmith.data.codecs` (reading ``.npy`` and CSV),
 :mod:`~histosmith.data.reader` (:class:`Dataset`) and :mod:`~histosmith.data.writer` (:class:`DatasetWriter`).
-This module gathers their public names.
+This module gathers their public classes and functions (file names: :mod:`~histosmith.data.layout`).
 """
 
 from __future__ import annotations
 
 from histosmith.data.codecs import npy_header, read_counts_csv, read_counts_header
-from histosmith.data.layout import (
-    COUNTS_FILE,
-    FORMAT_VERSION,
-    IMAGES_FILE,
-    LABELS_FILE,
-    META_FILE,
-    PATCH_INFO_FILE,
-    SHARD_PREFIX,
-    default_shard_size,
-    shard_name,
-)
+from histosmith.data.layout import default_shard_size
 from histosmith.data.meta import DatasetMeta
 from histosmith.data.reader import Dataset, Shard
 from histosmith.data.writer import DatasetWriter, count_statistics, write_shard
 
 __all__ = [
-    "COUNTS_FILE", "FORMAT_VERSION", "IMAGES_FILE", "LABELS_FILE", "META_FILE", "PATCH_INFO_FILE", "SHARD_PREFIX",
     "Dataset", "DatasetMeta", "DatasetWriter", "Shard", "count_statistics", "default_shard_size", "npy_header",
-    "read_counts_csv", "read_counts_header", "shard_name", "write_shard",
+    "read_counts_csv", "read_counts_header", "write_shard",
 ]
