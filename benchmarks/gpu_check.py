@@ -1,12 +1,19 @@
-"""GPU checks for the torch CUDA backend (issue: TensorRT fp16 engines and the CUDA-graph runtime).
+"""The one GPU check: the exported engines on a GPU — parity with the CPU fp32 reference first, then speed.
 
-1. Parity: the fp16 + CUDA-graph backend against the fp32 reference on the same noise (final-latent
-   error, class-mask agreement), on the `small` architecture with random (non-degenerate) weights.
-2. Throughput: tiles/s for eager fp32, eager fp16 and fp16 + CUDA graph at several batch sizes, for the
-   `small` and `paper` architectures, in one run so the ratios are fair.
+What it runs are the files a user runs: torch.export programs (``unet.pt2`` and its fp16 sibling), exported
+here on the CPU and loaded on the GPU, so a device or dtype baked into a graph fails here first; and, when
+onnxruntime-gpu is installed, the ONNX step graph on the CUDA provider with device-bound OrtValues.
 
-Weights are random (perturbed away from the zero-initialised output layers): speed does not depend on
-them and parity is a numerical property of the graphs. Writes JSON and a Markdown table.
+1. Parity (`small`, batch 16): each engine against the live fp32 modules on the CPU on the same noise:
+   final-latent error relative to its scale, class-mask pixel agreement.
+2. Throughput: tiles/s of eager fp32, eager fp16 and fp16 + whole-loop CUDA graph (and ONNX Runtime) at
+   each batch, `small` then `paper`, cheapest first.
+
+Every result is appended to ``OUT.json`` / ``OUT.md`` the moment it is measured, so a timeout loses only
+the measurement in flight. Weights are random (``benchmarks/random_models.py``).
+
+``--dry-run`` runs the whole script on the CPU with the `tiny` config, bf16 standing in for fp16 and
+ONNX Runtime's CPU provider driving the same device-binding code, in seconds (the test suite runs it).
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check --steps 20 --batches 1,16,64,256
 """
@@ -17,61 +24,124 @@ import argparse
 import datetime
 import json
 import statistics
+import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from random_models import RandomModels, random_models
 
-from histosmith.config import unet_config, vq_config
-from histosmith.models.unet import ConditionalUNet
-from histosmith.models.vqvae import VQAutoencoder
-from histosmith.models.wrappers import GuidedUNet, LatentDecoder
+from histosmith.data.atomic import write_json_atomic
+from histosmith.export.onnx_export import clean, save_onnx, to_fp16, to_onnx
+from histosmith.export.torch_export import export_program, program_name, save_program
+from histosmith.models.wrappers import DDIMStep
+from histosmith.runtime.backends.onnx_backend import OnnxBackend
 from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.planning import BatchBuckets
-from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
+from histosmith.runtime.schedule import DDIMScheduler, DDIMTables, ScheduleConfig
+from histosmith.runtime.specs import DECODER, STEP, UNET, decoder_spec, step_spec, unet_spec
 
-TILE = {"small": 64, "paper": 256}
-
-
-def build(preset: str, seed: int = 0) -> tuple[GuidedUNet, LatentDecoder, tuple[int, int, int], int]:
-    torch.manual_seed(seed)
-    vq_cfg = vq_config(preset, 3, TILE[preset])
-    unet = ConditionalUNet(unet_config(preset, vq_cfg, 2)).eval()
-    vq = VQAutoencoder(vq_cfg).eval()
-    with torch.no_grad():
-        for module in (unet, vq):
-            for p in module.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-    shape = (vq_cfg.latent_channels, vq_cfg.latent_size, vq_cfg.latent_size)
-    return GuidedUNet(unet).eval(), LatentDecoder(vq, 1.0).eval(), shape, 5
+PARITY_BATCH = 16
 
 
-def inputs(batch: int, shape: tuple[int, ...], cond_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(batch)
-    return (rng.standard_normal((batch, *shape)).astype(np.float32),
-            rng.random((batch, cond_dim)).astype(np.float32), np.full(batch, 2.0, np.float32))
+class Results:
+    """``OUT.json`` (rewritten atomically after each result) and ``OUT.md`` (one line appended per result)."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]):
+        self.out, self.data = out, {"meta": meta, "parity": [], "throughput": [], "skipped": []}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out.with_suffix(".json"), self.data)
+        self.md = out.with_suffix(".md")
+        self.md.write_text(f"GPU check, {meta['date']}, {meta['device']}, torch {meta['torch']}, "
+                           f"onnxruntime {meta['onnxruntime']}, {meta['steps']} DDIM steps, random weights"
+                           + (" (DRY RUN on the CPU: tiny config, bf16 for fp16)" if meta["dry_run"] else "")
+                           + "\n")
+        self.section = ""
+
+    def _line(self, section: str, header: str, row: str) -> None:
+        with self.md.open("a") as f:
+            if section != self.section:
+                f.write(f"\n{header}\n")
+                self.section = section
+            f.write(row + "\n")
+
+    def add(self, kind: str, record: dict[str, Any]) -> None:
+        self.data[kind].append(record)
+        write_json_atomic(self.out.with_suffix(".json"), self.data)
+        if kind == "parity":
+            self._line(kind, "| engine | vs | latent rel. error | class agreement |\n|---|---|---|---|",
+                       f"| {record['engine']} | {record['reference']} | {record['latent_rel_err']:.2e} | "
+                       f"{record['class_agreement']:.4f} |")
+        elif kind == "throughput":
+            value = "OOM" if record["tiles_per_s"] is None else f"{record['tiles_per_s']:.1f}"
+            self._line(kind, "| config | batch | engine | tiles/s | vs eager fp32 |\n|---|---|---|---|---|",
+                       f"| {record['preset']} | {record['batch']} | {record['engine']} | {value} | "
+                       f"{record.get('vs_fp32', '')} |")
+        else:
+            self._line(kind, "| skipped | why |\n|---|---|", f"| {record['what']} | {record['why']} |")
+        print(json.dumps(record), flush=True)
 
 
-def backend(kind: str, guided, decoder, tables, batch: int) -> TorchBackend:  # noqa: ANN001
-    import copy
+class Engines:
+    """The exported engines of one config, written to a temporary directory and loaded from it."""
 
-    dtype = torch.float32 if kind == "eager-fp32" else torch.float16
-    g = copy.deepcopy(guided).cuda().to(dtype)
-    d = copy.deepcopy(decoder).cuda().to(dtype)
-    return TorchBackend(g, d, tables, "cuda", dtype, cuda_graph=kind == "fp16-cuda-graph",
-                        buckets=BatchBuckets((batch,)))
+    def __init__(self, models: RandomModels, max_batch: int, half: str, work: Path, onnx_provider: str | None):
+        self.models, self.dir, self.half = models, work, half
+        example = [torch.from_numpy(a) for a in models.inputs(2)]
+        example.insert(1, torch.tensor([999.0, 500.0]))
+        shape, dim = models.latent_shape, models.cond_dim
+        self.specs = {UNET: unet_spec(shape, dim), DECODER: decoder_spec(shape, *self._tile_classes()),
+                      STEP: step_spec(shape, dim)}
+        inputs = {UNET: example, DECODER: example[:1]}
+        for precision in ("fp32", half):
+            for graph, module in ((UNET, models.guided), (DECODER, models.decoder)):
+                program = export_program(module, self.specs[graph], inputs[graph], precision, max_batch)
+                save_program(program, work / program_name(graph, precision))
+        self.onnx_provider = onnx_provider
+        if onnx_provider is not None:
+            step_example = [*example, torch.tensor([1.0, -0.5, 0.0]), example[0]]
+            for graph, module, ex in ((STEP, DDIMStep(models.guided).eval(), step_example),
+                                      (DECODER, models.decoder, example[:1])):
+                model = clean(to_onnx(module, self.specs[graph], ex, True))
+                save_onnx(model, work / f"{graph}.onnx")
+                save_onnx(to_fp16(model), work / f"{graph}.fp16.onnx")
+
+    def _tile_classes(self) -> tuple[int, int]:
+        lat = torch.zeros((1, *self.models.latent_shape))
+        with torch.no_grad():
+            image, _, semantic = self.models.decoder(lat)
+        return image.shape[-1], semantic.shape[1] - 1
+
+    def torch_backend(self, precision: str, device: str, graph: bool, tables: DDIMTables, batch: int) -> TorchBackend:
+        unet, decoder = (self.dir / program_name(g, precision) for g in (UNET, DECODER))
+        return TorchBackend.from_files(unet, decoder, tables, device, precision, graph, BatchBuckets((batch,)),
+                                       pad=True)
+
+    def onnx_backend(self, precision: str, tables: DDIMTables, graph: bool) -> OnnxBackend:
+        suffix = "" if precision == "fp32" else ".fp16"
+        return OnnxBackend(self.dir / f"{STEP}{suffix}.onnx", self.dir / f"{DECODER}{suffix}.onnx", self.specs[UNET],
+                           self.specs[DECODER], tables, (1, 1 << 16), self.onnx_provider, None,
+                           self.dir / f"{STEP}{suffix}.onnx", self.specs[STEP], device_loop=True, cuda_graph=graph)
 
 
-def tiles_per_s(b: TorchBackend, lat, cond, g, repeats: int) -> float:  # noqa: ANN001
-    b.sample(lat, cond, g, None)  # warm-up / capture
+def kinds(device: str, half: str) -> list[tuple[str, str, bool]]:
+    """(label, precision, CUDA graph) of the torch engine runs."""
+    return [("eager-fp32", "fp32", False), (f"eager-{half}", half, False), (f"{half}-cuda-graph", half, True)]
+
+
+def tiles_per_s(backend: Any, inputs: tuple, repeats: int, sync: Any) -> float:
+    backend.sample(*inputs, None)  # warm-up / capture
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
-        b.sample(lat, cond, g, None)  # ends with a device->host copy: synchronous
+        backend.sample(*inputs, None)  # ends with a device->host copy: synchronous
         times.append(time.perf_counter() - start)
-    return len(lat) / statistics.median(times)
+    return len(inputs[0]) / statistics.median(times)
 
 
 def main() -> None:
@@ -81,54 +151,77 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16,64,256")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--presets", default="small,paper")
+    ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU with tiny models")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA device")
-    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(args.steps)
-    result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(0),
-              "torch": torch.__version__, "steps": args.steps, "parity": {}, "throughput": []}
+    if args.dry_run:
+        device, half, presets, batches, steps, repeats = "cpu", "bf16", ["tiny"], [1, 2], 2, 1
+        onnx_provider: str | None = "cpu"
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_check: no CUDA device (use --dry-run to check the script on the CPU)")
+        device, half, presets, steps, repeats = "cuda", "fp16", args.presets.split(","), args.steps, args.repeats
+        batches = [int(b) for b in args.batches.split(",")]
+        onnx_provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(steps)
+    results = Results(args.out, {
+        "date": datetime.date.today().isoformat(), "dry_run": args.dry_run, "steps": steps,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
+        "torch": torch.__version__, "onnxruntime": ort.__version__, "providers": ort.get_available_providers()})
+    if onnx_provider is None:
+        results.add("skipped", {"what": "ONNX Runtime CUDA", "why": "onnxruntime-gpu is not installed"})
+    try:
+        import tensorrt  # noqa: F401
+        results.add("skipped", {"what": "TensorRT", "why": "installed, but this script does not build engines yet"})
+    except ImportError:
+        results.add("skipped", {"what": "TensorRT", "why": "the tensorrt package is not installed"})
 
-    guided, decoder, shape, cond_dim = build("small")
-    lat, cond, g = inputs(16, shape, cond_dim)
-    ref = TorchBackend(guided, decoder, tables).sample(lat, cond, g, None)  # fp32 on the CPU
-    for kind in ("eager-fp32", "fp16-cuda-graph"):
-        got = backend(kind, guided, decoder, tables, 16).sample(lat, cond, g, None)
-        result["parity"][kind] = {
-            "latent_rel_err": float(np.abs(got.latent - ref.latent).max() / np.abs(ref.latent).max()),
-            "class_agreement": float((got.semantic.argmax(1) == ref.semantic.argmax(1)).mean()),
-        }
-        print("parity", kind, result["parity"][kind], flush=True)
-
-    for preset in args.presets.split(","):
-        guided, decoder, shape, cond_dim = build(preset)
-        for batch in (int(b) for b in args.batches.split(",")):
-            lat, cond, g = inputs(batch, shape, cond_dim)
-            row = {"preset": preset, "batch": batch}
-            for kind in ("eager-fp32", "eager-fp16", "fp16-cuda-graph"):
-                try:
-                    row[kind] = tiles_per_s(backend(kind, guided, decoder, tables, batch), lat, cond, g, args.repeats)
-                except torch.cuda.OutOfMemoryError:
-                    row[kind] = None
-                torch.cuda.empty_cache()
-            result["throughput"].append(row)
-            print(json.dumps(row), flush=True)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"GPU check, {result['date']}, {result['device']}, torch {result['torch']}, {args.steps} DDIM steps, "
-             "random weights", "", "| parity vs fp32 CPU | latent rel. error | class agreement |", "|---|---|---|"]
-    lines += [f"| {k} | {v['latent_rel_err']:.2e} | {v['class_agreement']:.4f} |" for k, v in result["parity"].items()]
-    lines += ["", "| config | batch | eager fp32 tiles/s | eager fp16 | fp16 + CUDA graph | graph vs fp32 |",
-              "|---|---|---|---|---|---|"]
-    for r in result["throughput"]:
-        def f(v: float | None) -> str:
-            return "OOM" if v is None else f"{v:.1f}"
-        ratio = (f"{r['fp16-cuda-graph'] / r['eager-fp32']:.2f}x"
-                 if r["fp16-cuda-graph"] and r["eager-fp32"] else "n/a")
-        lines.append(f"| {r['preset']} | {r['batch']} | {f(r['eager-fp32'])} | {f(r['eager-fp16'])} | "
-                     f"{f(r['fp16-cuda-graph'])} | {ratio} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    with tempfile.TemporaryDirectory() as tmp:
+        for p, preset in enumerate(presets):
+            models = random_models(preset)
+            work = Path(tmp) / preset
+            work.mkdir()
+            engines = Engines(models, max(batches + [PARITY_BATCH]), half, work, onnx_provider)
+            if p == 0:  # parity first, on the first (small) config
+                lat, cond, g = models.inputs(PARITY_BATCH)
+                ref = TorchBackend(models.guided, models.decoder, tables).sample(lat, cond, g, None)
+                runs = [(label, "torch", pr, gr) for label, pr, gr in kinds(device, half)]
+                if onnx_provider is not None:
+                    runs += [(f"onnxruntime-{onnx_provider}-{pr}-device", "onnx", pr, device == "cuda")
+                             for pr in ("fp32", "fp16")]
+                for label, kind, precision, graph in runs:
+                    try:
+                        backend = (engines.torch_backend(precision, device, graph, tables, PARITY_BATCH)
+                                   if kind == "torch" else engines.onnx_backend(precision, tables, graph))
+                        got = backend.sample(lat, cond, g, None)
+                        results.add("parity", {
+                            "engine": label, "reference": "live fp32 modules, CPU",
+                            "latent_rel_err": float(np.abs(got.latent - ref.latent).max() / np.abs(ref.latent).max()),
+                            "class_agreement": float((got.semantic.argmax(1) == ref.semantic.argmax(1)).mean())})
+                    except Exception as exc:  # a broken engine is the finding: record it, keep measuring
+                        results.add("skipped", {"what": f"parity {label}", "why": f"FAILED: {exc!r}"[:300]})
+                        traceback.print_exc()
+            for batch in batches:
+                inputs = models.inputs(batch)
+                fp32_rate = None
+                for label, precision, graph in kinds(device, half):
+                    try:
+                        rate: float | None = tiles_per_s(engines.torch_backend(precision, device, graph, tables, batch),
+                                                         inputs, repeats, sync)
+                    except torch.cuda.OutOfMemoryError:
+                        rate = None
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                    fp32_rate = rate if label == "eager-fp32" else fp32_rate
+                    ratio = f"{rate / fp32_rate:.2f}x" if rate and fp32_rate else ""
+                    results.add("throughput", {"preset": preset, "batch": batch, "engine": f"torch {label}",
+                                               "tiles_per_s": rate, "vs_fp32": ratio})
+                if onnx_provider is not None:
+                    rate = tiles_per_s(engines.onnx_backend("fp16", tables, device == "cuda"), inputs, repeats, sync)
+                    results.add("throughput", {"preset": preset, "batch": batch,
+                                               "engine": f"onnxruntime-{onnx_provider} fp16 device loop",
+                                               "tiles_per_s": rate,
+                                               "vs_fp32": f"{rate / fp32_rate:.2f}x" if fp32_rate else ""})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``hs-export``: an LDM checkpoint -> ONNX (fp32 + fp16) and TorchScript graphs + manifest.json.
+"""``hs-export``: an LDM checkpoint -> ONNX (fp32 + fp16) graphs, torch.export programs + manifest.json.
 
 Every graph is checked against PyTorch on random inputs before the export reports success. An
 export directory is written under a temporary name and renamed into place; a directory whose manifest
@@ -7,6 +7,7 @@ carries the same cache key (checkpoint hash, options, opset, library versions) i
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -25,9 +26,12 @@ from histosmith.config import to_dict
 from histosmith.data.atomic import atomic_directory, read_json_object, sha256_file
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
-from histosmith.export.verify import OutputError, check
+from histosmith.export.torch_export import PRECISIONS as TORCH_PRECISIONS
+from histosmith.export.torch_export import cast_inputs, export_program, program_name, save_program
+from histosmith.export.verify import OutputError, check, compare
 from histosmith.generator import TrainedGenerator, load_generator
 from histosmith.models.wrappers import DDIMStep
+from histosmith.runtime.backends.torch_program import DTYPES, load_program
 from histosmith.runtime.manifest import (
     MANIFEST_FILE,
     MANIFEST_VERSION,
@@ -47,13 +51,15 @@ from histosmith.runtime.specs import (
     STEP_NOISE,
     TIMESTEP,
     UNET,
+    GraphSpec,
     decoder_spec,
     step_spec,
     unet_spec,
 )
 
 log = logging.getLogger(__name__)
-TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "torchscript": 1e-5}
+# ONNX graphs against the fp32 module; torch programs against the live module in their own dtype.
+TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "torch": 1e-5, "torch-reduced": 2e-2}
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class ExportOptions:
     dynamic_batch: bool = True
     max_batch: int = 256  # the largest batch a dynamic export promises (TensorRT profiles use it)
     fp16: bool = True
-    torchscript: bool = True
+    torch_programs: tuple[str, ...] = TORCH_PRECISIONS  # torch.export programs (unet.pt2, unet.fp16.pt2, ...)
     opset: int = OPSET
     force: bool = False
 
@@ -73,6 +79,9 @@ class ExportOptions:
             raise HistoSmithError("give --batch B or --dynamic-batch")
         if self.batch is not None and self.batch < 1:
             raise HistoSmithError(f"--batch must be >= 1, got {self.batch}")
+        unknown = sorted(set(self.torch_programs) - set(TORCH_PRECISIONS))
+        if unknown:
+            raise HistoSmithError(f"torch program precisions {unknown}: expected some of {list(TORCH_PRECISIONS)}")
 
     @property
     def batch_range(self) -> tuple[int, int]:
@@ -131,14 +140,24 @@ def _ort_runner(path: Path):
     return lambda feeds: dict(zip(names, session.run(None, feeds), strict=True))
 
 
-def _torchscript_runner(module: torch.jit.ScriptModule, names: list[str]):
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            out = module(*(torch.from_numpy(v) for v in feeds.values()))
-        out = out if isinstance(out, tuple) else (out,)
-        return {n: o.numpy() for n, o in zip(names, out, strict=True)}
-
-    return run
+def _program_errors(label: str, module: torch.nn.Module, program_path: Path, spec: GraphSpec, precision: str,
+                    inputs: dict[str, np.ndarray]) -> list[OutputError]:
+    """Reload a saved program and compare it with ``module`` cast to the same dtype, on the same inputs."""
+    dtype = DTYPES[precision]
+    live = copy.deepcopy(module).to(dtype)
+    loaded = load_program(program_path, "cpu", precision)
+    args = cast_inputs(spec, [torch.from_numpy(v) for v in inputs.values()], dtype)
+    with torch.no_grad():
+        want, got = live(*args), loaded(*args)
+    want, got = (o if isinstance(o, tuple) else (o,) for o in (want, got))
+    names = spec.output_names
+    errors = compare({n: o.double().numpy() for n, o in zip(names, want, strict=True)},
+                     {n: o.double().numpy() for n, o in zip(names, got, strict=True)},
+                     TOLERANCE["torch" if precision == "fp32" else "torch-reduced"])
+    if not all(e.ok for e in errors):
+        raise HistoSmithError(f"{label}: exported program disagrees with PyTorch: "
+                              + "; ".join(e.line() for e in errors))
+    return errors
 
 
 BUILD_FILES = ("build_engines.sh", "timing.cache")  # written beside an export by hs-export --trt
@@ -213,23 +232,21 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
                                                        TOLERANCE[precision]))
                 names[precision][graph] = name
                 verification[f"{name} ops"] = graph_summary(model)
-            if opts.torchscript and graph != STEP:
-                with torch.no_grad():
-                    traced = torch.jit.trace(modules[graph], tuple(example), check_trace=False)
-                name = f"{graph}.pt"
-                torch.jit.save(traced, str(tmp / name))
-                loaded = torch.jit.load(str(tmp / name))
+            for precision in opts.torch_programs if graph != STEP else ():
+                name = program_name(graph, precision)
+                program = export_program(modules[graph], spec, example, precision,
+                                         high if opts.dynamic_batch else None)
+                save_program(program, tmp / name)
                 for b in check_batches:
-                    record(f"{name} batch {b}", check(f"{name} (batch {b})", modules[graph],
-                                                       _torchscript_runner(loaded, spec.output_names),
-                                                       random_inputs(gen, graph, b, 200 + b), spec.output_names,
-                                                       TOLERANCE["torchscript"]))
+                    record(f"{name} batch {b}", _program_errors(f"{name} (batch {b})", modules[graph], tmp / name,
+                                                                spec, precision, random_inputs(gen, graph, b, 200 + b)))
         for precision in precisions:
             variants.append(Variant(precision, "onnx", entry=names[precision][UNET], decoder=names[precision][DECODER],
                                     guided_unet=names[precision][UNET], fused_step=names[precision][STEP]))
-        if opts.torchscript:
-            variants.append(Variant("fp32", "torchscript", entry=f"{UNET}.pt", decoder=f"{DECODER}.pt",
-                                    guided_unet=f"{UNET}.pt"))
+        for precision in opts.torch_programs:  # device-free: one file runs on the CPU and on any GPU
+            entry = program_name(UNET, precision)
+            variants.append(Variant(precision, "torch", entry=entry, decoder=program_name(DECODER, precision),
+                                    guided_unet=entry))
         for p in sorted(tmp.iterdir()):
             files[p.name] = sha256_file(p)
         manifest = Manifest(

@@ -26,6 +26,7 @@ from histosmith.export.trtexec import write_build_script
 from histosmith.runtime.manifest import Manifest, Precision, TensorRTBuild, Variant
 from histosmith.runtime.planning import BatchBuckets
 from histosmith.runtime.specs import BATCH, DECODER, STEP, GraphSpec
+from histosmith.runtime.tensorrt_api import network_flags
 from histosmith.runtime.tensorrt_facts import UNKNOWN, engine_facts
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ INSTALL_HINT = ("TensorRT's Python package is not installed here: on an x86 serv
 @dataclass(frozen=True)
 class EngineOptions:
     precision: Precision = "fp16"
-    buckets: BatchBuckets = BatchBuckets((1, 8, 32))
+    buckets: BatchBuckets = BatchBuckets((1, 4, 16, 64))  # hs-generate's default --batch 16 is a bucket
     workspace_gb: float = 4.0
 
 
@@ -68,11 +69,7 @@ def build_engine(trt: Any, onnx_path: Path, plan_path: Path, spec: GraphSpec, bu
     """Build one strongly typed engine with a profile per bucket; reads and updates the timing cache."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:  # value 1 in 10.x, 0 (deprecated, always on) in 11: never hard-code it
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))  # strongly typed (runtime/tensorrt_api.py)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -144,7 +141,7 @@ def register_engines(directory: Path, precision: Precision, facts: dict[str, Any
             raise file_error(directory / name, "engine not found; build it first")
     if facts is None:  # built by trtexec: the plan itself knows its GPU and TensorRT version
         facts = {"gpu": UNKNOWN, "compute_capability": UNKNOWN, "tensorrt": UNKNOWN,
-                 "buckets": list((buckets or BatchBuckets((1, 8, 32))).sizes)}
+                 "buckets": list((buckets or EngineOptions().buckets).sizes)}
     build = TensorRTBuild(str(facts["gpu"]), str(facts["compute_capability"]), str(facts["tensorrt"]),
                           tuple(int(b) for b in facts["buckets"]))
     variant = Variant(precision, "tensorrt", entry=unet_plan, decoder=decoder_plan, fused_step=unet_plan,

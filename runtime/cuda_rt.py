@@ -7,7 +7,10 @@ exceptions. Nothing here runs without an NVIDIA driver.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
+
+import numpy as np
 
 from histosmith.errors import HistoSmithError
 
@@ -83,4 +86,24 @@ class DeviceBuffer:
     def free(self) -> None:
         if self.ptr:
             check(self.cudart.cudaFree(self.ptr), "cudaFree")
+            self.ptr = 0
+
+
+class PinnedArray:
+    """A numpy array in page-locked host memory (``cudaMallocHost``): copies from and to it are truly
+    asynchronous (they overlap with compute) and skip the driver's staging copy of pageable memory."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32):
+        self.cudart = import_cudart()
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        nbytes = max(count * dtype.itemsize, 1)
+        self.ptr = int(check(self.cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
+        raw = (ctypes.c_byte * nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = None
+            check(self.cudart.cudaFreeHost(self.ptr), "cudaFreeHost")
             self.ptr = 0

@@ -1,13 +1,15 @@
 """``--engine FILE``: verify an export once and open a session on it.
 
-``.onnx`` -> ONNX Runtime; ``.pt`` -> torch (TorchScript, reference and GPU fallback); ``.plan`` /
-``.engine`` -> TensorRT. :func:`open_engine` makes every check (manifest version and digest, file names
-confined to the export, SHA-256 of every graph the variant uses, I/O shapes against the manifest) before
-any weights are loaded; the backend itself is created on first use, for the DDIM tables of a run.
+``.onnx`` -> ONNX Runtime; ``.pt2`` -> torch (torch.export programs, one per precision: reference and GPU
+fallback); ``.plan`` / ``.engine`` -> TensorRT. :func:`open_engine` makes every check (manifest version
+and digest, file names confined to the export, SHA-256 of every graph the variant uses, I/O shapes
+against the manifest, the torch program's precision) before any weights are loaded; the backend itself
+is created on first use, for the DDIM tables of a run, and released by :meth:`EngineSession.close`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -16,8 +18,11 @@ from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.manifest import FORMATS, GraphFormat, Manifest, Variant
+from histosmith.runtime.planning import BatchBuckets
 from histosmith.runtime.schedule import DDIMTables
-from histosmith.runtime.specs import DECODER, UNET
+from histosmith.runtime.specs import DECODER, STEP, UNET
+
+log = logging.getLogger(__name__)
 
 TorchPrecision = Literal["auto", "fp32", "fp16", "bf16"]
 
@@ -39,8 +44,10 @@ class GeneratorSession(Protocol):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run a verified engine. ``precision``/``cuda_graph``/``batch`` concern the torch path: on
-    CUDA it runs fp16 with the whole loop captured as a CUDA graph for a bucket of ``batch``."""
+    """How to run a verified engine. ``precision``: torch (.pt2) engines only, the program's own (another is
+    refused). ``cuda_graph``: CUDA graphs of the torch loop per batch bucket, or ONNX Runtime's on the
+    CUDA / TensorRT providers. ``batch``: the run's ``--batch``; buckets are sized for it (no padding of
+    full batches)."""
 
     device: str = "auto"
     threads: int | None = None
@@ -74,17 +81,27 @@ class EngineSession:
         batch = self.manifest.batch
         if self.variant.tensorrt is not None:
             return 1, max(self.variant.tensorrt.buckets)
-        if self.variant.format == "torchscript" or not batch.dynamic:
+        if self.variant.format == "torch" or not batch.dynamic:
             return 1, batch.max  # smaller batches are zero-padded
         return batch.min, batch.max
 
     def backend(self, tables: DDIMTables) -> Backend:
         if self._loaded is None or self._loaded[0] is not tables:  # one loaded backend at a time
+            self.close()
             self._loaded = (tables, _load_backend(self, tables))
         return self._loaded[1]
 
+    def close(self) -> None:
+        """Release the loaded backend (device buffers, graphs, streams); a later use loads it again."""
+        if self._loaded is not None:
+            loaded, self._loaded = self._loaded, None
+            loaded[1].close()
+
 
 def engine_format(engine: Path) -> GraphFormat:
+    if engine.suffix.lower() == ".pt":
+        raise file_error(engine, "TorchScript engines are no longer written or read (they cannot run in fp16/bf16 "
+                                 "and pin the tracing device); re-export with hs-export and use unet.pt2")
     fmt = FORMATS.get(engine.suffix.lower())
     if fmt is None:
         raise file_error(engine, f"unknown engine type {engine.suffix!r}; expected one of {sorted(FORMATS)}")
@@ -105,10 +122,24 @@ def open_engine(engine: Path, options: EngineOptions = EngineOptions()) -> Engin
         manifest.verify_file(directory, name)
     if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt"):
         raise HistoSmithError(f"--device {options.device}: ONNX Runtime takes cpu, cuda or tensorrt")
-    if options.precision != "auto" and fmt != "torchscript":
-        raise HistoSmithError(f"--precision {options.precision} concerns torch (.pt) engines; the precision of "
+    if options.precision != "auto" and fmt != "torch":
+        raise HistoSmithError(f"--precision {options.precision} concerns torch (.pt2) engines; the precision of "
                               f"{engine.name} is fixed ({variant.precision})")
+    if options.precision not in ("auto", variant.precision):
+        raise file_error(engine, f"is the {variant.precision} program; --precision {options.precision} needs its "
+                                 f"{options.precision} sibling (hs-export writes unet.pt2, unet.fp16.pt2, "
+                                 "unet.bf16.pt2)")
     return EngineSession(directory, manifest, variant, options)
+
+
+def engine_buckets(manifest: Manifest, variant: Variant, batch: int | None) -> BatchBuckets:
+    """The batch buckets a run of ``--batch`` uses: the engine's own (TensorRT profiles, a fixed-batch
+    export), else :meth:`BatchBuckets.ladder` of the batch (full batches never padded)."""
+    if variant.tensorrt is not None:
+        return BatchBuckets(variant.tensorrt.buckets)
+    if not manifest.batch.dynamic:
+        return BatchBuckets((manifest.batch.max,))
+    return BatchBuckets.ladder(min(batch or 16, manifest.batch.max))
 
 
 def _load_backend(session: EngineSession, tables: DDIMTables) -> Backend:
@@ -118,18 +149,22 @@ def _load_backend(session: EngineSession, tables: DDIMTables) -> Backend:
         from histosmith.runtime.backends.onnx_backend import OnnxBackend
 
         provider = "cpu" if opts.device == "auto" else opts.device
+        step = session.path(variant.fused_step) if variant.fused_step else None
         return OnnxBackend(session.path(variant.guided_unet), decoder, manifest.graph(UNET), manifest.graph(DECODER),
-                           tables, manifest.batch.bounds, provider, opts.threads)
-    if variant.format == "torchscript":
+                           tables, manifest.batch.bounds, provider, opts.threads, step,
+                           manifest.graphs.get(STEP), cuda_graph=opts.cuda_graph)
+    buckets = engine_buckets(manifest, variant, opts.batch)
+    if variant.format == "torch":
         from histosmith.runtime.backends.torch_backend import TorchBackend, torch_device
-        from histosmith.runtime.planning import BatchBuckets
 
         dev = torch_device(opts.device)
         on_gpu = dev.startswith("cuda")
-        chosen = opts.precision if opts.precision != "auto" else ("fp16" if on_gpu else "fp32")
-        buckets = BatchBuckets((opts.batch,)) if opts.batch else None
-        return TorchBackend.from_files(session.path(variant.guided_unet), decoder, tables, dev, chosen,
-                                       opts.cuda_graph and on_gpu, buckets)
+        return TorchBackend.from_files(session.path(variant.guided_unet), decoder, tables, dev, variant.precision,
+                                       opts.cuda_graph and on_gpu, buckets, pad=on_gpu or not manifest.batch.dynamic)
     from histosmith.runtime.backends.tensorrt_backend import TensorRTBackend
 
+    if opts.batch and buckets.padding(min(opts.batch, buckets.largest)):
+        log.warning("--batch %d is not one of the engine's batch buckets %s: every batch is padded to %d; use --batch "
+                    "%d", opts.batch, list(buckets.sizes), buckets.bucket_for(min(opts.batch, buckets.largest)),
+                    max([s for s in buckets.sizes if s <= opts.batch] or [buckets.sizes[0]]))
     return TensorRTBackend.from_files(session.path(variant.fused_step), decoder, manifest, variant, tables)

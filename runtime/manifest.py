@@ -39,12 +39,11 @@ from histosmith.runtime.specs import DECODER, STEP, UNET, GraphSpec
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 2
 
-Precision = Literal["fp32", "fp16", "int8"]
-GraphFormat = Literal["onnx", "torchscript", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+GraphFormat = Literal["onnx", "torch", "tensorrt"]  # torch: torch.export programs (.pt2)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 GRAPH_FORMATS: tuple[str, ...] = get_args(GraphFormat)
-FORMATS: dict[str, GraphFormat] = {".onnx": "onnx", ".pt": "torchscript", ".plan": "tensorrt",
-                                    ".engine": "tensorrt"}
+FORMATS: dict[str, GraphFormat] = {".onnx": "onnx", ".pt2": "torch", ".plan": "tensorrt", ".engine": "tensorrt"}
 
 
 class ManifestError(HistoSmithError):
@@ -132,7 +131,7 @@ class Variant:
     """One runnable set of graph files of one precision and format.
 
     ``entry`` is the file users name with ``--engine``. ``guided_unet`` maps (latent, timestep, condition,
-    guidance) to the guided noise prediction (ONNX Runtime and TorchScript run it step by step);
+    guidance) to the guided noise prediction (ONNX Runtime and torch programs run it step by step);
     ``fused_step`` is that U-Net fused with the DDIM update (TensorRT runs it; its entry is this file).
     """
 

@@ -50,6 +50,18 @@ class BatchBuckets:
             raise HistoSmithError(f"--batch-buckets: expected sizes like 1,8,32, got {text!r}") from None
         return cls(tuple(sizes))
 
+    @classmethod
+    def ladder(cls, batch: int) -> BatchBuckets:
+        """Buckets for runs of ``batch`` tiles: ``batch`` itself (full batches are never padded) and the
+        powers of two below it (a final partial batch pads to at most twice its size)."""
+        if batch < 1:
+            raise HistoSmithError(f"batch must be >= 1, got {batch}")
+        return cls(tuple(sorted({2**k for k in range(batch.bit_length()) if 2**k < batch} | {batch})))
+
+    def padding(self, n: int) -> int:
+        """Rows of zero padding a batch of ``n`` tiles gets."""
+        return self.bucket_for(n) - n
+
     @property
     def largest(self) -> int:
         return self.sizes[-1]

@@ -23,7 +23,8 @@ from histosmith.errors import HistoSmithError
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (unet.plan, decoder.plan).")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="TensorRT engine precision (carried by the ONNX graph).")
-@click.option("--batch-buckets", default="1,8,32", show_default=True, help="TensorRT profiles / CUDA graphs.")
+@click.option("--batch-buckets", default="1,4,16,64", show_default=True,
+              help="TensorRT profiles / CUDA graphs; include the --batch you generate with (no padding).")
 @click.option("--workspace-gb", type=click.FloatRange(min=0.25), default=4.0, show_default=True)
 @click.option("--register-engines", is_flag=True, help="Record engines built by build_engines.sh in the manifest.")
 @click.option("--verify", is_flag=True, help="Compare TensorRT engines with ONNX Runtime (polygraphy).")

@@ -124,9 +124,20 @@ class CrossAttention(nn.Module):
         return x + self.proj(out)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) timesteps -> (B, dim) (Transformer / DDPM convention)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim) (Transformer / DDPM convention).
+
+    The frequency indices are an integer buffer, so they move with the module (``.to(device)``) and a
+    traced or exported graph carries no device constant; an integer buffer also survives ``.to(fp16)``,
+    and the frequencies themselves are computed in float32 (timesteps up to 999 need it).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        self.half, self.log_period = dim // 2, math.log(max_period)
+        self.register_buffer("index", torch.arange(dim // 2), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = torch.exp(self.index.float() * (-self.log_period / self.half))  # (half,)
+        args = t.float()[:, None] * freqs[None]  # (B, half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -19,9 +19,9 @@ from histosmith.models.layers import (
     Downsample,
     ResBlock,
     SelfAttention,
+    TimestepEmbedding,
     Upsample,
     norm,
-    timestep_embedding,
     zero_module,
 )
 
@@ -79,6 +79,7 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch, td = cfg.base_channels, cfg.time_dim
+        self.time_embedding = TimestepEmbedding(ch)
         self.time_mlp = nn.Sequential(nn.Linear(ch, td), nn.SiLU(), nn.Linear(td, td))
         self.condition = ConditionEncoder(cfg)
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
@@ -106,7 +107,7 @@ class ConditionalUNet(nn.Module):
         self.conv_out = zero_module(nn.Conv2d(cur, cfg.latent_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).type_as(x))  # (B, time_dim)
+        emb = self.time_mlp(self.time_embedding(t).type_as(x))  # (B, time_dim)
         modulation, tokens = self.condition(cond.type_as(x), keep)
         scale, shift = modulation.chunk(2, dim=1)
         emb = emb * (1 + scale) + shift

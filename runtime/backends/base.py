@@ -35,6 +35,10 @@ class Backend(Protocol):
         ``step_noise`` (S, B, C, h, w) or None when eta = 0."""
         ...
 
+    def close(self) -> None:
+        """Release device memory, graphs and streams; the backend is unusable afterwards."""
+        ...
+
 
 def tables_check(tables: DDIMTables, step_noise: np.ndarray | None) -> None:
     if tables.stochastic and step_noise is None:

@@ -1,8 +1,13 @@
 """ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, IOBinding on preallocated buffers.
 
-Per batch size, the host buffers (latent, timestep, condition, guidance, noise prediction, decoder
-outputs) are allocated once and bound by pointer; the DDIM loop then only writes the timestep, runs the
-U-Net and updates the latent in place (``x *= A; ε̂ *= B; x += ε̂``) — no allocation per step.
+Host loop (CPU provider): per batch size, the host buffers (latent, timestep, condition, guidance, noise
+prediction, decoder outputs) are allocated once and bound by pointer; the DDIM loop then only writes the
+timestep, runs the U-Net and updates the latent in place (``x *= A; ε̂ *= B; x += ε̂``) — no allocation
+per step.
+
+Device loop (CUDA / TensorRT providers): the fused step graph (guided U-Net + DDIM update) runs on
+OrtValues that live on the device (:mod:`histosmith.runtime.backends.ort_device`), so the latent never
+leaves the GPU between steps.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import onnxruntime as ort
 
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded, tables_check
+from histosmith.runtime.backends.ort_device import DeviceLoop
 from histosmith.runtime.schedule import DDIMTables
 from histosmith.runtime.specs import (
     CONDITION,
@@ -33,7 +39,41 @@ log = logging.getLogger(__name__)
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+def installed_onnxruntime() -> list[str]:
+    """The ONNX Runtime distributions installed in this environment (they share the ``onnxruntime`` module)."""
+    from importlib import metadata
+
+    names = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        names.append(dist)
+    return names
+
+
+def check_onnxruntime_install() -> None:
+    """Refuse the broken mix of ``onnxruntime`` and ``onnxruntime-gpu``: both write the same ``onnxruntime``
+    package, so whichever was installed last silently wins, usually without the CUDA provider."""
+    found = installed_onnxruntime()
+    if len(found) > 1:
+        raise HistoSmithError("onnxruntime: both onnxruntime and onnxruntime-gpu are installed and overwrite each "
+                              "other; keep one: pip uninstall -y onnxruntime onnxruntime-gpu && "
+                              "pip install onnxruntime-gpu (GPU) or onnxruntime (CPU)")
+
+
+def provider_options(provider: str, cuda_graph: bool) -> dict[str, str]:
+    """Options of the chosen execution provider; CUDA graphs are its own capture (``enable_cuda_graph``)."""
+    if provider == "cuda":
+        return {"enable_cuda_graph": "1" if cuda_graph else "0"}
+    if provider == "tensorrt":
+        return {"trt_cuda_graph_enable": "1" if cuda_graph else "0", "trt_fp16_enable": "1"}
+    return {}
+
+
+def make_session(path: Path, provider: str, threads: int | None, cuda_graph: bool = False) -> ort.InferenceSession:
+    check_onnxruntime_install()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -45,7 +85,9 @@ def make_session(path: Path, provider: str, threads: int | None) -> ort.Inferenc
     if wanted not in ort.get_available_providers():
         raise HistoSmithError(f"ONNX Runtime here has no {wanted} (available: {ort.get_available_providers()}); "
                               "install onnxruntime-gpu for cuda/tensorrt")
-    providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+    providers: list = [(wanted, provider_options(provider, cuda_graph))]
+    if wanted != "CPUExecutionProvider" and not cuda_graph:  # a captured graph must run wholly on the device
+        providers.append("CPUExecutionProvider")
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid models
@@ -78,15 +120,47 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, unet: Path, decoder: Path, unet_spec: GraphSpec, decoder_spec: GraphSpec, tables: DDIMTables,
-                 batch_range: tuple[int, int], provider: str = "cpu", threads: int | None = None):
+                 batch_range: tuple[int, int], provider: str = "cpu", threads: int | None = None,
+                 step: Path | None = None, step_spec: GraphSpec | None = None, device_loop: bool | None = None,
+                 cuda_graph: bool = True, device_id: int = 0):
+        """``device_loop`` (default: on for the cuda / tensorrt providers) runs the fused ``step`` graph on
+        device-resident OrtValues; ``cuda_graph`` lets the provider capture it (CUDA / TensorRT only)."""
+        check_onnxruntime_install()  # before anything: a fallback must never hide it
         self.unet_spec, self.decoder_spec, self.tables = unet_spec, decoder_spec, tables
         self.batch_range = batch_range
-        self.unet = make_session(unet, provider, threads)
-        self.decoder = make_session(decoder, provider, threads)
-        self._check_io(self.unet, unet_spec, unet)
-        self._check_io(self.decoder, decoder_spec, decoder)
+        self.loop: DeviceLoop | None = None
+        on_device = provider != "cpu" if device_loop is None else device_loop
         self.name = f"onnxruntime-{provider}"
+        if on_device:
+            if step is None or step_spec is None:
+                raise file_error(unet.parent, "this export has no fused step graph (step.onnx), which the device "
+                                              "loop needs; re-export it with this version")
+            graph = cuda_graph and provider != "cpu"
+            self.unet, self.decoder = self._device_sessions(step, decoder, provider, threads, graph)
+            graph = graph and self._graph_ok
+            self._check_io(self.unet, step_spec, step)
+            self.loop = DeviceLoop(self.unet, self.decoder, step_spec, decoder_spec, tables,
+                                   "cpu" if provider == "cpu" else "cuda", device_id, graph)
+            self.name += "-device" + ("-graph" if graph else "")
+        else:
+            self.unet = make_session(unet, provider, threads)
+            self.decoder = make_session(decoder, provider, threads)
+            self._check_io(self.unet, unet_spec, unet)
+        self._check_io(self.decoder, decoder_spec, decoder)
         self._buffers: dict[int, _Buffers] = {}
+
+    def _device_sessions(self, step: Path, decoder: Path, provider: str, threads: int | None,
+                         cuda_graph: bool) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        """Sessions for the device loop; without CUDA graphs where the provider cannot capture the graph
+        (a node it has no kernel for falls back to the CPU, which a captured graph cannot contain)."""
+        self._graph_ok = cuda_graph
+        if cuda_graph:
+            try:
+                return make_session(step, provider, threads, True), make_session(decoder, provider, threads, True)
+            except HistoSmithError as exc:
+                log.warning("ONNX Runtime cannot capture these graphs as CUDA graphs (%s); running without", exc)
+                self._graph_ok = False
+        return make_session(step, provider, threads), make_session(decoder, provider, threads)
 
     @staticmethod
     def _check_io(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
@@ -102,6 +176,11 @@ class OnnxBackend:
 
     def batch_sizes(self) -> tuple[int, int]:
         return self.batch_range
+
+    def close(self) -> None:
+        self._buffers.clear()
+        if self.loop is not None:
+            self.loop.close()
 
     def _allocate(self, batch: int) -> _Buffers:
         u_in = self.unet_spec.input_shapes(batch)
@@ -146,6 +225,9 @@ class OnnxBackend:
         low, high = self.batch_range
         if n > high:
             raise HistoSmithError(f"batch {n} exceeds what the graphs accept ({low}..{high})")
+        if self.loop is not None:
+            out, latent = self.loop.run(latents, conditions, guidance, step_noise, max(n, low))
+            return Decoded(out[IMAGE], out[DISTANCE], out[SEMANTIC], latent)
         buf = self.buffers(max(n, low))  # a fixed-batch graph gets zero padding
         buf.latent[:n], buf.latent[n:] = latents, 0
         buf.condition[:n], buf.condition[n:] = conditions, 0

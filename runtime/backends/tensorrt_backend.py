@@ -8,7 +8,8 @@ constants (timestep vectors, DDIM coefficients) uploaded once -> the operations 
 constants into the bound slots, the fused U-Net + DDIM step, the output latent copied back; then the
 decoder) captured as one CUDA graph after an uncaptured warm-up run -> per batch: copy noise and
 conditions in, replay, copy outputs out, one synchronisation. Where capture fails the same operations
-are issued directly, with a warning. Written against the TensorRT 10/11 Python API and cuda-python.
+are issued directly, with a warning. Written against the TensorRT 10/11 Python API (differences in
+:mod:`histosmith.runtime.tensorrt_api`) and cuda-python.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded, tables_check
-from histosmith.runtime.cuda_rt import DeviceBuffer, check, create_stream, device_facts, import_cudart
+from histosmith.runtime.cuda_rt import DeviceBuffer, PinnedArray, check, create_stream, device_facts, import_cudart
 from histosmith.runtime.manifest import Manifest, Variant
 from histosmith.runtime.planning import (
     BINDINGS,
@@ -30,10 +31,10 @@ from histosmith.runtime.planning import (
     Copy,
     StepTables,
     capture_plan,
-    pad_rows,
 )
 from histosmith.runtime.schedule import DDIMTables
 from histosmith.runtime.specs import CONDITION, DECODER, DISTANCE, IMAGE, LATENT, SEMANTIC, STEP, GraphSpec
+from histosmith.runtime.tensorrt_api import create_context
 from histosmith.runtime.tensorrt_facts import check_engine_facts
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,11 @@ class _Bucket:
     step_ctx: Any
     decoder_ctx: Any
     buffers: dict[str, DeviceBuffer]
-    host_out: dict[str, np.ndarray]
+    host: dict[str, PinnedArray]  # page-locked twins of the buffers copied per batch (inputs and outputs)
     ops: list = field(default_factory=list)
     graph_exec: Any = None
     graph: Any = None
+    keep: list = field(default_factory=list)  # runtime configs that must outlive the contexts
 
 
 class TensorRTBackend:
@@ -123,12 +125,11 @@ class TensorRTBackend:
 
     # ------------------------------------------------------------------ setup per bucket
 
-    def _context(self, engine: Any, profile: int, spec: GraphSpec, batch: int) -> Any:
-        strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
-        # Allocate activation memory for this context's own profile, not the largest of all buckets.
-        ctx = (engine.create_execution_context(strategy.ON_PROFILE_CHANGE) if strategy is not None
-               else engine.create_execution_context())
-        ctx.set_optimization_profile_async(profile, self.stream)
+    def _context(self, engine: Any, profile: int, spec: GraphSpec, batch: int, keep: list) -> Any:
+        ctx, config = create_context(self.trt, engine)
+        keep.append(config)
+        if not ctx.set_optimization_profile_async(profile, self.stream):
+            raise HistoSmithError(f"TensorRT rejected optimisation profile {profile} (batch {batch})")
         check(self.cudart.cudaStreamSynchronize(self.stream), "profile switch")
         for name, shape in spec.input_shapes(batch).items():
             if not ctx.set_input_shape(name, shape):
@@ -148,17 +149,24 @@ class TensorRTBackend:
         }
         if self.tables.stochastic:
             sizes["noise"] = s * latent_bytes
-        host_out = {name: np.zeros(shape, np.float32) for name, shape in self.decoder_spec.output_shapes(batch).items()}
-        sizes.update({name: arr.nbytes for name, arr in host_out.items()})
+        out_shapes = self.decoder_spec.output_shapes(batch)
+        sizes.update({name: int(np.prod(shape)) * f32 for name, shape in out_shapes.items()})
         buffers = {name: DeviceBuffer(n) for name, n in sizes.items()}
+        latent = (batch, *self.latent_shape)
+        host_shapes = {"latent_in": latent, "condition": (batch, self.step_spec.input_shapes(batch)[CONDITION][1]),
+                       "guidance": (batch,), "latent_out": latent} | out_shapes
+        if self.tables.stochastic:
+            host_shapes["noise"] = (s, *latent)
+        host = {name: PinnedArray(shape) for name, shape in host_shapes.items()}
         buffers["timesteps"].upload(steps.timesteps, self.stream)
         buffers["coefs"].upload(steps.coefs, self.stream)
         if not self.tables.stochastic:  # σ = 0 at every step: the bound noise slot stays zero
             buffers["noise_cur"].upload(np.zeros((batch, *self.latent_shape), np.float32), self.stream)
         check(self.cudart.cudaStreamSynchronize(self.stream), "upload step tables")
-        bucket = _Bucket(batch, self._context(self.step_engine, profile, self.step_spec, batch),
-                         self._context(self.decoder_engine, profile, self.decoder_spec, batch), buffers, host_out,
-                         capture_plan(s, self.tables.stochastic))
+        keep: list = []
+        bucket = _Bucket(batch, self._context(self.step_engine, profile, self.step_spec, batch, keep),
+                         self._context(self.decoder_engine, profile, self.decoder_spec, batch, keep), buffers,
+                         host, capture_plan(s, self.tables.stochastic), keep=keep)
         for graph, ctx in (("step", bucket.step_ctx), ("decoder", bucket.decoder_ctx)):
             for name, buffer in BINDINGS[graph].items():
                 if not ctx.set_tensor_address(name, buffers[buffer].ptr):
@@ -182,6 +190,11 @@ class TensorRTBackend:
                 raise RuntimeError(f"TensorRT enqueue of the {op.graph} engine failed")
 
     def _capture(self, bucket: _Bucket) -> None:
+        """Capture the plan as a CUDA graph; on failure, warn and leave the bucket on the direct path.
+
+        The capture is always ended, but an error from ending it never replaces the error that broke the
+        capture: that one is what the warning reports.
+        """
         cudart = self.cudart
         graph = None
         try:
@@ -189,8 +202,12 @@ class TensorRTBackend:
             check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
             try:
                 self._issue(bucket)
-            finally:
-                graph = check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+            except RuntimeError:
+                ended = cudart.cudaStreamEndCapture(self.stream)  # invalidated capture: end it, keep the cause
+                if ended[0] == cudart.cudaError_t.cudaSuccess and ended[1] is not None:
+                    cudart.cudaGraphDestroy(ended[1])
+                raise
+            graph = check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
             bucket.graph_exec = check(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiate")
             bucket.graph = graph
         except RuntimeError as exc:
@@ -210,35 +227,40 @@ class TensorRTBackend:
         if size not in self._buckets:
             self._buckets[size] = self._setup(size)
         bucket = self._buckets[size]
-        b, stream = bucket.buffers, self.stream
-        b["latent_in"].upload(pad_rows(latents.astype(np.float32), size), stream)
-        b["condition"].upload(pad_rows(conditions.astype(np.float32), size), stream)
-        b["guidance"].upload(pad_rows(guidance.astype(np.float32), size, 1.0), stream)
+        b, h, stream = bucket.buffers, bucket.host, self.stream
+        # Per batch: fill the pinned twins (padding rows zero, guidance 1), one async copy each.
+        for name, rows, fill in (("latent_in", latents, 0.0), ("condition", conditions, 0.0),
+                                 ("guidance", guidance, 1.0)):
+            h[name].array[:n], h[name].array[n:] = rows, fill
+            b[name].upload(h[name].array, stream)
         if step_noise is not None and self.tables.stochastic:
-            padded = np.zeros((self.tables.num_steps, size, *self.latent_shape), np.float32)
-            padded[:, :n] = step_noise
-            b["noise"].upload(padded, stream)
+            h["noise"].array[:, :n], h["noise"].array[:, n:] = step_noise, 0.0
+            b["noise"].upload(h["noise"].array, stream)  # the whole (S, B, ...) table in one copy
         if bucket.graph_exec is not None:
             check(self.cudart.cudaGraphLaunch(bucket.graph_exec, stream), "cudaGraphLaunch")
         else:
             self._issue(bucket)
-        for name, host in bucket.host_out.items():
-            b[name].download(host, stream)
-        final = np.zeros((size, *self.latent_shape), np.float32)
-        b["latent_in"].download(final, stream)
+        for name in (IMAGE, DISTANCE, SEMANTIC):
+            b[name].download(h[name].array, stream)
+        b["latent_in"].download(h["latent_out"].array, stream)  # the final latent (the plan copies it back)
         check(self.cudart.cudaStreamSynchronize(stream), "sync")  # the one sync point of a batch
-        out = bucket.host_out
-        return Decoded(out[IMAGE][:n].copy(), out[DISTANCE][:n].copy(), out[SEMANTIC][:n].copy(), final[:n])
+        return Decoded(*(h[name].array[:n].copy() for name in (IMAGE, DISTANCE, SEMANTIC, "latent_out")))
 
     def close(self) -> None:
+        """Destroy graphs, contexts, buffers and the stream (idempotent)."""
         cudart = self.cudart
+        if self.stream is None:
+            return
+        check(cudart.cudaStreamSynchronize(self.stream), "sync before close")
         for bucket in self._buckets.values():
             if bucket.graph_exec is not None:
                 check(cudart.cudaGraphExecDestroy(bucket.graph_exec), "cudaGraphExecDestroy")
                 check(cudart.cudaGraphDestroy(bucket.graph), "cudaGraphDestroy")
             bucket.step_ctx = bucket.decoder_ctx = None
-            for buf in bucket.buffers.values():
+            bucket.keep.clear()
+            for buf in (*bucket.buffers.values(), *bucket.host.values()):
                 buf.free()
         self._buckets.clear()
         check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+        self.stream = None
 

@@ -2,13 +2,16 @@
 
 It takes two callables — the guided U-Net ``(latent, timestep, condition, guidance) -> ε̂`` and the
 decoder ``latent -> (image, distance, semantic)`` — either live modules (``hs-sample``) or the
-TorchScript files ``hs-export`` writes (``hs-generate --engine unet.pt``).
+torch.export programs ``hs-export`` writes (``hs-generate --engine unet.pt2`` / ``unet.bf16.pt2`` ...),
+which carry no device: they run wherever they are loaded.
 
-On CUDA (``cuda_graph=True``) every batch bucket gets static device buffers, and the whole loop —
-S guided U-Net calls, the DDIM updates and the decoder — is captured once as one CUDA graph and
-replayed for every batch: per batch only the noise and conditions are copied in and the outputs out.
-Modules may run in fp16 (their normalisation and softmax stay fp32 inside); the latent itself is kept
-and updated in fp32, since it accumulates over all steps. torch is imported only when this backend is.
+Every batch bucket gets static buffers; on CUDA (``cuda_graph=True``) the whole loop — S guided U-Net
+calls, the DDIM updates and the decoder — is captured once per bucket as one CUDA graph and replayed
+for every batch. Per batch, noise, conditions and (eta > 0) the step noise go through pinned host
+buffers in one asynchronous copy each, and the outputs come back the same way before the one sync.
+Modules may run in fp16 / bf16 (their normalisation and softmax stay fp32 inside); the latent itself is
+kept and updated in fp32, since it accumulates over all steps. torch is imported only when this
+backend is.
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from histosmith.errors import HistoSmithError, file_error
+from histosmith.errors import HistoSmithError
 from histosmith.runtime.backends.base import Decoded, tables_check
-from histosmith.runtime.planning import BatchBuckets, pad_rows
+from histosmith.runtime.backends.torch_program import DTYPES, load_program
+from histosmith.runtime.planning import BatchBuckets
 from histosmith.runtime.schedule import DDIMTables
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def torch_device(name: str) -> str:
@@ -43,7 +46,7 @@ def torch_device(name: str) -> str:
 
 
 def compiled(module: Callable[..., Any], device: str, cuda_graph: bool) -> Callable[..., Any]:
-    """``torch.compile`` a live module (kernel fusion); TorchScript modules are left as they are.
+    """``torch.compile`` a live module or loaded program (kernel fusion); TorchScript modules are left as they are.
 
     With our own whole-loop CUDA graph, inductor's CUDA graphs are switched off
     (``max-autotune-no-cudagraphs``): compiled kernels are then captured like any others.
@@ -57,14 +60,16 @@ def compiled(module: Callable[..., Any], device: str, cuda_graph: bool) -> Calla
 
 @dataclass
 class _Static:
-    """Device buffers of one bucket; the captured graph reads and writes exactly these."""
+    """Buffers of one bucket; the captured graph reads and writes exactly the device ones."""
 
     latent: torch.Tensor  # (B, C, h, w) fp32 initial noise
     condition: torch.Tensor  # (B, D) model dtype
     guidance: torch.Tensor  # (B,)
     timesteps: torch.Tensor  # (S, B) float32: step i's timestep vector, no host write inside the loop
     noise: torch.Tensor | None  # (S, B, C, h, w) fp32, only when eta > 0
+    staging: dict[str, torch.Tensor]  # pinned host twins of the inputs above (CUDA only)
     outputs: tuple[torch.Tensor, ...] | None = None  # written by the captured graph
+    host_outputs: tuple[torch.Tensor, ...] | None = None  # pinned host twins of ``outputs`` (CUDA only)
     graph: Any = None  # torch.cuda.CUDAGraph once captured
     capture_failed: bool = False
 
@@ -74,7 +79,10 @@ class TorchBackend:
 
     def __init__(self, guided: Callable[..., torch.Tensor], decoder: Callable[..., Any], tables: DDIMTables,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
-                 buckets: BatchBuckets | None = None, max_batch: int = 4096, compile_modules: bool = False):
+                 buckets: BatchBuckets | None = None, compile_modules: bool = False, pad: bool | None = None):
+        """``buckets``: the batch sizes static buffers (and CUDA graphs) exist for; a batch runs in the
+        smallest that holds it, zero-padded (default :meth:`BatchBuckets.ladder` of 64). ``pad``: use the
+        buckets on the CPU too (fixed-batch programs); by default only CUDA pads."""
         if compile_modules:
             guided, decoder = (compiled(m, device, cuda_graph) for m in (guided, decoder))
         self.guided, self.decoder, self.tables = guided, decoder, tables
@@ -82,32 +90,33 @@ class TorchBackend:
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         if cuda_graph and not self.cuda_graph:
             log.warning("CUDA graphs need a CUDA device; running the loop eagerly on %s", self.device)
-        self.buckets = buckets or BatchBuckets((max_batch,))
+        self.buckets = buckets or BatchBuckets.ladder(64)
+        self.pad = self.device.type == "cuda" if pad is None else pad
         # Per-step scalars as Python floats: the loop multiplies by constants (baked into a captured graph).
         self.coefs = [(float(a), float(b), float(s)) for a, b, s in
                       zip(tables.sample_coef, tables.output_coef, tables.noise_coef, strict=True)]
         self._static: dict[int, _Static] = {}
+        precision = str(dtype).removeprefix("torch.")
         if self.cuda_graph:
-            self.name = f"torch-cuda-graph-{str(dtype).removeprefix('torch.')}"
-        elif self.device.type == "cuda":
-            self.name = f"torch-cuda-{str(dtype).removeprefix('torch.')}"
+            self.name = f"torch-cuda-graph-{precision}"
+        elif self.device.type != "cpu":
+            self.name = f"torch-{self.device.type}-{precision}"
+        elif dtype != torch.float32:
+            self.name = f"torch-cpu-{precision}"
 
     @classmethod
     def from_files(cls, unet: Path, decoder: Path, tables: DDIMTables, device: str = "cpu",
                    precision: str = "fp32", cuda_graph: bool | None = None,
-                   buckets: BatchBuckets | None = None) -> TorchBackend:
-        """TorchScript files from ``hs-export``; on CUDA: fp16 and CUDA graphs unless told otherwise."""
-        dtype = DTYPES[precision]
-        modules = []
-        for path in (unet, decoder):
-            try:
-                module = torch.jit.load(str(path), map_location=device)
-            except (RuntimeError, ValueError, OSError) as exc:
-                detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-                raise file_error(path, f"not a loadable TorchScript module ({detail})") from None
-            modules.append(module.eval().to(dtype))
+                   buckets: BatchBuckets | None = None, pad: bool | None = None) -> TorchBackend:
+        """The torch.export programs of one precision from ``hs-export``, moved to ``device``; on CUDA the
+        loop is captured as CUDA graphs unless told otherwise."""
+        modules = [load_program(path, device, precision) for path in (unet, decoder)]
         graph = device.startswith("cuda") if cuda_graph is None else cuda_graph
-        return cls(modules[0], modules[1], tables, device, dtype, graph, buckets)
+        return cls(modules[0], modules[1], tables, device, DTYPES[precision], graph, buckets, pad=pad)
+
+    def close(self) -> None:
+        """Release the static buffers and captured graphs."""
+        self._static.clear()
 
     def batch_sizes(self) -> tuple[int, int]:
         return 1, self.buckets.largest
@@ -126,7 +135,7 @@ class TorchBackend:
         return image.float(), distance.float(), semantic.float(), x
 
     def _buffers(self, bucket: int, latent_shape: tuple[int, ...], cond_dim: int) -> _Static:
-        """The static buffers of one bucket, allocated on first use."""
+        """The static buffers of one bucket, allocated on first use (pinned host twins on CUDA)."""
         st = self._static.get(bucket)
         if st is not None and st.latent.shape[1:] == latent_shape and st.condition.shape[1:] == (cond_dim,):
             return st
@@ -139,9 +148,27 @@ class TorchBackend:
             timesteps=torch.tensor(steps, device=dev, dtype=torch.float32),  # bf16 would round 999 to 1000
             noise=(torch.zeros((len(self.coefs), bucket, *latent_shape), device=dev, dtype=torch.float32)
                    if self.tables.stochastic else None),
+            staging={},
         )
+        if dev.type == "cuda":  # page-locked twins: asynchronous copies that overlap, no hidden staging copy
+            st.staging = {name: torch.zeros(t.shape, dtype=t.dtype, pin_memory=True)
+                          for name, t in (("latent", st.latent), ("condition", st.condition),
+                                          ("guidance", st.guidance), ("noise", st.noise)) if t is not None}
         self._static[bucket] = st
         return st
+
+    def _upload(self, st: _Static, name: str, rows: np.ndarray, fill: float = 0.0, axis: int = 0) -> None:
+        """Copy ``rows`` into the first rows (along ``axis``) of a static input, the rest set to ``fill``;
+        on CUDA through its pinned twin, one non-blocking copy."""
+        device_buf = getattr(st, name)
+        target = st.staging.get(name, device_buf)
+        n = rows.shape[axis]
+        head = target[:n] if axis == 0 else target[:, :n]
+        tail = target[n:] if axis == 0 else target[:, n:]
+        head.copy_(torch.from_numpy(rows))
+        tail.fill_(fill)
+        if target is not device_buf:
+            device_buf.copy_(target, non_blocking=True)
 
     def _capture(self, st: _Static) -> None:
         """Warm up on a side stream, then capture the whole loop (torch.cuda.graphs semantics)."""
@@ -167,16 +194,15 @@ class TorchBackend:
                step_noise: np.ndarray | None) -> Decoded:
         tables_check(self.tables, step_noise)
         n = len(latents)
-        bucket = self.buckets.bucket_for(n) if self.cuda_graph else n
+        bucket = self.buckets.bucket_for(n) if self.pad else n
         st = self._buffers(bucket, tuple(latents.shape[1:]), conditions.shape[1])
-        # The only host-to-device traffic of a batch: noise and conditions in (zero-padded to the bucket).
-        st.latent.copy_(torch.from_numpy(pad_rows(latents, bucket)), non_blocking=True)
-        st.condition.copy_(torch.from_numpy(pad_rows(conditions, bucket)), non_blocking=True)
-        st.guidance.copy_(torch.from_numpy(pad_rows(guidance, bucket, 1.0)), non_blocking=True)
+        # The only host-to-device traffic of a batch: noise and conditions in (zero-padded to the bucket);
+        # with eta > 0 the step noise of all S steps, in one copy.
+        self._upload(st, "latent", latents)
+        self._upload(st, "condition", conditions)
+        self._upload(st, "guidance", guidance, fill=1.0)
         if st.noise is not None and step_noise is not None:
-            padded = np.zeros((len(self.coefs), bucket, *latents.shape[1:]), np.float32)
-            padded[:, :n] = step_noise
-            st.noise.copy_(torch.from_numpy(padded), non_blocking=True)
+            self._upload(st, "noise", step_noise, axis=1)
         if self.cuda_graph and st.graph is None and not st.capture_failed:
             self._capture(st)
         if st.graph is not None:
@@ -184,5 +210,12 @@ class TorchBackend:
             outputs = st.outputs
         else:
             outputs = self._loop(st)
-        image, distance, semantic, latent = (o[:n].cpu().numpy() for o in outputs)  # sync point: results out
+        if self.device.type == "cuda":
+            if st.host_outputs is None:
+                st.host_outputs = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outputs)
+            for host, out in zip(st.host_outputs, outputs, strict=True):
+                host.copy_(out, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()  # the one sync point of a batch
+            outputs = st.host_outputs
+        image, distance, semantic, latent = (o[:n].numpy().copy() for o in outputs)
         return Decoded(image, distance, semantic, latent)

@@ -23,7 +23,8 @@ def test_manifest_describes_the_export(tiny_export):
     assert m.graph(UNET) == unet_spec(info.latent_shape, info.spec.dim)
     assert m.graph(DECODER) == decoder_spec(info.latent_shape, info.tile_size, info.n_classes)
     assert {(v.format, v.precision) for v in m.variants} == {("onnx", "fp32"), ("onnx", "fp16"),
-                                                                   ("torchscript", "fp32")}
+                                                                   ("torch", "fp32"), ("torch", "fp16"),
+                                                                   ("torch", "bf16")}
     for name, digest in m.files.items():
         assert sha256_file(tiny_export / name) == digest
     assert m.batch == BatchRange(dynamic=True, min=1, max=64)
@@ -52,7 +53,7 @@ def test_second_export_reuses_the_cache_and_refuses_other_content(tiny_runs, tin
 def test_fixed_batch_export_pads_smaller_batches(tiny_runs, tmp_path):
     out = tmp_path / "fixed"
     manifest, _ = export_generator(tiny_runs["ldm"], out, ExportOptions(batch=4, dynamic_batch=False, fp16=False,
-                                                                         torchscript=False))
+                                                                         torch_programs=()))
     assert manifest.batch == BatchRange(dynamic=False, min=4, max=4)
     assert onnx.load(str(out / "unet.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
     info = manifest.info

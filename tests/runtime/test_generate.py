@@ -171,7 +171,7 @@ def _gen_cli(engine, out, *extra):
 
 
 def test_cli_generates_with_every_engine_and_writes_reports(tiny_export, tmp_path):
-    for name in ("unet.onnx", "unet.fp16.onnx", "unet.pt"):
+    for name in ("unet.onnx", "unet.fp16.onnx", "unet.pt2"):
         out = tmp_path / name
         r = _gen_cli(tiny_export / name, out, "--counts", "epithelial=2,neutrophil=1", "--tissue", "stroma")
         assert r.returncode == 0, r.stderr[-2000:]

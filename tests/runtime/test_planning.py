@@ -102,7 +102,7 @@ def test_static_buffer_torch_loop_equals_reference_on_cpu(tiny_runs):
     g = np.full(n, 2.0, np.float32)
     noise = rng.standard_normal((6, n, *gen.info.latent_shape)).astype(np.float32)
     ref = TorchBackend(gen.guided, gen.decoder, tables).sample(lat, vec, g, noise)
-    static = TorchBackend(gen.guided, gen.decoder, tables, buckets=BatchBuckets((4,)))
+    static = TorchBackend(gen.guided, gen.decoder, tables, buckets=BatchBuckets((4,)), pad=True)
     got = static.sample(lat, vec, g, noise)
     assert np.allclose(got.latent, ref.latent, atol=1e-5)
     assert np.allclose(got.semantic, ref.semantic, atol=1e-5)
