@@ -138,6 +138,6 @@ class TimestepEmbedding(nn.Module):
         self.register_buffer("index", torch.arange(dim // 2), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freqs = torch.exp(self.index.float() * (-self.log_period / self.half))  # (half,)
+        freqs = torch.exp(-self.log_period * self.index.float() / self.half)  # (half,)
         args = t.float()[:, None] * freqs[None]  # (B, half)
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

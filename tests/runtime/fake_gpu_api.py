@@ -148,15 +148,9 @@ def fake_tensorrt(version: str, rec: Recorder, plans: dict[bytes, tuple[GraphSpe
             tensor = next(t for t in self.spec.inputs if t.name == name)
             return [tensor.concrete(low), tensor.concrete(size), tensor.concrete(size)]
 
-    if v >= (11, 0):
+    if v >= (10, 11):
         def create_execution_context(self, strategy: Any = None, runtime_config: Any = None) -> Context:
             # Two pybind overloads: (strategy=STATIC) and (runtime_config=None); one argument at most.
-            if strategy is not None and runtime_config is not None:
-                raise TypeError("create_execution_context(): incompatible function arguments")
-            rec.add("create_execution_context", strategy=strategy, runtime_config=runtime_config)
-            return Context()
-    elif v >= (10, 11):
-        def create_execution_context(self, strategy: Any = None, runtime_config: Any = None) -> Context:
             if strategy is not None and runtime_config is not None:
                 raise TypeError("create_execution_context(): incompatible function arguments")
             rec.add("create_execution_context", strategy=strategy, runtime_config=runtime_config)
