@@ -1,1 +1,1 @@
-"""torch -> ONNX (fp32, fp16) and TorchScript; the manifest; TensorRT engine building."""
+"""torch -> ONNX (fp32, fp16) and torch.export programs; the manifest; TensorRT engine building."""

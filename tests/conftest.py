@@ -72,7 +72,7 @@ def tiny_runs(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny generator exported (dynamic batch, fp32 + fp16 ONNX, TorchScript)."""
+    """The tiny generator exported (dynamic batch, fp32 + fp16 ONNX, torch.export programs in fp32, fp16, bf16)."""
     from histosmith.export.exporter import ExportOptions, export_generator
 
     out = tmp_path_factory.mktemp("export") / "exp"

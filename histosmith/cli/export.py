@@ -1,4 +1,4 @@
-"""``hs-export``: a trained generator -> ONNX (fp32, fp16), TorchScript, manifest.json; TensorRT engines."""
+"""``hs-export``: a trained generator -> ONNX (fp32, fp16), torch.export programs, manifest.json; TensorRT engines."""
 
 from __future__ import annotations
 

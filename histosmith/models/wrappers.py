@@ -1,7 +1,7 @@
 """The two graphs inference runs, as modules: the guided U-Net and the latent-to-labels decoder.
 
-Both are what ``hs-export`` traces to ONNX / TorchScript and what the torch reference sampler calls, so
-every backend evaluates exactly the same functions.
+Both are what ``hs-export`` exports (ONNX, torch.export programs) and what the torch reference sampler
+calls, so every backend evaluates exactly the same functions.
 """
 
 from __future__ import annotations
