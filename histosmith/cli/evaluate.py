@@ -186,4 +186,31 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
                "control_bland_altman.png")
 
 
+@cli.command("realism")
+@click.option("--real", type=click.Path(path_type=Path), required=True, help="Real dataset.")
+@click.option("--generated", type=click.Path(path_type=Path), required=True, help="Generated dataset.")
+@click.option("--max-tiles", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Tiles read from each dataset (the first ones).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for realism.json and realism.png (created).")
+def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path) -> None:
+    """Per-class nucleus morphology and per-tile counts, real vs generated (Wasserstein distances, histograms)."""
+    output_path(out / "realism.json")
+    from histosmith.data.atomic import write_json_atomic
+    from histosmith.data.reader import Dataset
+    from histosmith.evaluation.realism import compare, format_table, plot_histograms
+
+    import shlex
+    import sys
+
+    real_ds, gen_ds = Dataset.open(real), Dataset.open(generated)
+    report, samples = compare(real_ds, gen_ds, max_tiles)
+    report["command"] = shlex.join(["hs-eval", *sys.argv[1:]])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "realism.json", report)
+    plot_histograms(report, samples, out / "realism.png")
+    click.echo(format_table(report))
+    click.echo(f"report: {out}/realism.json, {out}/realism.png")
+
+
 main = entry_point(cli)

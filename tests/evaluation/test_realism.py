@@ -1,0 +1,69 @@
+"""hs-eval realism: per-nucleus features on hand-built tiles, identical sets give zero distance, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from histosmith.data.reader import Dataset
+from histosmith.evaluation.realism import NucleusTable, compare, nucleus_features
+from tests.conftest import run_cli, write_conic_dir
+
+
+def _tile(size=32):
+    labels = np.zeros((size, size, 2), np.int32)
+    labels[4:12, 4:12] = (1, 1)  # 8x8 square, class 1
+    labels[20:24, 18:30] = (2, 2)  # 4x12 bar, class 2
+    image = np.full((size, size, 3), 230, np.uint8)
+    image[labels[..., 0] > 0] = (80, 60, 140)  # purple nuclei on a pale background
+    return image, labels
+
+
+def test_nucleus_features_on_known_shapes():
+    image, labels = _tile()
+    table = NucleusTable()
+    nucleus_features(image, labels, 2, table)
+    assert table.classes == [1, 2]
+    assert table.values["area"] == [64.0, 48.0]
+    assert table.values["solidity"] == pytest.approx([1.0, 1.0])
+    assert table.values["eccentricity"][0] == pytest.approx(0.0, abs=1e-6)
+    assert table.values["eccentricity"][1] > 0.9
+    od = table.values["hematoxylin_od"]
+    assert od[0] == pytest.approx(od[1]) and od[0] > 0
+
+
+def _dataset(path, tiles, names=("a", "b")):
+    images = np.stack([t[0] for t in tiles])
+    labels = np.stack([t[1] for t in tiles])
+    write_conic_dir(path, images, labels, list(names), [f"t{i}" for i in range(len(tiles))])
+    return path
+
+
+def test_identical_sets_have_zero_distance_and_bigger_nuclei_show(tmp_path):
+    tile = _tile()
+    real = Dataset.open(_dataset(tmp_path / "real", [tile, tile]))
+    report, _ = compare(real, Dataset.open(_dataset(tmp_path / "same", [tile, tile])))
+    for e in report["classes"]:
+        assert all(f["wasserstein"] == pytest.approx(0.0) for f in e["features"].values())
+        assert e["median_area_ratio"] == pytest.approx(1.0) and e["share_above_real_p99_area"] == 0.0
+    big_image, big = _tile()
+    big[2:16, 2:16] = (1, 1)  # class-1 nucleus grown to 14x14
+    report, _ = compare(real, Dataset.open(_dataset(tmp_path / "big", [(big_image, big)])))
+    a = report["classes"][0]
+    assert a["median_area_ratio"] == pytest.approx(196 / 64)
+    assert a["share_above_real_p99_area"] == 1.0
+    assert a["features"]["area"]["wasserstein"] == pytest.approx(196 - 64)
+
+
+def test_realism_command(tmp_path):
+    tile = _tile()
+    real = _dataset(tmp_path / "real", [tile, tile])
+    res = run_cli("hs-eval", "realism", "--real", str(real), "--generated", str(real), "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "o" / "realism.json").read_text())
+    assert report["n_nuclei"] == {"real": 4, "generated": 4}
+    assert (tmp_path / "o" / "realism.png").read_bytes()[:4] == b"\x89PNG"
+    other = _dataset(tmp_path / "other", [tile], names=("x", "y"))
+    res = run_cli("hs-eval", "realism", "--real", str(real), "--generated", str(other), "--out", str(tmp_path / "p"))
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "differ" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
