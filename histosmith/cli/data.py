@@ -65,4 +65,61 @@ def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None
         click.echo(f"json: {json_path}")
 
 
+@cli.command("plan")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Real dataset (hs-data prepare).")
+@click.option("--target-share", "target_share", default=None,
+              help="Class shares of real + synthetic nuclei, e.g. neoplastic=0.3,connective=0.3 (others share "
+                   "the rest equally).")
+@click.option("--equalize", is_flag=True, help="Equal shares for every class.")
+@click.option("--n-synthetic", "n_synthetic", type=int, required=True, help="Synthetic tiles to plan.")
+@click.option("--split", default="train", show_default=True,
+              help="patch_info split counted as the real data ('all': every tile; ignored without a split column).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the real tiles used as templates.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="conditions CSV for hs-generate.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="PNG of the shares before/after (default: beside --out, .png).")
+def plan_cmd(data: Path, target_share: str | None, equalize: bool, n_synthetic: int, split: str, seed: int, out: Path,
+             plot: Path | None) -> None:
+    """Plan synthetic conditions so that real + synthetic reach target class shares (inside the trained range)."""
+    from histosmith.errors import HistoSmithError
+
+    if (target_share is None) == (not equalize):
+        raise HistoSmithError("give exactly one of --target-share and --equalize")
+    if n_synthetic < 1:
+        raise HistoSmithError(f"--n-synthetic {n_synthetic}: at least 1")
+    output_path(out)
+    plot = output_path(plot or out.with_suffix(".png"))
+    import numpy as np
+
+    from histosmith.data.atomic import write_json_atomic, write_text_atomic
+    from histosmith.data.balance_plan import (
+        RealCounts,
+        equal_shares,
+        parse_target_shares,
+        plan_balance,
+        plot_shares,
+        write_conditions_csv,
+    )
+    from histosmith.data.info import tile_counts
+    from histosmith.data.reader import Dataset
+
+    dataset = Dataset.open(data)
+    meta = dataset.meta
+    target = equal_shares(meta.class_names) if equalize else parse_target_shares(target_share or "", meta.class_names)
+    counts = tile_counts(dataset)
+    rows = dataset.patch_info()
+    keep = np.array([split == "all" or "split" not in r or r["split"] == split for r in rows])
+    if not keep.any():
+        raise HistoSmithError(f"--split {split}: no tiles of that split in {data}")
+    count_max = list(meta.count_max) or [int(v) for v in counts.max(0)]
+    real = RealCounts(counts[keep], [r.get("tissue", "") for r, k in zip(rows, keep, strict=True) if k],
+                      list(meta.class_names), count_max)
+    plan = plan_balance(real, target, n_synthetic, seed)
+    write_text_atomic(out, write_conditions_csv(plan))
+    write_json_atomic(out.with_suffix(".json"), plan.to_dict() | {"data": str(data), "split": split, "seed": seed})
+    plot_shares(plan, plot)
+    click.echo(plan.format_table())
+    click.echo(f"conditions: {out} ({n_synthetic} tiles; hs-generate --conditions {out})   chart: {plot}")
+
+
 main = entry_point(cli)

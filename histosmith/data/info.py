@@ -65,8 +65,8 @@ class DatasetSummary:
         return "\n".join(line for line in lines if line is not None)
 
 
-def summarise(dataset: Dataset) -> DatasetSummary:
-    """Count nuclei per class (from counts.csv, or measured from labels) and tiles per tissue."""
+def tile_counts(dataset: Dataset) -> np.ndarray:
+    """(N, K) nuclei per tile and class: counts.csv, or measured from the labels where a shard lacks it."""
     meta = dataset.meta
     counts = dataset.counts()
     if counts is None:
@@ -74,6 +74,13 @@ def summarise(dataset: Dataset) -> DatasetSummary:
             [count_nuclei(np.asarray(lab), meta.n_classes, meta.count_margin)
              for _, _, labels in dataset.iter_shards() for lab in labels]
         )
+    return counts
+
+
+def summarise(dataset: Dataset) -> DatasetSummary:
+    """Count nuclei per class (from counts.csv, or measured from labels) and tiles per tissue."""
+    meta = dataset.meta
+    counts = tile_counts(dataset)
     rows = dataset.patch_info()
     tissues = [r.get("tissue", "") for r in rows]
     names = meta.tissue_names or sorted(set(tissues))
