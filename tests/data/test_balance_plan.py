@@ -63,7 +63,7 @@ def test_plan_refuses_infeasible_targets():
         plan_balance(real, [0.0, 0.5, 0.5], n_synthetic=10)
 
 
-def test_plan_command_and_generate_consumes_it(synthetic_dir, tiny_export, tmp_path):
+def test_plan_command_and_generation_consumes_it(synthetic_dir, tiny_runs, tmp_path):
     out = tmp_path / "plan" / "conditions.csv"
     res = run_cli("hs-data", "plan", "--data", str(synthetic_dir), "--equalize", "--n-synthetic", "40",
                   "--split", "all", "--out", str(out))
@@ -77,7 +77,8 @@ def test_plan_command_and_generate_consumes_it(synthetic_dir, tiny_export, tmp_p
     assert len(rows) == 40 and "tissue" in rows[0]
     rows = rows[:12]
     gen = tmp_path / "gen"
-    res = run_cli("hs-generate", "--engine", str(tiny_export / "unet.onnx"), "--conditions", str(out), "--out",
+    # hs-sample and hs-generate read --conditions with the same code (histosmith.runtime.conditions)
+    res = run_cli("hs-sample", "--checkpoint", str(tiny_runs["ldm"]), "--conditions", str(out), "--out",
                   str(gen), "--n", "12", "--steps", "2", "--batch", "12")
     assert res.returncode == 0, res.stderr
     from histosmith.data.reader import Dataset

@@ -106,9 +106,9 @@ def test_design_rejects_bad_values():
         SweepDesign(tiles_per_level=0)
 
 
-def test_control_command_on_tiny_export(tiny_export, tmp_path):
+def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     out = tmp_path / "ctl"
-    res = run_cli("hs-eval", "control", "--engine", str(tiny_export / "unet.onnx"), "--out", str(out),
+    res = run_cli("hs-eval", "control", "--checkpoint", str(tiny_runs["ldm"]), "--device", "cpu", "--out", str(out),
                   "--levels", "2", "--tiles-per-level", "1", "--steps", "2", "--batch", "8")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "control.json").read_text())
