@@ -196,12 +196,12 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
 def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path) -> None:
     """Per-class nucleus morphology and per-tile counts, real vs generated (Wasserstein distances, histograms)."""
     output_path(out / "realism.json")
+    import shlex
+    import sys
+
     from histosmith.data.atomic import write_json_atomic
     from histosmith.data.reader import Dataset
     from histosmith.evaluation.realism import compare, format_table, plot_histograms
-
-    import shlex
-    import sys
 
     real_ds, gen_ds = Dataset.open(real), Dataset.open(generated)
     report, samples = compare(real_ds, gen_ds, max_tiles)
