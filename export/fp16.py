@@ -1,38 +1,46 @@
-"""float32 ONNX -> float16 ONNX with float32 islands, I/O kept in float32.
+"""float32 ONNX -> float16 ONNX with float32 islands and float32 I/O, by onnxconverter-common's maintained
+``convert_float_to_float16`` driven by a block list.
 
-Rules:
+What stays float32 (the block list):
 
-* A node runs in fp16 when it depends (transitively) on a convolution and its op is not in the fp32
-  list. Everything before the first convolution — the timestep embedding (``sin`` of arguments up to
-  ~1000, which fp16 resolves to 0.5), the condition MLP, the decoder's nearest-code search — stays
-  fp32; it is a negligible share of the work.
-* Normalisation statistics, softmax, exponentials and reductions stay fp32 (``FP32_OPS``), and so do
-  nodes in the module scopes of ``FP32_SCOPES`` (the DDIM update of the fused step graph).
-* Casts are inserted wherever a tensor crosses between the two; float initializers get an fp16 copy
-  for their fp16 consumers. Inputs that ONNX requires to be float32 whatever the data type (Resize
-  scales) are left alone.
+* op types in ``FP32_OPS``: normalisation statistics, softmax, exponentials, reductions, the codebook
+  arg-min, ``sin``/``cos`` — plus the library's own list (``Resize`` scales are float32 by the spec);
+* nodes that do not depend on a convolution: the timestep embedding (``sin`` of arguments up to ~1000,
+  which fp16 resolves to 0.5), the condition MLP, the decoder's nearest-code search. A negligible share
+  of the work;
+* nodes in the module scopes of ``FP32_SCOPES`` (the DDIM update of the fused step graph: the latent
+  accumulates over every step).
+
+The converter converts initialisers in place, so the fp16 file holds each weight once (about half the
+fp32 file). An initialiser read by both a float32 island and an fp16 node keeps one float32 copy and
+gets one ``Cast`` for its fp16 readers; initialisers left without readers are dropped.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import logging
 
+import onnx
+from onnx import TensorProto, helper
+from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+log = logging.getLogger(__name__)
 FP32_OPS = frozenset({"InstanceNormalization", "GroupNormalization", "LayerNormalization",
                       "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "Exp", "Pow",
                       "Sqrt", "Erf", "ArgMin", "ArgMax", "Sin", "Cos"})
-FP32_SCOPES = ("ddim_update",)  # module scopes kept in float32 (the latent accumulates across steps)
-KEEP_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}  # roi / scales: float32 by the ONNX spec
+FP32_SCOPES = ("ddim_update",)  # module scopes kept in float32
+ARGUMENT_OPS = frozenset({"Sin", "Cos", "ArgMin", "ArgMax"})  # whatever computes their inputs stays float32
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
 def identity_casts_to_identity(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Cast nodes whose input already has the target type become Identity (no-op fp32 islands of the
-    torch code); the converter places its own casts."""
+    """Cast nodes whose input already has the target type become Identity (the no-op ``.float()`` islands
+    of the torch code); otherwise they would pin fp32 inside converted regions."""
     model = onnx.shape_inference.infer_shapes(model)
-    types = _types(model)
-    for node in model.graph.node:
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for node in g.node:
         if node.op_type == "Cast":
             to = next(a.i for a in node.attribute if a.name == "to")
             if types.get(node.input[0]) == to:
@@ -41,92 +49,124 @@ def identity_casts_to_identity(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
+def in_scopes(name: str, scopes: tuple[str, ...]) -> bool:
+    """Whether a node name (``/module/sub/Op_3``) lies in one of the module ``scopes``."""
+    return any(f"/{scope}/" in name or name.startswith(f"{scope}/") for scope in scopes)
+
+
+def before_first_conv(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that do not depend on any convolution (timestep embedding, condition MLP, codebook
+    search): the graph's small preamble."""
+    conv_dependent: set[str] = set()
+    out: list[str] = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" or any(i in conv_dependent for i in node.input):
+            conv_dependent.update(node.output)
+        else:
+            out.append(node.name)
+    return out
+
+
+def _ancestors(model: onnx.ModelProto, ops: frozenset[str]) -> set[str]:
+    """Names of the nodes that feed (transitively) a node whose op is in ``ops``."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    todo = [i for n in model.graph.node if n.op_type in ops for i in n.input]
+    seen: set[str] = set()
+    while todo:
+        node = producers.get(todo.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            todo.extend(node.input)
+    return seen
+
+
+def float32_nodes(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS,
+                  fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> list[str]:
+    """Names of the nodes that stay float32 (see the module docstring)."""
+    precise_inputs = _ancestors(model, ARGUMENT_OPS)
+    return [n.name for n in model.graph.node
+            if n.op_type in fp32_ops or n.name in precise_inputs or in_scopes(n.name, fp32_scopes)]
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """The converter addresses nodes by name: give unnamed ones a unique name."""
+    seen: set[str] = set()
+    for k, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{k}"
+        seen.add(node.name)
+
+
+def _split_shared_initializers(model: onnx.ModelProto, blocked: set[str], blocked_ops: set[str]) -> None:
+    """An initialiser read by float32 and fp16 nodes alike stays float32; its fp16 readers get a Cast."""
     g = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
-    types.update({t.name: t.data_type for t in g.initializer})
+    floats = {t.name for t in g.initializer if t.data_type == FLOAT}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in g.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    types[node.output[0]] = a.t.data_type
-    return types
+        for k, name in enumerate(node.input):
+            if name in floats:
+                readers.setdefault(name, []).append((node, k))
+    casts = []
+    for name, uses in readers.items():
+        is_blocked = [n.name in blocked or n.op_type in blocked_ops for n, _ in uses]
+        if any(is_blocked) and not all(is_blocked):
+            cast_out = f"{name}__fp16"
+            casts.append(helper.make_node("Cast", [name], [cast_out], to=HALF, name=f"{name}__cast_fp16"))
+            for (node, k), b in zip(uses, is_blocked, strict=True):
+                if not b:
+                    node.input[k] = cast_out
+    # The casts read float32 initialisers and are themselves blocked (their input must stay float32).
+    for c in casts:
+        blocked.add(c.name)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def _restore_float32_outputs(model: onnx.ModelProto, outputs: set[str]) -> None:
+    """The converter casts a blocked node's float32 result to fp16 even where it is a graph output (despite
+    ``keep_io_types``): make that cast an Identity and declare the output float32 again."""
+    g = model.graph
+    producers = {out: node for node in g.node for out in node.output}
+    for output in g.output:
+        if output.name in outputs and output.type.tensor_type.elem_type == HALF:
+            node = producers[output.name]
+            if node.op_type == "Cast":
+                node.op_type = "Identity"
+                del node.attribute[:]
+            else:
+                node.output[list(node.output).index(output.name)] = f"{output.name}__fp16"
+                g.node.append(helper.make_node("Cast", [f"{output.name}__fp16"], [output.name], to=FLOAT,
+                                               name=f"{output.name}__cast_fp32"))
+            output.type.tensor_type.elem_type = FLOAT
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> int:
+    """Drop initialisers no node reads (returns how many)."""
+    g = model.graph
+    used = {name for node in g.node for name in node.input} | {o.name for o in g.output}
+    unused = [t for t in g.initializer if t.name not in used]
+    for t in unused:
+        g.initializer.remove(t)
+    return len(unused)
 
 
 def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS,
                     fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> onnx.ModelProto:
+    """fp16 graph with the float32 islands described above; inputs and outputs stay float32."""
     model = identity_casts_to_identity(model)
-    graph = model.graph
-    types = _types(model)
-    conv_dependent: set[str] = set()
-    half_node: list[bool] = []
-    for node in graph.node:
-        dependent = node.op_type == "Conv" or any(i in conv_dependent for i in node.input)
-        if dependent:
-            conv_dependent.update(node.output)
-        in_fp32_scope = any(f"/{scope}/" in node.name or node.name.startswith(f"{scope}/") for scope in fp32_scopes)
-        half_node.append(dependent and node.op_type not in fp32_ops and not in_fp32_scope)
-
-    # Graph outputs produced in fp16 are renamed and cast back to float32 at the end.
-    outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == FLOAT}
-    renamed: dict[str, str] = {}
-    for node, half in zip(graph.node, half_node, strict=True):
-        for k, out in enumerate(node.output):
-            if half and out in outputs:
-                renamed[out] = f"{out}__fp16"
-                node.output[k] = renamed[out]
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            if name in renamed:
-                node.input[k] = renamed[name]
-    for old, new in renamed.items():
-        types[new] = types.get(old, FLOAT)
-
-    float_inits = {t.name: t for t in graph.initializer if t.data_type == FLOAT}
-    half_inits: dict[str, str] = {}
-    dtype: dict[str, int] = {}  # current element type of float tensors (graph inputs: float32)
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-
-    def cast(name: str, to: int) -> str:
-        key = (name, to)
-        if key not in casts:
-            casts[key] = f"{name}__to_{'fp16' if to == HALF else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{casts[key]}__cast"))
-        return casts[key]
-
-    def half_initializer(name: str) -> str:
-        if name not in half_inits:
-            half_inits[name] = f"{name}__fp16"
-            values = numpy_helper.to_array(float_inits[name]).astype(np.float16)
-            graph.initializer.append(numpy_helper.from_array(values, half_inits[name]))
-        return half_inits[name]
-
-    for node, half in zip(list(graph.node), half_node, strict=True):
-        want = HALF if half else FLOAT
-        keep = KEEP_INPUTS.get(node.op_type, set())
-        for k, name in enumerate(node.input):
-            if not name or k in keep or types.get(name) != FLOAT:
-                continue
-            if name in float_inits:
-                if want == HALF:
-                    node.input[k] = half_initializer(name)
-            elif dtype.get(name, FLOAT) != want:
-                node.input[k] = cast(name, want)
-        if half:
-            for a in node.attribute:
-                if node.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
-                    a.i = HALF
-        for out in node.output:
-            if types.get(out) == FLOAT or (node.op_type == "Cast" and half):
-                dtype[out] = want
-        new_nodes.append(node)
-    for old, new in renamed.items():
-        new_nodes.append(helper.make_node("Cast", [new], [old], to=FLOAT, name=f"{old}__output_cast"))
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model)
-    return model
+    _name_nodes(model)
+    blocked = set(float32_nodes(model, fp32_ops, fp32_scopes))
+    blocked_ops = set(DEFAULT_OP_BLOCK_LIST) | set(fp32_ops)
+    _split_shared_initializers(model, blocked, blocked_ops)
+    del model.graph.value_info[:]
+    float_outputs = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == FLOAT}
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops),
+                                         node_block_list=sorted(blocked))
+    _restore_float32_outputs(converted, float_outputs)
+    dropped = remove_unused_initializers(converted)
+    log.debug("fp16 conversion: %d float32 nodes, %d unused initialisers dropped", len(blocked), dropped)
+    del converted.graph.value_info[:]
+    converted = onnx.shape_inference.infer_shapes(converted, strict_mode=True)
+    onnx.checker.check_model(converted)
+    return converted

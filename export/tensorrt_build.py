@@ -49,9 +49,21 @@ def plan_names(precision: Precision) -> tuple[str, str]:
 
 
 def onnx_sources(manifest: Manifest, precision: Precision, directory: Path) -> tuple[str, str]:
-    """The ONNX files (step, decoder) an engine of ``precision`` is built from."""
-    for v in manifest.variants:
-        if v.format == "onnx" and v.precision == precision and v.fused_step:
+    """The ONNX files (step, decoder) an engine of ``precision`` is built from.
+
+    INT8: the symmetric s8 Q/DQ step graph ``hs-calibrate`` recorded (its float parts stay float32 in a
+    strongly typed build), with the fp16 decoder where the export has one.
+    """
+    variants = [v for v in manifest.variants if v.format == "onnx"]
+    if precision == "int8":
+        int8 = next((v for v in variants if v.precision == "int8" and v.fused_step), None)
+        if int8 is None:
+            raise file_error(directory, "no INT8 Q/DQ step graph in this export; run hs-calibrate --export "
+                                        f"{directory} --data DATASET --target tensorrt first")
+        fp16 = next((v for v in variants if v.precision == "fp16"), None)
+        return int8.fused_step, fp16.decoder if fp16 else int8.decoder
+    for v in variants:
+        if v.precision == precision and v.fused_step:
             return v.fused_step, v.decoder
     raise file_error(directory, f"no {precision} step graph in this export; re-export (hs-export) with this version")
 

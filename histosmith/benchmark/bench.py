@@ -1,0 +1,237 @@
+"""``hs-bench``: every engine (and peer) at every batch size in one process, so the ratios are fair.
+
+Per contender and batch: the guided U-Net call (median and p95 over repeats after a warm-up), the DDIM
+update, the decoder, post-processing and writing per tile, and end-to-end tiles/s of the runtime's
+``generate`` (what ``hs-generate`` runs, writing a dataset to a temporary directory). FLOPs per guided
+call are counted from the fp32 graph; achieved GFLOP/s is set against fp32 and bf16 convolution probes
+measured in the same run. ONNX Runtime engines also get a per-operator profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from histosmith.benchmark.contenders import (
+    BatchInputs,
+    Contender,
+    openvino_available,
+    openvino_peer,
+    runtime_engine,
+    torch_peer,
+)
+from histosmith.benchmark.flops import count_flops
+from histosmith.benchmark.probes import conv_probe
+from histosmith.benchmark.profile import profile_ops
+from histosmith.errors import HistoSmithError, file_error
+from histosmith.runtime import conditions as cond
+from histosmith.runtime.generate import decode_labels, generate
+from histosmith.runtime.manifest import Manifest
+from histosmith.runtime.postprocess import PostprocessConfig
+from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.seeds import tile_noise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    engines: tuple[str, ...] = ()  # U-Net file names in the export; () = every CPU engine of the manifest
+    batches: tuple[int, ...] = (1, 16)
+    steps: int = 20
+    repeats: int = 5
+    threads: int | None = None
+    peers: bool = False
+    checkpoint: Path | None = None  # peers: the training run (default: the export's source checkpoint)
+    profile: bool = True
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise HistoSmithError(f"--batches must be positive integers, got {list(self.batches)}")
+        if self.steps < 1 or self.repeats < 1:
+            raise HistoSmithError("--steps and --repeats must be >= 1")
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds per call over ``repeats`` calls after one warm-up call."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    return 1e3 * statistics.median(values), 1e3 * float(np.percentile(values, 95))
+
+
+def cpu_engines(export: Path, manifest: Manifest, names: tuple[str, ...]) -> list[Path]:
+    """The requested engine files, checked against the manifest (all CPU-capable ones by default)."""
+    listed = [v.unet for v in manifest.variant_list() if v.unet and v.format in ("onnx", "torchscript")]
+    chosen = list(names) or listed
+    for name in chosen:
+        if name not in listed:
+            raise file_error(export / name, f"not an engine of this export (it has: {', '.join(listed)})")
+    return [export / n for n in chosen]
+
+
+def ddim_update_ms(latent_shape: tuple[int, ...], batch: int, repeats: int) -> float:
+    """The runtime's in-place update ``x = A x + B ε̂`` on a batch (the same for every ONNX engine)."""
+    x = np.random.default_rng(0).standard_normal((batch, *latent_shape)).astype(np.float32)
+    eps = x.copy()
+
+    def update() -> None:
+        np.multiply(x, 0.99, out=x)
+        np.multiply(eps, 0.01, out=eps)
+        np.add(x, eps, out=x)
+
+    return _ms(timed(update, repeats * 20))[0]
+
+
+def writing_ms_per_tile(decoded, info, repeats: int) -> float:  # noqa: ANN001
+    """Writing one batch of tiles (images + labels + CSVs, atomically) to a dataset, per tile."""
+    from histosmith.data.format import DatasetMeta, DatasetWriter
+    from histosmith.runtime.generate import to_uint8
+
+    labels = decode_labels(decoded, info.n_classes, PostprocessConfig())
+    images = [to_uint8(im) for im in decoded.image]
+    meta = DatasetMeta(class_names=list(info.spec.class_names), tissue_names=list(info.spec.tissue_names),
+                       tile_size=info.tile_size, count_margin=info.count_margin)
+
+    def write() -> None:
+        with tempfile.TemporaryDirectory(prefix="hs-bench-write-") as tmp:
+            writer = DatasetWriter(Path(tmp) / "d", meta, len(images))
+            for k, (im, lab) in enumerate(zip(images, labels, strict=True)):
+                writer.add(im, lab, {"patch_info": f"t{k}", "tissue": info.spec.tissue_names[0]})
+            writer.close()
+
+    return _ms(timed(write, repeats))[0] / len(images)
+
+
+def end_to_end(backend, info, tables, batch: int, n_batches: int) -> float:  # noqa: ANN001
+    """Tiles/s of the runtime's generate loop (conditions, sampling, labels, writing) over whole batches."""
+    table = cond.from_dataset(info, batch * n_batches, 7)
+    with tempfile.TemporaryDirectory(prefix="hs-bench-e2e-") as tmp:
+        result = generate(backend, info, tables, table, Path(tmp) / "out", seed=0, batch=batch, guidance=4.0,
+                          eta=0.0, model_id="hs-bench", conditions_label="from-dataset", show_progress=False)
+    return result.generated / result.seconds
+
+
+def measure(contender: Contender, inputs: BatchInputs, info, tables, opts: BenchOptions) -> dict[str, Any]:  # noqa: ANN001
+    batch = len(inputs.latent)
+    calls = contender.prepare(inputs)
+    unet_p50, unet_p95 = _ms(timed(calls.unet, opts.repeats * 4))
+    dec_p50, dec_p95 = _ms(timed(calls.decoder, opts.repeats))
+    decoded = calls.backend.sample(inputs.latent, inputs.condition, inputs.guidance, None)
+    post = _ms(timed(lambda: decode_labels(decoded, info.n_classes, PostprocessConfig()), opts.repeats))[0] / batch
+    write = writing_ms_per_tile(decoded, info, max(2, opts.repeats // 2))
+    e2e = statistics.median(end_to_end(calls.backend, info, tables, batch, 1) for _ in range(max(2, opts.repeats // 2)))
+    return {"contender": contender.name, "kind": contender.kind, "precision": contender.precision, "batch": batch,
+            "unet_ms_p50": unet_p50, "unet_ms_p95": unet_p95, "decoder_ms_p50": dec_p50, "decoder_ms_p95": dec_p95,
+            "postprocess_ms_per_tile": post, "write_ms_per_tile": write, "tiles_per_s": e2e,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _contenders(export: Path, manifest: Manifest, tables, opts: BenchOptions) -> list[Contender]:  # noqa: ANN001
+    out = [runtime_engine(p, tables, opts.threads) for p in cpu_engines(export, manifest, opts.engines)]
+    if opts.peers:
+        checkpoint = opts.checkpoint or Path(manifest.source.get("checkpoint", ""))
+        if not checkpoint.exists():
+            raise file_error(checkpoint, "--peers needs the training checkpoint (pass --checkpoint)")
+        out += [torch_peer(checkpoint, tables, False, opts.threads), torch_peer(checkpoint, tables, True, opts.threads)]
+        if openvino_available():
+            out.append(openvino_peer(export / "unet.onnx", export / "decoder.onnx", tables, "bf16", opts.threads))
+            if (export / "unet.int8.onnx").exists():
+                out.append(openvino_peer(export / "unet.int8.onnx", export / "decoder.onnx", tables, "int8",
+                                         opts.threads))
+        else:
+            log.warning("OpenVINO is not installed: no OpenVINO peer (pip install openvino)")
+    return out
+
+
+def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
+    """Measure; returns the result document (what ``hs-bench`` writes as JSON)."""
+    manifest = Manifest.load(export)
+    fp32 = export / "unet.onnx"
+    if "unet.onnx" not in manifest.files:
+        raise file_error(export, "no fp32 unet.onnx: hs-bench counts FLOPs from it")
+    info = manifest.info()
+    tables = DDIMScheduler(info.schedule).set_timesteps(opts.steps)
+    contenders = _contenders(export, manifest, tables, opts)
+    threads = opts.threads or len(os.sched_getaffinity(0))
+    probes = [asdict(conv_probe("fp32", threads=opts.threads)), asdict(conv_probe("bf16", threads=opts.threads))]
+    rows: list[dict[str, Any]] = []
+    flops: dict[int, dict[str, int]] = {}
+    profiles: dict[str, Any] = {}
+    bar = tqdm(total=len(contenders) * len(opts.batches), desc="hs-bench", unit="run", disable=not opts.show_progress,
+               dynamic_ncols=True)
+    for batch in opts.batches:
+        flops[batch] = count_flops(fp32, batch)
+        table = cond.from_dataset(info, batch, 0)
+        latent, _ = tile_noise(0, np.arange(batch), info.latent_shape, opts.steps, False)
+        inputs = BatchInputs(latent, np.full(batch, 500.0, np.float32), info.spec.vectors(table.counts, table.tissues),
+                             np.full(batch, 4.0, np.float32))
+        update = ddim_update_ms(info.latent_shape, batch, opts.repeats)
+        for c in contenders:
+            bar.set_postfix_str(f"{c.name} batch {batch}")
+            row = measure(c, inputs, info, tables, opts) | {"ddim_update_ms": update}
+            row["gflops_per_s"] = flops[batch]["total"] / row["unet_ms_p50"] / 1e6
+            rows.append(row)
+            bar.update()
+            if opts.profile and c.kind == "engine" and c.name.endswith("(onnxruntime-cpu)") \
+                    and batch == max(opts.batches):
+                path = export / c.name.split(" ")[0]
+                feeds = {"latent": inputs.latent, "timestep": inputs.timestep, "condition": inputs.condition,
+                         "guidance": inputs.guidance}
+                profiles[c.name] = {"batch": batch, "top_ops": profile_ops(path, feeds, opts.threads)}
+    bar.close()
+    _derive(rows, probes, opts.steps)
+    return {
+        "export": str(export),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "threads": threads, "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},
+        "config": {"latent_shape": list(info.latent_shape), "tile_size": info.tile_size,
+                   "unet": manifest.models.get("unet", {})},
+        "flops_per_guided_call": {str(b): f for b, f in flops.items()},
+        "probes": probes,
+        "rows": rows,
+        "profiles": profiles,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _derive(rows: list[dict[str, Any]], probes: list[dict[str, Any]], steps: int) -> None:
+    """Shares of the probes, ratios to the references at the same batch, and the runtime's overhead."""
+    peak = {p["dtype"]: p["gflops_per_s"] for p in probes}
+    for r in rows:
+        same = [x for x in rows if x["batch"] == r["batch"]]
+        r["share_of_fp32_probe"] = r["gflops_per_s"] / peak["fp32"]
+        r["share_of_bf16_probe"] = r["gflops_per_s"] / peak["bf16"]
+        for ref_name, key in (("torch-eager-fp32", "unet_speedup_vs_torch_fp32"),
+                              ("torch-bf16-autocast", "unet_speedup_vs_torch_bf16"),
+                              ("unet.onnx (onnxruntime-cpu)", "unet_speedup_vs_ort_fp32")):
+            ref = next((x for x in same if x["contender"] == ref_name), None)
+            r[key] = ref["unet_ms_p50"] / r["unet_ms_p50"] if ref else None
+            e2e_key = key.replace("unet_speedup", "e2e_speedup")
+            r[e2e_key] = r["tiles_per_s"] / ref["tiles_per_s"] if ref else None
+        # (S U-Net calls + S updates + decoder) per batch + post-processing per tile, as tiles/s
+        stages = (steps * (r["unet_ms_p50"] + r["ddim_update_ms"]) + r["decoder_ms_p50"]) / r["batch"] \
+            + r["postprocess_ms_per_tile"]
+        r["stages_tiles_per_s"] = 1e3 / stages
+        r["runtime_overhead"] = r["stages_tiles_per_s"] / r["tiles_per_s"] - 1.0

@@ -1,0 +1,80 @@
+"""hs-bench's three files: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (chart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histosmith.data.atomic import write_json_atomic, write_text_atomic
+
+STEM = "bench"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    m, o = result["machine"], result["options"]
+    lines = [f"`{command}`", "",
+             f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} threads, 1-minute load average at the start "
+             f"{m['load_average_1m']:.1f}; {o['steps']} DDIM steps; guided U-Net call = conditional + null branch "
+             f"(2B batch). Medians over repeats after a warm-up; p95 in the JSON.", "",
+             "| contender | batch | U-Net ms p50 | p95 | vs torch fp32 | vs torch bf16 | vs ORT fp32 | GFLOP/s | "
+             "of fp32 probe | DDIM update ms | decoder ms | post ms/tile | write ms/tile | tiles/s | "
+             "stages-only tiles/s | runtime overhead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['contender']} | {r['batch']} | {r['unet_ms_p50']:.1f} | {r['unet_ms_p95']:.1f} | "
+            f"{_x(r['unet_speedup_vs_torch_fp32'])} | {_x(r['unet_speedup_vs_torch_bf16'])} | "
+            f"{_x(r['unet_speedup_vs_ort_fp32'])} | {r['gflops_per_s']:.0f} | {r['share_of_fp32_probe']:.0%} | "
+            f"{r['ddim_update_ms']:.3f} | {r['decoder_ms_p50']:.1f} | {r['postprocess_ms_per_tile']:.2f} | "
+            f"{r['write_ms_per_tile']:.2f} | {r['tiles_per_s']:.2f} | {r['stages_tiles_per_s']:.2f} | "
+            f"{r['runtime_overhead']:+.0%} |")
+    lines += ["", "FLOPs per guided U-Net call (counted from unet.onnx: Conv + MatMul + Gemm):", ""]
+    lines += [f"* batch {b}: {f['total'] / 1e9:.2f} GFLOP (Conv {f['Conv'] / 1e9:.2f}, MatMul {f['MatMul'] / 1e9:.2f})"
+              for b, f in result["flops_per_guided_call"].items()]
+    lines += ["", "This machine's limit, measured in the same run (torch/oneDNN 3x3 convolution):", ""]
+    lines += [f"* {p['dtype']}: {p['gflops_per_s']:.0f} GFLOP/s median, {p['best_gflops_per_s']:.0f} best "
+              f"({p['shape']})" for p in result["probes"]]
+    for name, prof in result["profiles"].items():
+        lines += ["", f"ONNX Runtime profile of {name} at batch {prof['batch']} (kernel time per op type):", "",
+                  "| op | ms per call | share |", "|---|---|---|"]
+        lines += [f"| {p['op']} | {p['ms_per_call']:.2f} | {p['share']:.0%} |" for p in prof["top_ops"]]
+    lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mb']:.0f} MB."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    from histosmith.data.plots import plt, save_figure
+
+    rows = result["rows"]
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        for ax, key in zip(axes, ("unet_ms_p50", "tiles_per_s"), strict=True):
+            vals = [next((r[key] for r in rows if r["contender"] == name and r["batch"] == b), np.nan)
+                    for b in batches]
+            ax.bar(np.arange(len(batches)) + i * width, vals, width, label=name)
+    for ax, label in zip(axes, ("guided U-Net call, ms (lower is better)", "end-to-end tiles/s (higher is better)"),
+                         strict=True):
+        ax.set_xticks(np.arange(len(batches)) + width * (len(names) - 1) / 2, [f"batch {b}" for b in batches])
+        ax.set_yscale("log")
+        ax.set_title(label)
+    axes[1].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def write_results(out: Path, result: dict[str, Any], command: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    result = result | {"command": command}
+    paths = [out / f"{STEM}.json", out / f"{STEM}.md", out / f"{STEM}.png"]
+    write_json_atomic(paths[0], result)
+    write_text_atomic(paths[1], markdown(result, command))
+    plot(result, paths[2])
+    return paths

@@ -1,0 +1,59 @@
+"""hs-bench on the tiny export: its three files, FLOPs from the graph, probes, peers, profiles; bad input."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from histosmith.benchmark.flops import count_flops
+from histosmith.export.onnx_export import to_onnx
+from histosmith.runtime.specs import BATCH, GraphSpec, TensorSpec
+from tests.conftest import run_cli
+
+
+def test_flops_are_counted_from_the_graph(tmp_path):
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    spec = GraphSpec("m", (TensorSpec("x", (BATCH, 3, 4, 4)),), (TensorSpec("y", (BATCH, 5)),))
+    path = tmp_path / "m.onnx"
+    onnx.save(to_onnx(module, spec, [torch.randn(2, 3, 4, 4)], dynamic_batch=True), str(path))
+    flops = count_flops(path, 3)
+    assert flops["Conv"] == 2 * 3 * 8 * 4 * 4 * 3 * 3 * 3
+    assert flops["Conv"] + flops["Gemm"] + flops["MatMul"] == flops["total"]
+    assert flops["Gemm"] + flops["MatMul"] == 2 * 3 * 5 * 128
+
+
+def test_hs_bench_writes_json_markdown_and_png(tiny_export, tiny_runs, tmp_path):
+    out = tmp_path / "bench"
+    r = run_cli("hs-bench", "--export", str(tiny_export), "--batches", "1,2", "--steps", "2", "--repeats", "1",
+                "--threads", "1", "--peers", "--checkpoint", str(tiny_runs["ldm"]), "--out", str(out), timeout=900)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "bench.json").read_text())
+    assert (out / "bench.md").read_text().startswith("`hs-bench ")
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = {row["contender"] for row in result["rows"]}
+    assert {"unet.onnx (onnxruntime-cpu)", "unet.fp16.onnx (onnxruntime-cpu)", "torch-eager-fp32",
+            "torch-bf16-autocast"} <= names
+    assert any(n.startswith("unet.pt") for n in names)
+    assert len(result["rows"]) == 2 * len(names)
+    assert {p["dtype"] for p in result["probes"]} == {"fp32", "bf16"}
+    assert all(p["gflops_per_s"] > 0 for p in result["probes"])
+    assert result["flops_per_guided_call"]["2"]["total"] == pytest.approx(
+        2 * result["flops_per_guided_call"]["1"]["total"], rel=1e-6)
+    for row in result["rows"]:
+        for key in ("unet_ms_p50", "unet_ms_p95", "decoder_ms_p50", "postprocess_ms_per_tile", "write_ms_per_tile",
+                    "ddim_update_ms", "tiles_per_s", "stages_tiles_per_s", "gflops_per_s", "peak_rss_mb"):
+            assert np.isfinite(row[key]) and row[key] > 0, (row["contender"], key)
+        assert row["unet_speedup_vs_torch_fp32"] is not None
+    ops = result["profiles"]["unet.onnx (onnxruntime-cpu)"]["top_ops"]
+    assert ops and ops[0]["share"] > 0 and sum(o["share"] for o in ops) <= 1.0 + 1e-9
+
+
+def test_hs_bench_bad_input(tiny_export, tmp_path):
+    for args, message in ((["--batches", "0,x"], "--batches"), (["--engines", "unet.plan"], "not an engine"),
+                          (["--steps", "0"], "--steps must be >= 1")):
+        r = run_cli("hs-bench", "--export", str(tiny_export), "--out", str(tmp_path / "b"), *args)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,146 @@
+"""hs-calibrate on the tiny model: Q/DQ graphs, the gate (passing loosened, failing on a broken calibration with
+the export untouched), manifest records and hashes, hs-generate on the INT8 engine, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from histosmith.calibration.calibrate import INT8_STEP, INT8_UNET, CalibrateOptions, calibrate
+from histosmith.calibration.gate import GateThresholds
+from histosmith.calibration.quantize import needs_reduce_range, recipe
+from histosmith.calibration.sensitivity import block_of
+from histosmith.calibration.trajectories import TrajectoryOptions
+from histosmith.data.atomic import sha256_file
+from histosmith.errors import HistoSmithError
+from histosmith.export.fp16 import remove_unused_initializers
+from histosmith.runtime.manifest import Manifest
+from tests.conftest import run_cli
+
+LOOSE = GateThresholds(tiles=8, steps=6, class_agreement=0.9, same_instance_count=0.5, control_r_delta=1.0)
+
+
+def _opts(tmp: Path, gate: GateThresholds = LOOSE, **kw) -> CalibrateOptions:
+    return CalibrateOptions(TrajectoryOptions(samples=6, steps=4, chunk=4), gate=gate, sensitivity_rows=12,
+                            cache=tmp / "cache", show_progress=False, **kw)
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_export, tiny_runs, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("calibrated") / "exp"
+    shutil.copytree(tiny_export, exp)
+    calibrate(exp, tiny_runs["data"], _opts(exp.parent))
+    return exp
+
+
+def test_calibration_writes_qdq_graphs_and_records_them(calibrated):
+    manifest = Manifest.load(calibrated)
+    int8 = [v for v in manifest.variant_list() if v.precision == "int8"]
+    assert len(int8) == 1 and int8[0].unet == INT8_UNET and int8[0].step == INT8_STEP
+    record = int8[0].extra["calibration"]
+    assert record["passed"] and record["method"] == "minmax" and record["samples"] == 6 and record["steps"] == 4
+    for name in (INT8_UNET, INT8_STEP):
+        assert manifest.files[name] == sha256_file(calibrated / name) == record["sha256"][name]
+    assert record["trajectories"]["timesteps"][0] > 900 and record["trajectories"]["timesteps"][-1] < 300
+    parts = {row["part"] for row in record["kept_float"]}
+    assert {"conv_in", "conv_out", "time_mlp", "condition"} <= parts
+    assert any("DDIM update" in row["reason"] for row in record["kept_float"])
+    for name, activation in ((INT8_UNET, onnx.TensorProto.UINT8), (INT8_STEP, onnx.TensorProto.INT8)):
+        model = onnx.load(str(calibrated / name))
+        produced = {o: n for n in model.graph.node for o in n.output}
+        quantised = {n.name for n in model.graph.node if n.op_type == "Conv"
+                     and produced.get(n.input[0]) is not None and produced[n.input[0]].op_type == "DequantizeLinear"}
+        assert quantised, name
+        assert not any(block_of(n) in ("conv_in", "conv_out") for n in quantised)
+        zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point") and t.dims == []]
+        assert {t.data_type for t in zero_points} == {activation}
+        if name == INT8_STEP:  # symmetric s8 for TensorRT: every zero point is 0
+            assert all(not onnx.numpy_helper.to_array(t).any() for t in zero_points)
+        assert remove_unused_initializers(model) == 0
+    report = json.loads((calibrated / "calibration.json").read_text())
+    assert report["sensitivity"] and all(e["rel_error"] >= 0 for e in report["sensitivity"])
+    assert (calibrated / "calibration.md").exists() and (calibrated / "calibration.png").exists()
+
+
+def test_reduce_range_only_without_vnni():
+    assert not needs_reduce_range({"avx512f", "avx512_vnni"}, "x86_64")
+    assert needs_reduce_range({"avx2", "avx512f"}, "x86_64")
+    assert not needs_reduce_range(set(), "aarch64")
+    assert recipe("tensorrt").symmetric_activations and not recipe("tensorrt").reduce_range
+
+
+def test_hs_generate_runs_the_int8_engine(calibrated, tmp_path):
+    r = run_cli("hs-generate", "--engine", str(calibrated / INT8_UNET), "--n", "3", "--batch", "2", "--steps", "2",
+                "--out", str(tmp_path / "gen"))
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 tiles" in r.stdout
+
+
+def test_hash_mismatch_is_refused(calibrated, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(calibrated, exp)
+    model = onnx.load(str(exp / INT8_UNET))
+    model.doc_string = "edited"
+    onnx.save(model, str(exp / INT8_UNET))
+    r = run_cli("hs-generate", "--engine", str(exp / INT8_UNET), "--n", "2", "--steps", "2", "--out",
+                str(tmp_path / "gen"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "SHA-256" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "gen").exists()
+
+
+def test_gate_fails_on_a_broken_calibration_and_leaves_the_export_untouched(tiny_export, tiny_runs, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_export, exp)
+    before = _snapshot(exp)
+
+    def broken(cset):  # only the first (pure-noise) step, and its ranges squeezed 100-fold: heavy clipping
+        rows = np.flatnonzero(cset.step == 0)
+        sub = cset.subset(rows)
+        return type(sub)(sub.latent * 0.01, sub.timestep, sub.condition, sub.guidance, sub.step, sub.noise_pred)
+
+    strict = GateThresholds(tiles=8, steps=6)
+    with pytest.raises(HistoSmithError, match="quality gate failed.*export is unchanged"):
+        calibrate(exp, tiny_runs["data"], _opts(tmp_path, strict, target="cpu"), transform=broken)
+    assert _snapshot(exp) == before
+
+
+def test_cli_bad_input(tiny_export, tiny_runs, tmp_path):
+    data = tiny_runs["data"]
+    for args, message in (
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--export", str(tmp_path / "nothing")], "not an export directory"),
+    ):
+        base = {"--export": str(tiny_export), "--data": str(data)}
+        extra = list(args)
+        if extra[0] in base:
+            base[extra[0]] = extra[1]
+            extra = []
+        r = run_cli("hs-calibrate", *[x for kv in base.items() for x in kv], *extra, "--cache", str(tmp_path / "c"))
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["class_names"] = ["a", "b", "c"]
+    (other / "meta.json").write_text(json.dumps(meta))
+    for shard in other.glob("shard-*"):
+        lines = (shard / "counts.csv").read_text().splitlines()
+        (shard / "counts.csv").write_text("\n".join(["a,b,c", *lines[1:]]) + "\n")
+    r = run_cli("hs-calibrate", "--export", str(tiny_export), "--data", str(other), "--cache", str(tmp_path / "c"))
+    assert r.returncode == 2 and "differ from the export's" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    no_fp32 = tmp_path / "nofp32"
+    shutil.copytree(tiny_export, no_fp32)
+    (no_fp32 / "unet.onnx").unlink()
+    before = _snapshot(no_fp32)
+    r = run_cli("hs-calibrate", "--export", str(no_fp32), "--data", str(data), "--cache", str(tmp_path / "c"))
+    assert r.returncode == 2 and "unet.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert _snapshot(no_fp32) == before
