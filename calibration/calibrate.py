@@ -176,6 +176,13 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
         latents = final_latents(work / name, fused, info, gate_table, th, opts.threads, name, opts.show_progress)
         gates.append(compare(name, ref, decode(export / decoder_name, latents, opts.threads), info, gate_table, th))
     passed = all(g.passed for g in gates)
+    references = []  # the fp16 graph on the same gate, for scale (never gating)
+    fp16 = next((v for v in manifest.variant_list() if v.format == "onnx" and v.precision == "fp16"), None)
+    if fp16 is not None and (export / fp16.unet).exists():
+        latents = final_latents(export / fp16.unet, False, info, gate_table, th, opts.threads, fp16.unet,
+                                opts.show_progress)
+        references.append(compare(fp16.unet, ref, decode(export / decoder_name, latents, opts.threads), info,
+                                  gate_table, th))
     sha = {name: sha256_file(work / name) for name in produced}
     report = {
         "export": str(export), "data": str(data), "method": opts.method, "samples": topts.samples,
@@ -184,7 +191,8 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
                          "inputs_per_step": int(np.bincount(cset.step).max())},
         "recipes": recipes, "qdq": summaries, "kept_float": float_list(errors),
         "sensitivity": errors_json(errors),
-        "gate": {"thresholds": asdict(th), "results": [asdict(g) for g in gates]},
+        "gate": {"thresholds": asdict(th), "results": [asdict(g) for g in gates],
+                 "reference": [asdict(g) for g in references]},
         "passed": passed, "forced": opts.force and not passed, "sha256": sha,
     }
     if not passed and not opts.force:

@@ -89,8 +89,11 @@ class ExportOptions:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     return {"histosmith": histosmith.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__, "python": platform.python_version()}
+            "onnxruntime": ort.__version__, "onnxconverter-common": version("onnxconverter-common"),
+            "python": platform.python_version()}
 
 
 def cache_key(checkpoint: Path, opts: ExportOptions) -> str:

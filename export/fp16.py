@@ -141,6 +141,37 @@ def _restore_float32_outputs(model: onnx.ModelProto, outputs: set[str]) -> None:
             output.type.tensor_type.elem_type = FLOAT
 
 
+def _drop_round_trips(model: onnx.ModelProto) -> int:
+    """``Cast(fp16)`` followed by ``Cast(fp32)`` between two float32 nodes (the converter casts every blocked
+    node's output to fp16 and back, even between neighbouring blocked nodes): read the float32 value
+    directly, so float32 islands never round through fp16. Returns how many round trips were removed."""
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+
+    def cast_to(node: onnx.NodeProto | None, to: int) -> bool:
+        return node is not None and node.op_type == "Cast" and node.attribute[0].i == to
+
+    rename: dict[str, str] = {}
+    for node in g.node:
+        up = producers.get(node.input[0]) if node.input else None
+        if cast_to(node, FLOAT) and cast_to(up, HALF) and node.output[0] not in graph_outputs:
+            rename[node.output[0]] = up.input[0]
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    used = {i for n in g.node for i in n.input} | graph_outputs
+    while True:  # drop casts whose results nobody reads any more
+        dead = [n for n in g.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+        used = {i for n in g.node for i in n.input} | graph_outputs
+    return len(rename)
+
+
 def remove_unused_initializers(model: onnx.ModelProto) -> int:
     """Drop initialisers no node reads (returns how many)."""
     g = model.graph
@@ -164,6 +195,7 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS,
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops),
                                          node_block_list=sorted(blocked))
     _restore_float32_outputs(converted, float_outputs)
+    _drop_round_trips(converted)
     dropped = remove_unused_initializers(converted)
     log.debug("fp16 conversion: %d float32 nodes, %d unused initialisers dropped", len(blocked), dropped)
     del converted.graph.value_info[:]

@@ -1,6 +1,7 @@
 """hs-calibrate on the tiny model: Q/DQ graphs, the gate (passing loosened, failing on a broken calibration with
 the export untouched), manifest records and hashes, hs-generate on the INT8 engine, bad input."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ from histosmith.export.fp16 import remove_unused_initializers
 from histosmith.runtime.manifest import Manifest
 from tests.conftest import run_cli
 
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+NO_TRT = "tensorrt is not installed here (the PyPI wheels only redirect to NVIDIA's unreachable index)"
 LOOSE = GateThresholds(tiles=8, steps=6, class_agreement=0.9, same_instance_count=0.5, control_r_delta=1.0)
 
 
@@ -144,3 +147,40 @@ def test_cli_bad_input(tiny_export, tiny_runs, tmp_path):
     r = run_cli("hs-calibrate", "--export", str(no_fp32), "--data", str(data), "--cache", str(tmp_path / "c"))
     assert r.returncode == 2 and "unet.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert _snapshot(no_fp32) == before
+
+
+def test_tensorrt_int8_build_uses_the_qdq_step_graph(calibrated, tmp_path):
+    from histosmith.export.tensorrt_build import EngineOptions, build_engines, onnx_sources
+    from histosmith.export.trtexec import SCRIPT
+    from histosmith.runtime.planning import BatchBuckets
+
+    exp = tmp_path / "exp"
+    shutil.copytree(calibrated, exp)
+    assert onnx_sources(Manifest.load(exp), "int8", exp) == (INT8_STEP, "decoder.fp16.onnx")
+    if HAVE_TRT:
+        variant = build_engines(exp, EngineOptions("int8", BatchBuckets((1, 4)), 1.0))
+        assert variant.unet == "unet.int8.plan" and variant.precision == "int8"
+        return
+    with pytest.raises(HistoSmithError, match="build_engines.sh"):
+        build_engines(exp, EngineOptions("int8", BatchBuckets((1, 4)), 1.0))
+    script = (exp / SCRIPT).read_text()
+    assert f"--onnx={INT8_STEP}" in script and "--saveEngine=unet.int8.plan" in script
+    assert "--stronglyTyped" in script and "--int8" not in script
+
+
+def test_tensorrt_int8_needs_a_calibrated_export(tiny_export, tmp_path):
+    from histosmith.export.tensorrt_build import onnx_sources
+
+    with pytest.raises(HistoSmithError, match="hs-calibrate"):
+        onnx_sources(Manifest.load(tiny_export), "int8", tiny_export)
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason=NO_TRT)
+def test_int8_engine_generates_on_tensorrt(calibrated, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(calibrated, exp)
+    r = run_cli("hs-export", "--out", str(exp), "--trt", "--precision", "int8", "--batch-buckets", "1,4")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("hs-generate", "--engine", str(exp / "unet.int8.plan"), "--n", "4", "--batch", "4", "--steps", "3",
+                "--out", str(tmp_path / "gen"))
+    assert r.returncode == 0, r.stderr
