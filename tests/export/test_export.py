@@ -127,8 +127,8 @@ def test_reduced_precision_graphs_are_small_and_hold_no_unused_initialiser(tiny_
 
 def test_fp16_file_is_at_most_55_percent_of_fp32(tmp_path):
     torch.manual_seed(0)
-    module = nn.Sequential(_Block(), nn.Conv2d(8, 64, 3, padding=1), nn.GroupNorm(8, 64), nn.SiLU(),
-                           nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    module = nn.Sequential(_Block(), nn.Conv2d(8, 128, 3, padding=1), nn.GroupNorm(8, 128), nn.SiLU(),
+                           nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(128, 64, 3, padding=1)).eval()
 
     class Wrapped(nn.Module):
         def __init__(self):
