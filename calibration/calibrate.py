@@ -69,12 +69,11 @@ class CalibrationOutcome:
 
 def fp32_sources(export: Path, manifest: Manifest) -> tuple[str, str, str]:
     """(U-Net, decoder, step) file names of the fp32 ONNX variant, checked against their hashes."""
-    for v in manifest.variant_list():
-        if v.format == "onnx" and v.precision == "fp32":
-            for name in (v.unet, v.decoder, v.step):
-                if name:
-                    manifest.verify_file(export, name)
-            return v.unet, v.decoder, v.step
+    for v in manifest.variants:
+        if v.format == "onnx" and v.precision == "fp32" and v.guided_unet:
+            for name in v.file_names:
+                manifest.verify_file(export, name)
+            return v.guided_unet, v.decoder, v.fused_step
     raise file_error(export, "no fp32 ONNX graphs in this export (hs-calibrate quantises unet.onnx); "
                              "re-export with hs-export")
 
@@ -95,19 +94,14 @@ def _copy_into(export: Path, work: Path, names: list[str]) -> None:
 
 
 def _record(manifest: Manifest, export: Path, files: list[str], decoder: str, report: dict[str, Any]) -> None:
-    """Replace any earlier INT8 variant and record this one with the SHA-256 of its graphs."""
-    old = [v for v in manifest.variant_list() if v.precision == "int8" and v.format == "onnx"]
-    for v in old:
-        for name in (v.unet, v.step):
-            manifest.files.pop(name, None)
-    manifest.variants = [asdict(v) for v in manifest.variant_list() if v not in old]
-    for name in files:
-        manifest.files[name] = sha256_file(export / name)
-    extra = {"calibration": {k: report[k] for k in ("method", "samples", "steps", "recipes", "kept_float", "gate",
-                                                     "passed", "sha256", "trajectories")}}
-    manifest.variants.append(asdict(Variant("int8", "onnx", INT8_UNET if INT8_UNET in files else "", decoder,
-                                            INT8_STEP if INT8_STEP in files else "", extra)))
-    manifest.save(export)
+    """Record the INT8 variant (replacing an earlier one) with the SHA-256 of its graphs."""
+    unet = INT8_UNET if INT8_UNET in files else ""
+    step = INT8_STEP if INT8_STEP in files else ""
+    record = {k: report[k] for k in ("method", "samples", "steps", "recipes", "kept_float", "gate", "passed",
+                                     "forced", "sha256", "trajectories")}
+    variant = Variant("int8", "onnx", entry=unet or step, decoder=decoder, guided_unet=unet, fused_step=step,
+                      calibration=record)
+    manifest.with_variant(variant, {name: sha256_file(export / name) for name in files}).save(export)
 
 
 def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOptions(),
@@ -120,7 +114,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
     unet_name, decoder_name, step_name = fp32_sources(export, manifest)
     if opts.target in ("tensorrt", "both") and not step_name:
         raise file_error(export, "no fp32 step graph (step.onnx) to quantise for TensorRT; re-export with hs-export")
-    info = manifest.info()
+    info = manifest.info
     topts = opts.trajectories
     table = dataset_conditions(data, info.spec, topts.samples, topts.seed)
     cache = opts.cache or cache_dir() / "calibration"
@@ -177,11 +171,11 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
         gates.append(compare(name, ref, decode(export / decoder_name, latents, opts.threads), info, gate_table, th))
     passed = all(g.passed for g in gates)
     references = []  # the fp16 graph on the same gate, for scale (never gating)
-    fp16 = next((v for v in manifest.variant_list() if v.format == "onnx" and v.precision == "fp16"), None)
-    if fp16 is not None and (export / fp16.unet).exists():
-        latents = final_latents(export / fp16.unet, False, info, gate_table, th, opts.threads, fp16.unet,
-                                opts.show_progress)
-        references.append(compare(fp16.unet, ref, decode(export / decoder_name, latents, opts.threads), info,
+    fp16 = next((v for v in manifest.variants if v.format == "onnx" and v.precision == "fp16"), None)
+    if fp16 is not None and fp16.guided_unet and (export / fp16.guided_unet).exists():
+        latents = final_latents(export / fp16.guided_unet, False, info, gate_table, th, opts.threads,
+                                fp16.guided_unet, opts.show_progress)
+        references.append(compare(fp16.guided_unet, ref, decode(export / decoder_name, latents, opts.threads), info,
                                   gate_table, th))
     sha = {name: sha256_file(work / name) for name in produced}
     report = {

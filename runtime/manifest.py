@@ -142,6 +142,7 @@ class Variant:
     guided_unet: str = ""
     fused_step: str = ""
     tensorrt: TensorRTBuild | None = None
+    calibration: Mapping[str, Any] | None = None  # int8: hs-calibrate's record (method, gate, float list, ...)
 
     @property
     def file_names(self) -> tuple[str, ...]:
@@ -153,6 +154,8 @@ class Variant:
                                "fused_step": self.fused_step}
         if self.tensorrt is not None:
             out["tensorrt"] = self.tensorrt.facts()
+        if self.calibration is not None:
+            out["calibration"] = dict(self.calibration)
         return out
 
     @classmethod
@@ -167,7 +170,11 @@ class Variant:
         if names["entry"] not in (names["guided_unet"], names["fused_step"]):
             raise ManifestError(f"{where}: entry {names['entry']!r} is neither its guided U-Net nor its fused step")
         build = TensorRTBuild.from_json(data["tensorrt"], f"{where}.tensorrt") if fmt == "tensorrt" else None
-        return cls(_choice(data, "precision", PRECISIONS, where), fmt, tensorrt=build, **names)
+        calibration = data.get("calibration")
+        if calibration is not None and not isinstance(calibration, Mapping):
+            raise ManifestError(f"{where}.calibration: expected an object")
+        return cls(_choice(data, "precision", PRECISIONS, where), fmt, tensorrt=build, calibration=calibration,
+                   **names)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ from histosmith.benchmark.probes import conv_probe
 from histosmith.benchmark.profile import profile_ops
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime import conditions as cond
-from histosmith.runtime.generate import decode_labels, generate
+from histosmith.runtime.backends.base import Backend
+from histosmith.runtime.generate import GenerationPlan, decode_labels, generate
+from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.postprocess import PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import DDIMScheduler, DDIMTables
 from histosmith.runtime.seeds import tile_noise
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def cpu_engines(export: Path, manifest: Manifest, names: tuple[str, ...]) -> list[Path]:
     """The requested engine files, checked against the manifest (all CPU-capable ones by default)."""
-    listed = [v.unet for v in manifest.variant_list() if v.unet and v.format in ("onnx", "torchscript")]
+    listed = [v.entry for v in manifest.variants if v.guided_unet and v.format in ("onnx", "torchscript")]
     chosen = list(names) or listed
     for name in chosen:
         if name not in listed:
@@ -123,12 +125,27 @@ def writing_ms_per_tile(decoded, info, repeats: int) -> float:  # noqa: ANN001
     return _ms(timed(write, repeats))[0] / len(images)
 
 
-def end_to_end(backend, info, tables, batch: int, n_batches: int) -> float:  # noqa: ANN001
+@dataclass
+class BenchSession:
+    """A contender's backend seen as a generator session, so ``generate`` runs it like ``hs-generate``."""
+
+    info: GeneratorInfo
+    loaded: Backend
+    model_id: str = "hs-bench"
+
+    def batch_limits(self) -> tuple[int, int]:
+        return self.loaded.batch_sizes()
+
+    def backend(self, tables: DDIMTables) -> Backend:
+        return self.loaded
+
+
+def end_to_end(backend: Backend, info: GeneratorInfo, steps: int, batch: int, n_batches: int) -> float:
     """Tiles/s of the runtime's generate loop (conditions, sampling, labels, writing) over whole batches."""
     table = cond.from_dataset(info, batch * n_batches, 7)
     with tempfile.TemporaryDirectory(prefix="hs-bench-e2e-") as tmp:
-        result = generate(backend, info, tables, table, Path(tmp) / "out", seed=0, batch=batch, guidance=4.0,
-                          eta=0.0, model_id="hs-bench", conditions_label="from-dataset", show_progress=False)
+        result = generate(BenchSession(info, backend), GenerationPlan(seed=0, steps=steps, batch=batch), table,
+                          Path(tmp) / "out", show_progress=False)
     return result.generated / result.seconds
 
 
@@ -140,7 +157,8 @@ def measure(contender: Contender, inputs: BatchInputs, info, tables, opts: Bench
     decoded = calls.backend.sample(inputs.latent, inputs.condition, inputs.guidance, None)
     post = _ms(timed(lambda: decode_labels(decoded, info.n_classes, PostprocessConfig()), opts.repeats))[0] / batch
     write = writing_ms_per_tile(decoded, info, max(2, opts.repeats // 2))
-    e2e = statistics.median(end_to_end(calls.backend, info, tables, batch, 1) for _ in range(max(2, opts.repeats // 2)))
+    e2e = statistics.median(end_to_end(calls.backend, info, opts.steps, batch, 1)
+                            for _ in range(max(2, opts.repeats // 2)))
     return {"contender": contender.name, "kind": contender.kind, "precision": contender.precision, "batch": batch,
             "unet_ms_p50": unet_p50, "unet_ms_p95": unet_p95, "decoder_ms_p50": dec_p50, "decoder_ms_p95": dec_p95,
             "postprocess_ms_per_tile": post, "write_ms_per_tile": write, "tiles_per_s": e2e,
@@ -150,7 +168,7 @@ def measure(contender: Contender, inputs: BatchInputs, info, tables, opts: Bench
 def _contenders(export: Path, manifest: Manifest, tables, opts: BenchOptions) -> list[Contender]:  # noqa: ANN001
     out = [runtime_engine(p, tables, opts.threads) for p in cpu_engines(export, manifest, opts.engines)]
     if opts.peers:
-        checkpoint = opts.checkpoint or Path(manifest.source.get("checkpoint", ""))
+        checkpoint = opts.checkpoint or Path(manifest.source.checkpoint)
         if not checkpoint.exists():
             raise file_error(checkpoint, "--peers needs the training checkpoint (pass --checkpoint)")
         out += [torch_peer(checkpoint, tables, False, opts.threads), torch_peer(checkpoint, tables, True, opts.threads)]
@@ -170,7 +188,7 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
     fp32 = export / "unet.onnx"
     if "unet.onnx" not in manifest.files:
         raise file_error(export, "no fp32 unet.onnx: hs-bench counts FLOPs from it")
-    info = manifest.info()
+    info = manifest.info
     tables = DDIMScheduler(info.schedule).set_timesteps(opts.steps)
     contenders = _contenders(export, manifest, tables, opts)
     threads = opts.threads or len(os.sched_getaffinity(0))
@@ -207,7 +225,7 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "threads": threads, "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},
         "config": {"latent_shape": list(info.latent_shape), "tile_size": info.tile_size,
-                   "unet": manifest.models.get("unet", {})},
+                   "unet": dict(manifest.models.get("unet", {}))},
         "flops_per_guided_call": {str(b): f for b, f in flops.items()},
         "probes": probes,
         "rows": rows,

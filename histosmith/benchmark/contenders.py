@@ -77,11 +77,11 @@ class FunctionBackend:
 
 def runtime_engine(path: Path, tables: DDIMTables, threads: int | None) -> Contender:
     """An engine file of the export, loaded exactly as ``hs-generate --engine`` loads it."""
-    from histosmith.runtime.engine import load_engine
+    from histosmith.runtime.engine import EngineOptions, open_engine
 
-    loaded = load_engine(path, tables, "cpu", threads)
-    backend = loaded.backend
-    precision = loaded.variant.precision
+    session = open_engine(path, EngineOptions(device="cpu", threads=threads))
+    backend = session.backend(tables)
+    precision = session.variant.precision
 
     def prepare(inp: BatchInputs) -> Calls:
         batch = len(inp.latent)

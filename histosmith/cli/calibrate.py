@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from histosmith.cli.common import entry_point
+from histosmith.cli.common import SEED, entry_point
 from histosmith.errors import HistoSmithError
 
 
@@ -31,7 +31,7 @@ from histosmith.errors import HistoSmithError
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Work directory for trajectories and ranges (default: $HISTOSMITH_CACHE/calibration).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def cli(export: Path, data: Path, samples: int, steps: int, method: str, target: str, gate_tiles: int,
         gate_steps: int, min_agreement: float, min_same_count: float, max_r_delta: float, force: bool,
         threads: int | None, cache: Path | None, seed: int) -> None:

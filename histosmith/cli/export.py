@@ -21,8 +21,8 @@ from histosmith.errors import HistoSmithError
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing, different export in --out.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (unet.plan, decoder.plan).")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="TensorRT engine precision (carried by the ONNX graph).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="TensorRT engine precision (carried by the ONNX graph; int8 needs hs-calibrate first).")
 @click.option("--batch-buckets", default="1,4,16,64", show_default=True,
               help="TensorRT profiles / CUDA graphs; include the --batch you generate with (no padding).")
 @click.option("--workspace-gb", type=click.FloatRange(min=0.25), default=4.0, show_default=True)

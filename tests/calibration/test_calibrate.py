@@ -45,9 +45,9 @@ def calibrated(tiny_export, tiny_runs, tmp_path_factory) -> Path:
 
 def test_calibration_writes_qdq_graphs_and_records_them(calibrated):
     manifest = Manifest.load(calibrated)
-    int8 = [v for v in manifest.variant_list() if v.precision == "int8"]
-    assert len(int8) == 1 and int8[0].unet == INT8_UNET and int8[0].step == INT8_STEP
-    record = int8[0].extra["calibration"]
+    int8 = [v for v in manifest.variants if v.precision == "int8"]
+    assert len(int8) == 1 and int8[0].entry == int8[0].guided_unet == INT8_UNET and int8[0].fused_step == INT8_STEP
+    record = int8[0].calibration
     assert record["passed"] and record["method"] == "minmax" and record["samples"] == 6 and record["steps"] == 4
     for name in (INT8_UNET, INT8_STEP):
         assert manifest.files[name] == sha256_file(calibrated / name) == record["sha256"][name]
