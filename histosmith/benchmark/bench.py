@@ -84,8 +84,10 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def cpu_engines(export: Path, manifest: Manifest, names: tuple[str, ...]) -> list[Path]:
     """The requested engine files, checked against the manifest (all CPU-capable ones by default)."""
-    listed = [v.entry for v in manifest.variants if v.guided_unet and v.format in ("onnx", "torchscript")]
-    chosen = list(names) or listed
+    listed = [v.entry for v in manifest.variants if v.guided_unet and v.format in ("onnx", "torch")]
+    # Default: every ONNX graph and the fp32 torch program (fp16/bf16 programs are for GPUs; name them to run)
+    chosen = list(names) or [v.entry for v in manifest.variants if v.entry in listed
+                             and (v.format == "onnx" or v.precision == "fp32")]
     for name in chosen:
         if name not in listed:
             raise file_error(export / name, f"not an engine of this export (it has: {', '.join(listed)})")

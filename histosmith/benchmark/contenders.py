@@ -93,6 +93,7 @@ def runtime_engine(path: Path, tables: DDIMTables, threads: int | None) -> Conte
         import torch
 
         args = [torch.from_numpy(a) for a in (inp.latent, inp.timestep, inp.condition, inp.guidance)]
+        args[0] = args[0].to(backend.dtype)  # as the backend's loop feeds its program
 
         def unet() -> Any:
             with torch.inference_mode():
