@@ -88,6 +88,6 @@ class CheckpointSession:
 
         dtype = DTYPES[self.precision]
         gen = self.generator
-        buckets = BatchBuckets((self.batch,)) if self.cuda_graph and self.batch else None
+        buckets = BatchBuckets.ladder(self.batch) if self.batch else None  # full batches never padded
         return TorchBackend(gen.guided.to(self.device, dtype), gen.decoder.to(self.device, dtype), tables,
                             self.device, dtype, self.cuda_graph, buckets, compile_modules=self.compile_modules)

@@ -81,8 +81,9 @@ class TorchBackend:
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
                  buckets: BatchBuckets | None = None, compile_modules: bool = False, pad: bool | None = None):
         """``buckets``: the batch sizes static buffers (and CUDA graphs) exist for; a batch runs in the
-        smallest that holds it, zero-padded (default :meth:`BatchBuckets.ladder` of 64). ``pad``: use the
-        buckets on the CPU too (fixed-batch programs); by default only CUDA pads."""
+        smallest that holds it, zero-padded (``hs-generate`` passes :meth:`BatchBuckets.ladder` of its
+        ``--batch``). Without buckets every batch size gets its own buffers (and graph), unpadded.
+        ``pad``: whether to use the buckets (default: on CUDA; a fixed-batch program needs it anywhere)."""
         if compile_modules:
             guided, decoder = (compiled(m, device, cuda_graph) for m in (guided, decoder))
         self.guided, self.decoder, self.tables = guided, decoder, tables
@@ -90,8 +91,8 @@ class TorchBackend:
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         if cuda_graph and not self.cuda_graph:
             log.warning("CUDA graphs need a CUDA device; running the loop eagerly on %s", self.device)
-        self.buckets = buckets or BatchBuckets.ladder(64)
-        self.pad = self.device.type == "cuda" if pad is None else pad
+        self.buckets = buckets
+        self.pad = buckets is not None and (self.device.type == "cuda" if pad is None else pad)
         # Per-step scalars as Python floats: the loop multiplies by constants (baked into a captured graph).
         self.coefs = [(float(a), float(b), float(s)) for a, b, s in
                       zip(tables.sample_coef, tables.output_coef, tables.noise_coef, strict=True)]
@@ -119,7 +120,7 @@ class TorchBackend:
         self._static.clear()
 
     def batch_sizes(self) -> tuple[int, int]:
-        return 1, self.buckets.largest
+        return 1, self.buckets.largest if self.buckets is not None else 2**31 - 1
 
     # ------------------------------------------------------------------ the loop
 
@@ -194,7 +195,7 @@ class TorchBackend:
                step_noise: np.ndarray | None) -> Decoded:
         tables_check(self.tables, step_noise)
         n = len(latents)
-        bucket = self.buckets.bucket_for(n) if self.pad else n
+        bucket = self.buckets.bucket_for(n) if self.pad and self.buckets is not None else n
         st = self._buffers(bucket, tuple(latents.shape[1:]), conditions.shape[1])
         # The only host-to-device traffic of a batch: noise and conditions in (zero-padded to the bucket);
         # with eta > 0 the step noise of all S steps, in one copy.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from histosmith.cli import generate as generate_cli
 from histosmith.cli.common import run
@@ -16,6 +17,7 @@ from histosmith.export.tensorrt_build import EngineOptions as BuildOptions
 from histosmith.runtime import engine as engine_mod
 from histosmith.runtime.backends import onnx_backend
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
+from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.engine import EngineOptions, EngineSession, engine_buckets, open_engine
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.planning import BatchBuckets
@@ -75,6 +77,14 @@ def test_buckets_for_the_default_batch(tiny_export):
     assert engine_buckets(manifest, torch_variant, 16).largest == 16  # no 4096 default
     assert engine_buckets(manifest, torch_variant, 500).largest == 64  # capped at the export's max batch
     tables = DDIMScheduler(manifest.info.schedule).set_timesteps(2)
+    # Static buffers follow the batches actually run: their own size without buckets, the bucket with them.
+    guided, decoder = (lambda x, t, c, g: torch.zeros_like(x)), (lambda z: (z, z, z))
+    lat, cond, g = np.zeros((5, 3, 4, 4), np.float32), np.zeros((5, 5), np.float32), np.ones(5, np.float32)
+    bare = TorchBackend(guided, decoder, tables)
+    bare.sample(lat, cond, g, None)
+    assert bare.buckets is None and set(bare._static) == {5}
+    padded = TorchBackend(guided, decoder, tables, buckets=BatchBuckets.ladder(16), pad=True)
+    assert padded.sample(lat, cond, g, None).latent.shape[0] == 5 and set(padded._static) == {8}
     session = open_engine(tiny_export / "unet.pt2", EngineOptions(device="cpu", batch=8))
     assert session.backend(tables).buckets.sizes == (1, 2, 4, 8)
     session.close()
