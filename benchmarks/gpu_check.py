@@ -9,6 +9,9 @@ onnxruntime-gpu is installed, the ONNX step graph on the CUDA provider with devi
 2. Throughput: tiles/s of eager fp32, eager fp16 and fp16 + whole-loop CUDA graph (and ONNX Runtime) at
    each batch, `small` then `paper`, cheapest first.
 
+With TensorRT installed, fp16 engines of the `small` config are built from the exported ONNX step and
+decoder graphs (one profile per batch) and run by the TensorRT backend in both parts.
+
 Every result is appended to ``OUT.json`` / ``OUT.md`` the moment it is measured, so a timeout loses only
 the measurement in flight. Weights are random (``benchmarks/random_models.py``).
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -89,7 +93,8 @@ class Results:
 class Engines:
     """The exported engines of one config, written to a temporary directory and loaded from it."""
 
-    def __init__(self, models: RandomModels, max_batch: int, half: str, work: Path, onnx_provider: str | None):
+    def __init__(self, models: RandomModels, max_batch: int, half: str, work: Path, onnx_provider: str | None,
+                 onnx: bool):
         self.models, self.dir, self.half = models, work, half
         example = [torch.from_numpy(a) for a in models.inputs(2)]
         example.insert(1, torch.tensor([999.0, 500.0]))
@@ -102,7 +107,7 @@ class Engines:
                 program = export_program(module, self.specs[graph], inputs[graph], precision, max_batch)
                 save_program(program, work / program_name(graph, precision))
         self.onnx_provider = onnx_provider
-        if onnx_provider is not None:
+        if onnx:
             step_example = [*example, torch.tensor([1.0, -0.5, 0.0]), example[0]]
             for graph, module, ex in ((STEP, DDIMStep(models.guided).eval(), step_example),
                                       (DECODER, models.decoder, example[:1])):
@@ -120,6 +125,24 @@ class Engines:
         unet, decoder = (self.dir / program_name(g, precision) for g in (UNET, DECODER))
         return TorchBackend.from_files(unet, decoder, tables, device, precision, graph, BatchBuckets((batch,)),
                                        pad=True)
+
+    def tensorrt_backend(self, tables: DDIMTables, buckets: BatchBuckets) -> Any:
+        """fp16 TensorRT engines built here from the exported step and decoder graphs, one profile per bucket."""
+        from histosmith.export.tensorrt_build import build_engine, import_tensorrt
+        from histosmith.runtime.backends.tensorrt_backend import TensorRTBackend
+        from histosmith.runtime.cuda_rt import device_facts
+        from histosmith.runtime.manifest import TensorRTBuild, Variant
+
+        trt = import_tensorrt()
+        plans = {STEP: self.dir / "unet.plan", DECODER: self.dir / "decoder.plan"}
+        for graph, plan in plans.items():
+            build_engine(trt, self.dir / f"{graph}.fp16.onnx", plan, self.specs[graph], buckets, 4.0,
+                         self.dir / "timing.cache")
+        gpu, major, minor = device_facts()
+        variant = Variant("fp16", "tensorrt", entry=plans[STEP].name, decoder=plans[DECODER].name,
+                          fused_step=plans[STEP].name,
+                          tensorrt=TensorRTBuild(gpu, f"{major}.{minor}", trt.__version__, buckets.sizes))
+        return TensorRTBackend(plans[STEP], plans[DECODER], self.specs[STEP], self.specs[DECODER], variant, tables)
 
     def onnx_backend(self, precision: str, tables: DDIMTables, graph: bool) -> OnnxBackend:
         suffix = "" if precision == "fp32" else ".fp16"
@@ -170,18 +193,26 @@ def main() -> None:
         "torch": torch.__version__, "onnxruntime": ort.__version__, "providers": ort.get_available_providers()})
     if onnx_provider is None:
         results.add("skipped", {"what": "ONNX Runtime CUDA", "why": "onnxruntime-gpu is not installed"})
-    try:
-        import tensorrt  # noqa: F401
-        results.add("skipped", {"what": "TensorRT", "why": "installed, but this script does not build engines yet"})
-    except ImportError:
-        results.add("skipped", {"what": "TensorRT", "why": "the tensorrt package is not installed"})
+    have_trt = importlib.util.find_spec("tensorrt") is not None and device == "cuda"
+    if not have_trt:
+        results.add("skipped", {"what": "TensorRT", "why": "the tensorrt package is not installed"
+                                if device == "cuda" else "dry run on the CPU"})
 
     with tempfile.TemporaryDirectory() as tmp:
         for p, preset in enumerate(presets):
             models = random_models(preset)
             work = Path(tmp) / preset
             work.mkdir()
-            engines = Engines(models, max(batches + [PARITY_BATCH]), half, work, onnx_provider)
+            engines = Engines(models, max(batches + [PARITY_BATCH]), half, work, onnx_provider,
+                              onnx_provider is not None or have_trt)
+            trt_backend = None
+            if have_trt and p == 0:  # built once, for the first (small) config: a build takes minutes
+                try:
+                    sizes = tuple(sorted({*batches, PARITY_BATCH}))
+                    trt_backend = engines.tensorrt_backend(tables, BatchBuckets(sizes))
+                except Exception as exc:  # record the failure, keep measuring the rest
+                    results.add("skipped", {"what": "TensorRT build", "why": f"FAILED: {exc!r}"[:300]})
+                    traceback.print_exc()
             if p == 0:  # parity first, on the first (small) config
                 lat, cond, g = models.inputs(PARITY_BATCH)
                 ref = TorchBackend(models.guided, models.decoder, tables).sample(lat, cond, g, None)
@@ -189,10 +220,13 @@ def main() -> None:
                 if onnx_provider is not None:
                     runs += [(f"onnxruntime-{onnx_provider}-{pr}-device", "onnx", pr, device == "cuda")
                              for pr in ("fp32", "fp16")]
+                if trt_backend is not None:
+                    runs.append(("tensorrt-fp16-graph", "tensorrt", "fp16", True))
                 for label, kind, precision, graph in runs:
                     try:
                         backend = (engines.torch_backend(precision, device, graph, tables, PARITY_BATCH)
-                                   if kind == "torch" else engines.onnx_backend(precision, tables, graph))
+                                   if kind == "torch" else trt_backend if kind == "tensorrt"
+                                   else engines.onnx_backend(precision, tables, graph))
                         got = backend.sample(lat, cond, g, None)
                         results.add("parity", {
                             "engine": label, "reference": "live fp32 modules, CPU",
@@ -216,12 +250,19 @@ def main() -> None:
                     ratio = f"{rate / fp32_rate:.2f}x" if rate and fp32_rate else ""
                     results.add("throughput", {"preset": preset, "batch": batch, "engine": f"torch {label}",
                                                "tiles_per_s": rate, "vs_fp32": ratio})
+                if trt_backend is not None:
+                    rate = tiles_per_s(trt_backend, inputs, repeats, sync)
+                    results.add("throughput", {"preset": preset, "batch": batch, "engine": "tensorrt fp16 + CUDA graph",
+                                               "tiles_per_s": rate,
+                                               "vs_fp32": f"{rate / fp32_rate:.2f}x" if fp32_rate else ""})
                 if onnx_provider is not None:
                     rate = tiles_per_s(engines.onnx_backend("fp16", tables, device == "cuda"), inputs, repeats, sync)
                     results.add("throughput", {"preset": preset, "batch": batch,
                                                "engine": f"onnxruntime-{onnx_provider} fp16 device loop",
                                                "tiles_per_s": rate,
                                                "vs_fp32": f"{rate / fp32_rate:.2f}x" if fp32_rate else ""})
+            if trt_backend is not None:
+                trt_backend.close()
 
 
 if __name__ == "__main__":

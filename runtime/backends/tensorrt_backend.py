@@ -93,8 +93,8 @@ class _Bucket:
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, step_plan: Path, decoder_plan: Path, manifest: Manifest, variant: Variant,
-                 tables: DDIMTables, cuda_graph: bool = True):
+    def __init__(self, step_plan: Path, decoder_plan: Path, step_spec: GraphSpec, decoder_spec: GraphSpec,
+                 variant: Variant, tables: DDIMTables, cuda_graph: bool = True):
         trt = import_tensorrt()
         self.trt, self.cudart = trt, import_cudart()
         gpu, major, minor = device_facts()
@@ -103,9 +103,9 @@ class TensorRTBackend:
             raise HistoSmithError(f"{step_plan.name}: the manifest records no TensorRT build facts")
         check_engine_facts(variant.tensorrt.facts(), current, step_plan.name)
         self.buckets = BatchBuckets(variant.tensorrt.buckets)
-        self.step_spec, self.decoder_spec = manifest.graph(STEP), manifest.graph(DECODER)
+        self.step_spec, self.decoder_spec = step_spec, decoder_spec
         self.tables = tables
-        self.latent_shape = tuple(manifest.latent_shape)
+        self.latent_shape = step_spec.input_shapes(1)[LATENT][1:]
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.step_engine = load_plan(trt, self.runtime, step_plan, self.step_spec, self.buckets)
@@ -118,7 +118,7 @@ class TensorRTBackend:
     @classmethod
     def from_files(cls, unet: Path, decoder: Path, manifest: Manifest, variant: Variant,
                    tables: DDIMTables) -> TensorRTBackend:
-        return cls(unet, decoder, manifest, variant, tables)
+        return cls(unet, decoder, manifest.graph(STEP), manifest.graph(DECODER), variant, tables)
 
     def batch_sizes(self) -> tuple[int, int]:
         return 1, self.buckets.largest

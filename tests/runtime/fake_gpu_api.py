@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -207,9 +208,9 @@ def fake_tensorrt(version: str, rec: Recorder, plans: dict[bytes, tuple[GraphSpe
         def __init__(self, logger: Any):
             rec.add("Builder")
 
-        def create_network(self, flags: int = 0) -> object:
+        def create_network(self, flags: int = 0) -> SimpleNamespace:
             rec.add("create_network", flags)
-            return object()
+            return SimpleNamespace(source="")
 
         def create_builder_config(self) -> BuilderConfig:
             return BuilderConfig()
@@ -217,18 +218,19 @@ def fake_tensorrt(version: str, rec: Recorder, plans: dict[bytes, tuple[GraphSpe
         def create_optimization_profile(self) -> Profile:
             return Profile()
 
-        def build_serialized_network(self, network: object, config: BuilderConfig) -> bytes:
+        def build_serialized_network(self, network: SimpleNamespace, config: BuilderConfig) -> bytes:
             rec.add("build_serialized_network")
-            return b"serialized plan"
+            return f"plan:{Path(network.source).name}".encode()  # what the runtime fake deserialises
 
     class OnnxParser:
         num_errors = 0
 
-        def __init__(self, network: object, logger: Any):
-            pass
+        def __init__(self, network: SimpleNamespace, logger: Any):
+            self.network = network
 
         def parse_from_file(self, model: str) -> bool:
             rec.add("parse_from_file", model)
+            self.network.source = model
             return True
 
     flag = SimpleNamespace(STRONGLY_TYPED=0 if v >= (11, 0) else 1)

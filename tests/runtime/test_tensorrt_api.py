@@ -2,6 +2,8 @@
 API surfaces (tests/runtime/fake_gpu_api.py): each version branch, the capture lifecycle and close()."""
 
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,19 +17,10 @@ from histosmith.runtime.planning import BINDINGS, BatchBuckets
 from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
 from histosmith.runtime.specs import DECODER, STEP, decoder_spec, step_spec
 
+REPO = Path(__file__).resolve().parents[2]
 LATENT, COND, TILE, CLASSES = (3, 4, 4), 5, 8, 3
 BUCKETS = (1, 4)
 VERSIONS = ["10.3.0", "10.13.0", "11.1.0"]
-
-
-class _Manifest:
-    """The two manifest views the backend reads (graph specs, latent shape); the rest is not under test."""
-
-    latent_shape = LATENT
-    graphs = {STEP: step_spec(LATENT, COND), DECODER: decoder_spec(LATENT, TILE, CLASSES)}
-
-    def graph(self, role: str):
-        return self.graphs[role]
 
 
 @pytest.fixture
@@ -37,8 +30,8 @@ def gpu_api(monkeypatch, tmp_path):
     def make(version: str, eta: float = 0.0, end_capture_error: bool = False, fail_enqueue_in_capture: bool = False):
         rec = Recorder()
         cudart = fake_cudart(rec, end_capture_error)
-        manifest = _Manifest()
-        plans = plan_table({STEP: manifest.graph(STEP), DECODER: manifest.graph(DECODER)}, BUCKETS)
+        specs = {STEP: step_spec(LATENT, COND), DECODER: decoder_spec(LATENT, TILE, CLASSES)}
+        plans = plan_table(specs, BUCKETS)
         trt = fake_tensorrt(version, rec, plans, cudart, fail_enqueue_in_capture)
         monkeypatch.setattr(cuda_rt, "import_cudart", lambda: cudart)
         monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: cudart)
@@ -48,8 +41,8 @@ def gpu_api(monkeypatch, tmp_path):
         variant = Variant("fp16", "tensorrt", entry="unet.plan", decoder="decoder.plan", fused_step="unet.plan",
                           tensorrt=TensorRTBuild("Fake GPU", "9.0", version, BUCKETS))
         tables = DDIMScheduler(ScheduleConfig()).set_timesteps(3, eta)
-        backend = tensorrt_backend.TensorRTBackend(tmp_path / "unet.plan", tmp_path / "decoder.plan", manifest,
-                                                   variant, tables)
+        backend = tensorrt_backend.TensorRTBackend(tmp_path / "unet.plan", tmp_path / "decoder.plan", specs[STEP],
+                                                   specs[DECODER], variant, tables)
         return backend, rec, trt
 
     return make
@@ -141,7 +134,7 @@ def test_builder_per_tensorrt_version(tmp_path, version, flags):
     shapes = [a for a, _ in rec.named("set_shape")]
     assert ("latent", (5, *LATENT), (16, *LATENT), (16, *LATENT)) in shapes
     assert not any(a[0] == "step_coefs" for a in shapes)  # static inputs get no profile
-    assert (tmp_path / "unet.plan").read_bytes() == b"serialized plan"
+    assert (tmp_path / "unet.plan").read_bytes() == b"plan:step.fp16.onnx"
     assert (tmp_path / "timing.cache").read_bytes() == b"timing cache"
     assert rec.named("set_memory_pool_limit") == [(("WORKSPACE", 2**30), {})]
 
@@ -154,3 +147,31 @@ def test_fake_surfaces_refuse_the_other_versions_calls():
     assert not hasattr(old, "create_runtime_config")
     with pytest.raises(TypeError):
         old.create_execution_context(runtime_config=object())
+
+
+def test_gpu_check_builds_and_runs_tensorrt_engines(monkeypatch, tmp_path):
+    """benchmarks/gpu_check.py's TensorRT path (build from the exported ONNX, run with the backend) against the
+    recorded TensorRT 11.1 API: it cannot run here for real, so at least its calls are exercised."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    from histosmith.export import tensorrt_build as build
+
+    rec = Recorder()
+    cudart = fake_cudart(rec)
+    specs = {STEP: step_spec(LATENT, COND), DECODER: decoder_spec(LATENT, TILE, CLASSES)}
+    buckets = BatchBuckets((1, 4))
+    trt = fake_tensorrt("11.1.0", rec, {b"plan:step.fp16.onnx": (specs[STEP], buckets.sizes),
+                                        b"plan:decoder.fp16.onnx": (specs[DECODER], buckets.sizes)}, cudart)
+    monkeypatch.setattr(cuda_rt, "import_cudart", lambda: cudart)
+    monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: cudart)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(build, "import_tensorrt", lambda: trt)
+    engines = gpu_check.Engines.__new__(gpu_check.Engines)  # only the exported files are needed here
+    engines.dir, engines.specs = tmp_path, specs
+    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(3)
+    backend = engines.tensorrt_backend(tables, buckets)
+    out = backend.sample(*_inputs(3))
+    assert out.latent.shape == (3, *LATENT) and rec.count("build_serialized_network") == 2
+    assert rec.count("add_optimization_profile") == 2 * len(buckets.sizes)
+    backend.close()
