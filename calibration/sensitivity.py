@@ -7,7 +7,7 @@ guided noise prediction against fp32 on recorded trajectory inputs, overall and 
 
 Kept in float by design (DESIGN §5): everything before the first convolution (timestep embedding,
 condition MLP), the first and last convolutions, normalisation and softmax (never quantised: only
-Conv/MatMul/Gemm are), and the DDIM update of the fused step graph. Blocks whose single-block error
+Conv/MatMul/Gemm are quantised), and the DDIM update of the fused step graph. Blocks whose single-block error
 exceeds ``AUTO_FACTOR`` times the median block error are added to that list.
 """
 
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 DESIGN_FLOAT = {"conv_in": "first convolution", "conv_out": "last convolution", "time_mlp": "time embedding",
                 "condition": "condition MLP"}
 FLOAT_SCOPES = {"ddim_update": "DDIM update of the fused step graph (the latent accumulates over every step)"}
-FLOAT_OPS = {"normalisation (GroupNormalization / InstanceNormalization)": "never quantised",
-             "attention softmax": "never quantised"}
+FLOAT_OPS = {"normalisation (GroupNormalization / InstanceNormalization)": "not in the quantised op set",
+             "attention softmax": "not in the quantised op set (ONNX Runtime may still fuse it between the "
+                                  "Q/DQ pairs of the attention matmuls into QLinearSoftmax at load time)"}
 AUTO_FACTOR = 5.0
 
 
