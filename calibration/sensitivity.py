@@ -6,7 +6,7 @@ at a time (everything else float) with the calibrated ranges and measures the re
 guided noise prediction against fp32 on recorded trajectory inputs, overall and at the worst DDIM step.
 
 Kept in float by design (DESIGN §5): everything before the first convolution (timestep embedding,
-condition MLP), the first and last convolutions, normalisation and softmax (never quantised: only
+condition MLP), the first and last convolutions, normalisation and softmax (the quantiser leaves them: only
 Conv/MatMul/Gemm are quantised), and the DDIM update of the fused step graph. Blocks whose single-block error
 exceeds ``AUTO_FACTOR`` times the median block error are added to that list.
 """
