@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # The stamp depends on pyproject.toml so a changed dependency list reinstalls.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	touch $@
 
 install: $(VENV)/.installed

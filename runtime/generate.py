@@ -113,6 +113,37 @@ def check_output(out: Path, record: dict[str, Any], resume: bool) -> None:
         raise file_error(path, f"--resume with different settings ({', '.join(diff)}); use the original ones")
 
 
+def begin_output(session: GeneratorSession, plan: GenerationPlan, record: dict[str, Any], out: Path,
+                 resume: bool) -> DatasetMeta:
+    """Create ``out``, record the run (``generation.json``) and return the dataset's metadata. Shared by the
+    single-process loop and ``hs-generate --ray``, which write the same bytes."""
+    info, spec, n = session.info, session.info.spec, record["n"]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_os_error(out, exc) from None
+    provenance = [dict(r) for r in info.provenance]
+    if not resume:
+        # The generator's training records ride along (not part of the plan: they follow from the model).
+        write_json_atomic(out / PLAN_FILE, record | {PROVENANCE_KEY: provenance})
+    return DatasetMeta(
+        class_names=list(spec.class_names), tissue_names=list(spec.tissue_names), tile_size=info.tile_size,
+        count_margin=info.count_margin, source=info.source, licence="generated",
+        notes=f"{n} synthetic tiles; seed {plan.seed}, {plan.steps} DDIM steps, eta {plan.eta}, "
+              f"guidance {plan.guidance}",
+        extra={"generation": record, PROVENANCE_KEY: provenance},
+    )
+
+
+def tile_row(info: Any, conditions: ConditionTable, seed: int, tile: int) -> dict[str, Any]:
+    """The patch_info row of generated tile ``tile``."""
+    spec = info.spec
+    row: dict[str, Any] = {"patch_info": f"gen-{seed}-{tile:07d}", "seed": seed, "index": tile,
+                           "tissue": spec.tissue_names[conditions.tissues[tile]]}
+    row.update({f"requested_{c}": int(v) for c, v in zip(spec.class_names, conditions.counts[tile], strict=True)})
+    return row
+
+
 @dataclass
 class GenerationResult:
     out: Path
@@ -137,21 +168,7 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     check_output(out, record, resume)
     tables = DDIMScheduler(info.schedule).set_timesteps(plan.steps, plan.eta)
     backend = session.backend(tables)  # the expensive part; nothing is written before it succeeds
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise describe_os_error(out, exc) from None
-    provenance = [dict(r) for r in info.provenance]
-    if not resume:
-        # The generator's training records ride along (not part of the plan: they follow from the model).
-        write_json_atomic(out / PLAN_FILE, record | {PROVENANCE_KEY: provenance})
-    meta = DatasetMeta(
-        class_names=list(spec.class_names), tissue_names=list(spec.tissue_names), tile_size=info.tile_size,
-        count_margin=info.count_margin, source=info.source, licence="generated",
-        notes=f"{n} synthetic tiles; seed {plan.seed}, {plan.steps} DDIM steps, eta {plan.eta}, "
-              f"guidance {plan.guidance}",
-        extra={"generation": record, PROVENANCE_KEY: provenance},
-    )
+    meta = begin_output(session, plan, record, out, resume)
     writer = DatasetWriter(out, meta, shard_size, resume=resume)
     start = writer.tiles_done
     if start:
@@ -169,12 +186,7 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
             latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic)
             decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
             for b, labels in enumerate(decode_labels(decoded, spec.n_classes, plan.postprocess)):
-                tile = int(index[b])
-                row = {"patch_info": f"gen-{plan.seed}-{tile:07d}", "seed": plan.seed, "index": tile,
-                       "tissue": spec.tissue_names[conditions.tissues[tile]]}
-                row.update({f"requested_{c}": int(v)
-                            for c, v in zip(spec.class_names, conditions.counts[tile], strict=True)})
-                writer.add(to_uint8(decoded.image[b]), labels, row)
+                writer.add(to_uint8(decoded.image[b]), labels, tile_row(info, conditions, plan.seed, int(index[b])))
             bar.update(len(index))
             i = end
     finally:

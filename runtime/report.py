@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,8 +10,11 @@ import numpy as np
 
 from histosmith.data.atomic import write_json_atomic
 from histosmith.data.reader import Dataset
+from histosmith.extras import available
 from histosmith.runtime.generate import ControlSummary, GenerationResult, control_summary
 from histosmith.runtime.preview import contact_sheet, save_png
+
+log = logging.getLogger(__name__)
 
 
 def plot_control(summary: ControlSummary, requested: np.ndarray, measured: np.ndarray, path: Path) -> None:
@@ -36,7 +40,10 @@ def write_report(result: GenerationResult, class_names: list[str], preview_tiles
     """``control.json`` + ``control.png`` (count control) and ``preview.png`` (contact sheet) in the run dir."""
     summary = control_summary(class_names, result.requested, result.measured)
     write_json_atomic(result.out / "control.json", {**asdict(summary), "n_tiles": result.n_tiles})
-    plot_control(summary, result.requested, result.measured, result.out / "control.png")
+    if available("matplotlib"):
+        plot_control(summary, result.requested, result.measured, result.out / "control.png")
+    else:  # the lean runtime install has no matplotlib
+        log.info("control.png skipped: matplotlib is not installed (the [train] extra); see control.json")
     ds = Dataset.open(result.out)
     shard = ds.shards[0]
     take = min(preview_tiles, shard.n_tiles)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from histosmith.errors import HistoSmithError
+from histosmith.extras import error_for_missing_module
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -60,6 +61,12 @@ def run(group: click.Command, args: list[str] | None = None) -> None:
     except HistoSmithError as exc:
         _close_progress_bars()
         click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except ModuleNotFoundError as exc:  # an optional dependency the command reached for: name its extra
+        missing = error_for_missing_module(exc)
+        if missing is None:
+            raise
+        click.echo(f"error: {missing}", err=True)
         sys.exit(EXIT_USAGE)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _close_progress_bars()

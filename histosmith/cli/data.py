@@ -8,6 +8,7 @@ import click
 
 from histosmith.cli.common import SEED, entry_point, output_path
 from histosmith.data.prepare import SOURCES
+from histosmith.extras import available, require
 
 
 @click.group(help="Prepare and inspect HistoSmith datasets (the CoNIC layout + meta.json).")
@@ -50,14 +51,20 @@ def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None
 
         raise file_error(directory, "not a dataset directory" if directory.exists() else "not found")
     output_path(json_path)
+    if plot is not None:
+        require("hs-data info --plot", "train")
     from histosmith.data.info import plot_summary, summarise
     from histosmith.data.reader import Dataset
 
+    draw = plot is not None or available("matplotlib")  # the lean install has no matplotlib
     plot = output_path(plot or directory / "info.png")
     summary = summarise(Dataset.open(directory))
     click.echo(summary.format_table())
-    plot_summary(summary, plot)
-    click.echo(f"chart: {plot}")
+    if draw:
+        plot_summary(summary, plot)
+        click.echo(f"chart: {plot}")
+    else:
+        click.echo("chart skipped: matplotlib is not installed (the [train] extra)")
     if json_path:
         from histosmith.data.atomic import write_json_atomic
 
@@ -120,6 +127,21 @@ def plan_cmd(data: Path, target_share: str | None, equalize: bool, n_synthetic: 
     plot_shares(plan, plot)
     click.echo(plan.format_table())
     click.echo(f"conditions: {out} ({n_synthetic} tiles; hs-generate --conditions {out})   chart: {plot}")
+
+
+@cli.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New dataset directory.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per shard.")
+def merge_cmd(sources: tuple[Path, ...], out: Path, shard_size: int | None) -> None:
+    """Merge datasets of one generator (same classes, tissues, tile size) into one, re-sharded."""
+    from histosmith.data.format import Dataset
+    from histosmith.data.info import summarise
+    from histosmith.data.merge import merge_datasets
+
+    merge_datasets(list(sources), out, shard_size)
+    click.echo(f"wrote {out}")
+    click.echo(summarise(Dataset.open(out)).format_table())
 
 
 main = entry_point(cli)

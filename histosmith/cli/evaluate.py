@@ -53,7 +53,8 @@ def _model_eval_options(kind: str, data_help: str) -> Callable[[Callable[..., An
     return apply
 
 
-def _check_model_and_data(checkpoint: Path, data: Path, json_path: Path | None, split: str) -> str | None:
+def _check_model_and_data(checkpoint: Path, data: Path, json_path: Path | None, split: str,
+                          command: str) -> str | None:
     """Check the paths before any work; returns the split to evaluate (None: every tile)."""
     from histosmith.errors import HistoSmithError
 
@@ -62,6 +63,9 @@ def _check_model_and_data(checkpoint: Path, data: Path, json_path: Path | None, 
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
     if not (data / "meta.json").exists():
         raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json)")
+    from histosmith.extras import require
+
+    require(command, "train")
     return None if split == "all" else split
 
 
@@ -79,7 +83,7 @@ def _echo_and_save(report: Any, json_path: Path | None) -> None:
 @_model_eval_options("vqvae", "Dataset (held-out split is used).")
 def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Reconstruction PSNR, class mIoU, instance PQ from reconstructed maps, codebook usage."""
-    chosen = _check_model_and_data(checkpoint, data, json_path, split)
+    chosen = _check_model_and_data(checkpoint, data, json_path, split, "hs-eval vqvae")
     from histosmith.evaluation.vqvae import evaluate_vqvae
 
     _echo_and_save(evaluate_vqvae(checkpoint, data, chosen), json_path)
@@ -89,7 +93,7 @@ def vqvae_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) 
 @_model_eval_options("seg", "Dataset with ground-truth labels.")
 def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) -> None:
     """Predict with a trained segmenter and score with the CoNIC metrics (the hs-eval conic code)."""
-    chosen = _check_model_and_data(checkpoint, data, json_path, split)
+    chosen = _check_model_and_data(checkpoint, data, json_path, split, "hs-eval seg")
     from histosmith.segmentation.evaluate import evaluate_segmenter
 
     _echo_and_save(evaluate_segmenter(checkpoint, data, chosen).result(), json_path)

@@ -8,6 +8,7 @@ import click
 
 from histosmith.cli.common import entry_point
 from histosmith.errors import HistoSmithError
+from histosmith.extras import require
 
 
 @click.command(help="Export a trained generator (hs-train ldm run) for the lean runtime; build TensorRT engines.")
@@ -28,21 +29,29 @@ from histosmith.errors import HistoSmithError
 @click.option("--workspace-gb", type=click.FloatRange(min=0.25), default=4.0, show_default=True)
 @click.option("--register-engines", is_flag=True, help="Record engines built by build_engines.sh in the manifest.")
 @click.option("--verify", is_flag=True, help="Compare TensorRT engines with ONNX Runtime (polygraphy).")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton model repository here (Python backend running the DDIM loop on the ONNX "
+                   "graphs, dynamic batching).")
+@click.option("--triton-max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="max_batch_size of the Triton model (tiles per engine batch).")
 def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bool, max_batch: int, fp16: bool,
         opset: int, force: bool, trt: bool, precision: str, batch_buckets: str, workspace_gb: float,
-        register_engines: bool, verify: bool) -> None:
+        register_engines: bool, verify: bool, triton_repo: Path | None, triton_max_batch: int) -> None:
     from histosmith.runtime.planning import BatchBuckets
 
     buckets = BatchBuckets.parse(batch_buckets)
     if batch is not None and dynamic_batch:
         raise HistoSmithError("--batch and --dynamic-batch exclude each other")
-    if checkpoint is None and not (register_engines or verify or trt):
+    if triton_repo is not None and triton_repo.exists():
+        raise HistoSmithError(f"{triton_repo}: already exists; choose a new directory for --triton-repo")
+    if checkpoint is None and not (register_engines or verify or trt or triton_repo):
         raise HistoSmithError("--checkpoint is required to export")
     if checkpoint is not None and not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
     if precision == "fp16" and not fp16 and trt and checkpoint is not None:
         raise HistoSmithError("--trt --precision fp16 needs the fp16 graphs (drop --no-fp16)")
     if checkpoint is not None:
+        require("hs-export --checkpoint", "train", "export")
         from histosmith.export.exporter import ExportOptions, check_export_out, export_generator
 
         check_export_out(out, force)
@@ -75,6 +84,12 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
 
         for line in verify_engines(out, precision):
             click.echo(line)
+    if triton_repo is not None:
+        from histosmith.runtime.triton_repo import RepoOptions, write_triton_repo
+
+        write_triton_repo(out, triton_repo, RepoOptions(max_batch=triton_max_batch))
+        click.echo(f"wrote the Triton model repository {triton_repo} (model 'histosmith'); serve it with "
+                   f"tritonserver --model-repository {triton_repo}, or hs-serve --repo {triton_repo}")
 
 
 main = entry_point(cli)

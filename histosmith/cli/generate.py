@@ -4,11 +4,13 @@ unless the engine is a torch ``.pt2`` program."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from histosmith.cli.common import entry_point
 from histosmith.cli.generation import echo_result, generation_options, parse_request
+from histosmith.extras import require
 
 
 @click.command(help="Generate labelled tiles with an exported engine (unet.onnx, unet.fp16.onnx, unet.pt2, unet.plan).")
@@ -23,8 +25,13 @@ from histosmith.cli.generation import echo_result, generation_options, parse_req
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="CUDA graphs: torch (.pt2) engines capture the whole loop per batch bucket; ONNX Runtime's "
                    "CUDA / TensorRT providers capture each step.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Generate on a Ray cluster: shards made by an actor pool (a new local Ray instance without "
+                   "ADDRESS; 'auto' or host:port joins a running cluster). Same bytes as without --ray.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
 @generation_options
-def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_graph: bool, out: Path,
+def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_graph: bool, ray_address: str | None,
+        ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool) -> None:
@@ -37,10 +44,34 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
     session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch))  # verified once
     conditions = request.resolve(session.info, plan.seed)
     try:
-        result = generate(session, plan, conditions, out, resume=resume)
+        if ray_address is not None:
+            result = _generate_on_ray(engine, session, plan, conditions, out, resume, ray_address, ray_workers)
+        else:
+            result = generate(session, plan, conditions, out, resume=resume)
     finally:
         session.close()  # device memory, CUDA graphs and streams, also after an error
     echo_result(result, write_report(result, list(session.info.spec.class_names)))
+
+
+def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out: Path, resume: bool, address: str,
+                     workers: int) -> Any:
+    """``--ray``: the run recorded as in one process, its shards made by Ray actors."""
+    require("hs-generate --ray", "ray")
+    from histosmith.errors import HistoSmithError
+    from histosmith.runtime.generate import begin_output, check_output, run_record
+    from histosmith.runtime.ray_generate import RayOptions, connect, generate_on_ray
+
+    record = run_record(session, plan, conditions)
+    low, high = session.batch_limits()
+    if not low <= plan.batch <= high:
+        raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
+    check_output(out, record, resume)
+    opts = session.options
+    options = RayOptions(address=None if address == "local" else address, workers=workers, device=opts.device,
+                         threads=opts.threads)
+    connect(options.address, options.workers, options.cpus_per_worker)  # before anything is written
+    meta = begin_output(session, plan, record, out, resume)
+    return generate_on_ray(engine, plan, record, meta, conditions, out, options)
 
 
 main = entry_point(cli)

@@ -59,4 +59,6 @@ def echo_result(result: Any, summary: Any) -> None:
     click.echo(f"wrote {result.n_tiles} tiles to {result.out} ({result.generated} new, {rate:.2f} tiles/s)")
     click.echo("requested vs measured nuclei per tile:")
     click.echo(summary.format_table())
-    click.echo(f"contact sheet: {result.out / 'preview.png'}   count control: {result.out / 'control.png'}")
+    control = result.out / "control.png"
+    click.echo(f"contact sheet: {result.out / 'preview.png'}   count control: "
+               f"{control if control.exists() else result.out / 'control.json'}")

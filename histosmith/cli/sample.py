@@ -28,6 +28,9 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
 
     if not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
+    from histosmith.extras import require
+
+    require("hs-sample", "train")
     from histosmith.generator import CheckpointSession, load_generator
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report

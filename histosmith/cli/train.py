@@ -12,6 +12,7 @@ import click
 from histosmith.cli.common import SEED, entry_point
 from histosmith.config import PRESETS
 from histosmith.errors import HistoSmithError
+from histosmith.extras import require
 from histosmith.segmentation.config import SEG_PRESETS
 
 
@@ -38,6 +39,7 @@ def run_options(f: Callable[..., Any], configs: tuple[str, ...] = PRESETS) -> Ca
 
 
 def _check_data(data: Path) -> None:
+    require("hs-train", "train")
     if not (data / "meta.json").exists():
         raise HistoSmithError(f"{data}: not a prepared dataset (no meta.json); run hs-data prepare first")
 

@@ -1,0 +1,248 @@
+"""``hs-serve``: a real Triton Inference Server (PyTriton) on free loopback ports, one per test module."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histosmith.data.format import Dataset
+from tests.conftest import REPO, run_cli
+
+pytest.importorskip("pytriton", reason="the [serve] extra (nvidia-pytriton) is not installed")
+http = pytest.importorskip("tritonclient.http", reason="the [serve] extra (tritonclient) is not installed")
+
+STEPS = 4
+SEED = 11
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    client = http.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"hs-serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            if client.is_model_ready("histosmith"):
+                return
+        except Exception:  # not listening yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError("hs-serve did not become ready")
+
+
+def start_server(tiny_export: Path) -> tuple[subprocess.Popen, str]:
+    port, grpc, metrics = free_ports(3)
+    exe = Path(sys.executable).parent / "hs-serve"
+    # Two model instances: enough for concurrent requests to meet in the batcher. PyTriton gives each instance
+    # one second for its start-up handshake, which a machine under heavy load can miss: one retry.
+    proc = subprocess.Popen([str(exe), "--export", str(tiny_export), "--port", str(port), "--grpc-port", str(grpc),
+                             "--metrics-port", str(metrics), "--max-batch", "8", "--steps", str(STEPS),
+                             "--threads", "1", "--instances", "2", "--max-delay-ms", "50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    for attempt in range(2):
+        proc, url = start_server(tiny_export)
+        try:
+            wait_ready(url, proc)
+            break
+        except AssertionError:
+            stop_server(proc)
+            if attempt:
+                raise
+    try:
+        yield {"url": url, "export": tiny_export}
+    finally:
+        stop_server(proc)
+
+
+def _load_client_example():
+    spec = importlib.util.spec_from_file_location("triton_client", REPO / "examples" / "triton_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLIENT = _load_client_example()
+
+
+def request(url, counts, tissues, seeds, indices, steps=None):
+    """One request on a client of its own (tritonclient's HTTP client is not thread-safe)."""
+    client = http.InferenceServerClient(url, network_timeout=300)
+    try:
+        return CLIENT.request_tiles(client, np.asarray(counts), tissues, np.asarray(seeds), np.asarray(indices),
+                                    steps)
+    finally:
+        client.close()
+
+
+def _manifest(export: Path) -> dict:
+    return json.loads((export / "manifest.json").read_text())["condition"]
+
+
+def test_concurrent_tiles_equal_hs_generate(server, tmp_path):
+    check_against_hs_generate(server["url"], server["export"], tmp_path)
+
+
+def check_against_hs_generate(url: str, export: Path, tmp_path: Path, steps: int | None = None) -> None:
+    """Concurrent requests for tiles 0..5 return exactly what hs-generate writes for them (``steps``: sent with
+    each request; None: the server's default, STEPS)."""
+    cond = _manifest(export)
+    counts = [min(1, m) for m in cond["count_max"]]
+    tissue = cond["tissue_names"][-1]
+    text = ",".join(f"{c}={n}" for c, n in zip(cond["class_names"], counts, strict=True))
+    n = 6
+    out = tmp_path / "gen"
+    result = run_cli("hs-generate", "--engine", str(export / "unet.onnx"), "--counts", text, "--tissue",
+                     tissue, "--n", str(n), "--steps", str(STEPS), "--batch", "3", "--seed", str(SEED), "--out",
+                     str(out))
+    assert result.returncode == 0, result.stderr
+    shard = Dataset.open(out).shards[0]
+    images, labels, expected_counts = shard.images(), shard.labels(), Dataset.open(out).counts()
+    # five one-tile requests and one two-tile request, all at once: the batcher mixes them
+    jobs = [([i], [i]) for i in range(4)] + [([4, 5], [4, 5])]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        replies = list(pool.map(lambda job: (job[1], request(url, [counts] * len(job[0]),
+                                                                [tissue] * len(job[0]), [SEED] * len(job[0]),
+                                                                job[0], steps)), jobs))
+    for indices, reply in replies:
+        for k, i in enumerate(indices):
+            np.testing.assert_array_equal(reply["image"][k], images[i])
+            np.testing.assert_array_equal(reply["instance"][k], labels[i][..., 0])
+            np.testing.assert_array_equal(reply["class"][k], labels[i][..., 1])
+            np.testing.assert_array_equal(reply["counts"][k], expected_counts[i])
+
+
+def test_batcher_puts_concurrent_requests_in_one_engine_batch(tiny_export):
+    """In process, no Triton: one-tile requests submitted together run as one engine batch."""
+    from histosmith.runtime.serving import DynamicBatcher, ServeDefaults, TileRenderer, TileRequest
+
+    renderer = TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS), threads=1)
+    batcher = DynamicBatcher(renderer, max_delay_s=0.5)
+    k = renderer.info.n_classes
+    requests = [[TileRequest(np.zeros(k, np.int64), 0, SEED, i, STEPS, 4.0)] for i in range(5)]
+    try:
+        futures = [batcher.submit(r) for r in requests]
+        tiles = [f.result(timeout=300)[0] for f in futures]
+    finally:
+        batcher.close()
+    assert max(batcher.batches) > 1, batcher.batches
+    alone = renderer.render([r[0] for r in requests[2:3]])[0]  # a batch of one: the same bytes
+    np.testing.assert_array_equal(alone.image, tiles[2].image)
+    np.testing.assert_array_equal(alone.instance, tiles[2].instance)
+
+
+def test_bad_requests_fail_alone_and_server_keeps_serving(server):
+    url = server["url"]
+    cond = _manifest(server["export"])
+    k, tissue = len(cond["class_names"]), cond["tissue_names"][0]
+    good = dict(counts=[[0] * k], tissues=[tissue], seeds=[1], indices=[0])
+    bad = {
+        "unknown tissue": dict(good, tissues=["no-such-tissue"]),
+        "wrong shape": dict(good, counts=[[0] * (k + 1)]),
+        "count out of range": dict(good, counts=[[m + 1 for m in cond["count_max"]]]),
+        "negative count": dict(good, counts=[[-1] * k]),
+    }
+    expected = {"unknown tissue": "unknown tissue", "wrong shape": "shape", "count out of range": "training range",
+                "negative count": "negative"}
+    with ThreadPoolExecutor(8) as pool:  # bad and good requests at the same time
+        futures = {name: pool.submit(request, url, **kw) for name, kw in bad.items()}
+        goods = [pool.submit(request, url, **dict(good, indices=[i])) for i in range(3)]
+        for name, future in futures.items():
+            with pytest.raises(Exception) as info:
+                future.result()
+            assert expected[name] in str(info.value), (name, str(info.value)[:500])
+        for future in goods:
+            assert future.result()["image"].shape[0] == 1
+    with pytest.raises(Exception, match="DDIM steps"):
+        request(url, **good, steps=0)
+    assert request(url, **good)["image"].dtype == np.uint8
+
+
+def test_port_in_use_is_one_error_line(tiny_export):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run_cli("hs-serve", "--export", str(tiny_export), "--port", str(port), timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: HTTP port") and "not available" in lines[0]
+
+
+def test_bad_export_is_one_error_line(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "unet.onnx").write_bytes(b"")
+    result = run_cli("hs-serve", "--export", str(tmp_path), "--port", str(free_ports(1)[0]), timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_triton_repo_layout(tiny_export, tmp_path):
+    repo = tmp_path / "repo"
+    result = run_cli("hs-export", "--out", str(tiny_export), "--triton-repo", str(repo), "--triton-max-batch", "8")
+    assert result.returncode == 0, result.stderr
+    model = repo / "histosmith"
+    assert sorted(p.name for p in (model / "1").iterdir()) == ["decoder.onnx", "manifest.json", "model.py",
+                                                                "unet.onnx"]
+    config = (model / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "max_batch_size: 8" in config and "dynamic_batching" in config
+    for name in ("counts", "tissue", "seed", "index", "steps", "guidance", "image", "instance", "class"):
+        assert f'name: "{name}"' in config
+    again = run_cli("hs-export", "--out", str(tiny_export), "--triton-repo", str(repo))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_triton_repo_on_tritonserver(tiny_export, tmp_path):
+    """The repository on the tritonserver binary PyTriton ships: Triton's dynamic batcher, per-request errors."""
+    repo = tmp_path / "repo"
+    assert run_cli("hs-export", "--out", str(tiny_export), "--triton-repo", str(repo)).returncode == 0
+    port, grpc, metrics = free_ports(3)
+    exe = Path(sys.executable).parent / "hs-serve"
+    proc = subprocess.Popen([str(exe), "--repo", str(repo), "--port", str(port), "--grpc-port", str(grpc),
+                             "--metrics-port", str(metrics)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        check_against_hs_generate(url, tiny_export, tmp_path, steps=STEPS)
+        k = len(_manifest(tiny_export)["class_names"])
+        with pytest.raises(Exception, match="unknown tissue"):
+            request(url, [[0] * k], ["no-such-tissue"], [1], [0], steps=STEPS)
+        assert request(url, [[0] * k], [_manifest(tiny_export)["tissue_names"][0]], [1], [0],
+                       steps=STEPS)["image"].shape[0] == 1
+    finally:
+        stop_server(proc)
