@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def _all_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` from every data-parallel rank in rank order (the one-process batch); ``x`` alone
+    outside torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 class VectorQuantizer(nn.Module):
@@ -75,8 +86,8 @@ class VectorQuantizer(nn.Module):
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
         idx = self.nearest(flat)
-        if self.training:
-            self._update(flat.detach().float(), idx)
+        if self.training:  # under torchrun: the whole global batch's vectors, so every rank's codebook agrees
+            self._update(_all_ranks(flat.detach().float()), _all_ranks(idx))
         zq = self.lookup(idx.reshape(b, h, w)).type_as(z)
         commitment = F.mse_loss(z, zq.detach())
         return z + (zq - z).detach(), idx.reshape(b, h, w), commitment

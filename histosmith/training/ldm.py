@@ -27,6 +27,7 @@ from histosmith.data.provenance import collect_records, training_record
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.runtime.schedule import ScheduleConfig, alphas_cumprod
+from histosmith.training import distributed
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_state, resolve
 from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import TileStore
@@ -146,6 +147,8 @@ class LDMStage:
             load_state(self.model, ckpt["model"], str(ctx.out / CHECKPOINT_FILE))
             load_state(self.ema.model, ckpt["ema"], str(ctx.out / CHECKPOINT_FILE))
             self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.part = ctx.dist.local_slice(cfg.batch_size)  # torchrun: this rank's part of the global batch
+        self.forward = distributed.wrap(self.model, ctx.dist, ctx.device)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         cfg, schedule, device = self.train_cfg, self.schedule, self.device
@@ -161,10 +164,13 @@ class LDMStage:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
         target = noise if schedule.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
         keep = torch.from_numpy((rng.random(b) >= cfg.cond_drop).astype(np.float32)).to(device)
+        # The whole global batch is drawn on every rank (same numbers as one process); each keeps its slice.
+        part = self.part
+        index, t, x_t, target, keep = index[part], t[part], x_t[part], target[part], keep[part]
         self.model.train()
         ctx = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with ctx:
-            pred = self.model(x_t, t, self.conditions[index], keep)
+            pred = self.forward(x_t, t, self.conditions[index], keep)
         per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
         loss = (self.loss_weight[t] * per_sample).mean()
         optimiser_step(self.optimizer, self.params, loss, step, cfg.lr, cfg.warmup_steps, cfg.max_steps,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from histosmith.data.atomic import write_text_atomic
 from histosmith.errors import HistoSmithError
+from histosmith.training.distributed import any_rank, mean_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class LogWriter:
 
     path: Path
     rows: list[dict[str, float | int]] = field(default_factory=list)
+    keep: bool = True  # False: rows are collected but never written (torchrun ranks other than 0)
+
+    @classmethod
+    def discard(cls) -> LogWriter:
+        return cls(Path("log.csv"), keep=False)
 
     @classmethod
     def resume(cls, path: Path, up_to_step: int) -> LogWriter:
@@ -85,7 +91,7 @@ class LogWriter:
         self.rows.append(row)
 
     def flush(self) -> None:
-        if not self.rows:
+        if not self.rows or not self.keep:
             return
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
@@ -184,17 +190,18 @@ def run_loop(
                 step += 1
                 bar.update(1)
                 if step % stage.log_every == 0 or step == stage.max_steps:
+                    losses = mean_over_ranks(losses)  # torchrun: the global batch's loss (all ranks, same steps)
                     values = {k: float(v) for k, v in losses.items()} | stage.log_extras()  # the host sync
                     log_writer.add({"step": step, **values, "seconds": time.monotonic() - started})
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(values.items())[:3]})
                 if step % stage.checkpoint_every == 0:
                     save(step)
                     log_writer.flush()
-                if stop.requested:
-                    interrupted = True
-                    break
-                if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-                    log.info("--max-minutes reached at step %d", step)
+                out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+                if any_rank(stop.requested or out_of_time):  # torchrun: every rank stops at the same step
+                    interrupted = stop.requested or not out_of_time
+                    if out_of_time:
+                        log.info("--max-minutes reached at step %d", step)
                     break
                 if stop_at_step is not None and step >= stop_at_step:
                     break

@@ -18,9 +18,11 @@ import torch
 
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
+from histosmith.training import distributed
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from histosmith.training.common import start_run, write_config_json
-from histosmith.training.loop import LogWriter, LoopResult, run_loop
+from histosmith.training.distributed import DistContext
+from histosmith.training.loop import LogWriter, LoopResult, pick_device, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class RunContext:
     seed: int
     device: torch.device
     amp: torch.dtype | None  # autocast dtype, None for fp32
+    dist: DistContext = DistContext()  # torchrun rank (one process: rank 0 of 1)
 
 
 class Stage(Protocol):
@@ -129,26 +132,39 @@ def run_directory(out: Path, resume: bool) -> Iterator[bool]:
 
 
 def train_stage(kind: str, out: Path, opts: RunOptions, build: Callable[[RunContext], Stage]) -> LoopResult:
-    """Train (or resume) one stage in ``out``: the template both ``hs-train`` stages share."""
-    with run_directory(out, opts.resume) as resuming:
+    """Train (or resume) one stage in ``out``: the template both ``hs-train`` stages share.
+
+    Under ``torchrun`` every rank runs this; rank 0 checks and owns the run directory, the others wait for
+    it (a failed check on rank 0 ends the job) and write nothing."""
+    dctx = distributed.from_environment()
+    owner = run_directory(out, opts.resume) if dctx.is_main else contextlib.nullcontext(opts.resume)
+    with owner as resuming:
+        if dctx.active:
+            distributed.start(dctx, pick_device(opts.device))  # join the group: the barrier needs it
+            dctx.barrier()  # rank 0 has checked (and made) the run directory
         checkpoint = load_checkpoint(out, kind) if resuming else None
         if checkpoint is not None:
             check_resume_overrides(checkpoint, opts)
         seed = int(checkpoint["seed"]) if checkpoint is not None else opts.seed
         device, amp = start_run(opts, seed)
-        stage = build(RunContext(out, opts, checkpoint, seed, device, amp))
+        device = distributed.start(dctx, device)
+        stage = build(RunContext(out, opts, checkpoint, seed, device, amp, dctx))
         start = 0
         if checkpoint is not None:
             set_rng_state(checkpoint["rng"])
             start = int(checkpoint["step"])
-        write_config_json(out, {"kind": kind, **stage.config_record(), "seed": seed})
-        log_writer = LogWriter.resume(out / "log.csv", start)
+        if dctx.is_main:
+            write_config_json(out, {"kind": kind, **stage.config_record(), "seed": seed})
+        log_writer = LogWriter.resume(out / "log.csv", start) if dctx.is_main else LogWriter.discard()
 
         def save(step: int) -> None:
-            save_checkpoint(out / CHECKPOINT_FILE, {"kind": kind, **stage.state(), "seed": seed, "step": step,
-                                                    "rng": rng_state()})
+            if dctx.is_main:
+                save_checkpoint(out / CHECKPOINT_FILE, {"kind": kind, **stage.state(), "seed": seed, "step": step,
+                                                        "rng": rng_state()})
 
         result = run_loop(stage, start_step=start, max_minutes=opts.max_minutes, save=save, log_writer=log_writer,
-                          stop_at_step=opts.stop_at_step, show_progress=opts.show_progress)
-        log_writer.plot(out / "loss.png", stage.title)
+                          stop_at_step=opts.stop_at_step, show_progress=opts.show_progress and dctx.is_main)
+        if dctx.is_main:
+            log_writer.plot(out / "loss.png", stage.title)
+        dctx.barrier()  # the checkpoint is on disk before any rank reports
         return result

@@ -13,8 +13,10 @@ import torch.nn.functional as F
 
 from histosmith.config import VQConfig, VQTrainConfig, from_dict, override, preset, to_dict, vq_config
 from histosmith.data.provenance import training_record
+from histosmith.errors import HistoSmithError
 from histosmith.models.discriminator import PatchDiscriminator
 from histosmith.models.vqvae import VQAutoencoder
+from histosmith.training import distributed
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_state
 from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import TileStore, split_input
@@ -43,7 +45,7 @@ def vq_losses(model: VQAutoencoder, x: torch.Tensor, cfg: VQTrainConfig) -> tupl
     loss = (cfg.l1_weight * terms["l1"] + cfg.mse_weight * terms["mse"] + cfg.ssim_weight * terms["ssim"]
             + cfg.distance_weight * terms["distance"]
             + cfg.ce_weight * terms["ce"] + cfg.tversky_weight * terms["tversky"]
-            + model.cfg.commitment * terms["commit"])
+            + distributed.unwrap(model).cfg.commitment * terms["commit"])
     return loss, terms, torch.cat([image, distance], dim=1)
 
 
@@ -85,6 +87,11 @@ class VQStage:
             if self.disc is not None and ckpt.get("discriminator"):
                 self.disc.load_state_dict(ckpt["discriminator"])
                 self.disc_opt.load_state_dict(ckpt["discriminator_optimizer"])
+        if self.disc is not None and ctx.dist.active:
+            raise HistoSmithError("torchrun training of the PatchGAN discriminator (configs with gan_start) is not "
+                                  "supported; run this config in one process")
+        self.part = ctx.dist.local_slice(cfg.batch_size)
+        self.forward = distributed.wrap(self.model, ctx.dist, ctx.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
@@ -94,11 +101,13 @@ class VQStage:
         rng = np.random.default_rng(step_seed(self.seed, step))
         torch.manual_seed(step_seed(self.seed, step, 1))
         index = rng.integers(0, len(self.store), cfg.batch_size)
-        x = self.store.inputs(index, rng.integers(0, 8, cfg.batch_size)).to(self.device, memory_format=self.layout)
+        flips = rng.integers(0, 8, cfg.batch_size)
+        part = self.part  # torchrun: every rank draws the global batch and keeps its slice
+        x = self.store.inputs(index[part], flips[part]).to(self.device, memory_format=self.layout)
         self.model.train()
         gan_on = self.disc is not None and step >= cfg.gan_start
         with self._autocast():
-            loss, terms, recon = vq_losses(self.model, x, cfg)
+            loss, terms, recon = vq_losses(self.forward, x, cfg)
             if gan_on:
                 terms["g_adv"] = hinge_g_loss(self.disc(recon).float())
                 loss = loss + cfg.gan_weight * terms["g_adv"]
