@@ -29,6 +29,7 @@ from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
+from histosmith.runtime.qc import QCTiles, sample_with_qc
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
@@ -47,6 +48,8 @@ class GenerationPlan:
     batch: int = 16
     shard_size: int | None = None  # None: about 128 MB of tiles per shard
     postprocess: PostprocessConfig = PostprocessConfig()
+    qc: float | None = None  # relative count tolerance (at least 1 nucleus); None: no QC (histosmith.runtime.qc)
+    qc_attempts: int = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
@@ -59,6 +62,10 @@ class GenerationPlan:
             raise HistoSmithError(f"--guidance {self.guidance}: must be a number in 0..100")
         if self.batch < 1 or (self.shard_size is not None and self.shard_size < 1):
             raise HistoSmithError("--batch and --shard-size must be at least 1")
+        if self.qc is not None and not (math.isfinite(self.qc) and 0.0 <= self.qc <= 10.0):
+            raise HistoSmithError(f"--qc {self.qc}: must be a relative tolerance in 0..10")
+        if not 1 <= self.qc_attempts <= 100:
+            raise HistoSmithError(f"--qc-attempts {self.qc_attempts}: must be in 1..100")
 
 
 def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable) -> dict[str, Any]:
@@ -66,7 +73,8 @@ def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: Cond
     return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
             "guidance": plan.guidance, "shard_size": plan.shard_size or default_shard_size(session.info.tile_size),
             "conditions": conditions.label, "conditions_digest": conditions.digest(), "model": session.model_id,
-            "postprocess": asdict(plan.postprocess)}
+            "postprocess": asdict(plan.postprocess)} | (
+                {"qc": plan.qc, "qc_attempts": plan.qc_attempts} if plan.qc is not None else {})
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -175,6 +183,13 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
         log.info("resuming at tile %d of %d", start, n)
     vectors = spec.vectors(conditions.counts, conditions.tissues)
     guidance_all = np.full(n, plan.guidance, dtype=np.float32)
+    def sample(index: np.ndarray, attempt: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic,
+                                         attempt)
+        decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
+        labels = decode_labels(decoded, spec.n_classes, plan.postprocess)
+        return [to_uint8(decoded.image[b]) for b in range(len(index))], labels
+
     started = time.monotonic()
     bar = tqdm(total=n, initial=start, desc=f"generate ({backend.name})", unit="tile", disable=not show_progress,
                dynamic_ncols=True)
@@ -183,10 +198,16 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
         while i < n:
             end = min(i + plan.batch, n, (i // shard_size + 1) * shard_size)  # never cross a shard boundary
             index = np.arange(i, end)
-            latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic)
-            decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
-            for b, labels in enumerate(decode_labels(decoded, spec.n_classes, plan.postprocess)):
-                writer.add(to_uint8(decoded.image[b]), labels, tile_row(info, conditions, plan.seed, int(index[b])))
+            if plan.qc is None:
+                tiles = QCTiles(*sample(index, 0), attempts=None, passed=None)
+            else:
+                tiles = sample_with_qc(sample, index, conditions.counts[index], spec.n_classes, info.count_margin,
+                                       plan.qc, plan.qc_attempts)
+            for b, (image, labels) in enumerate(zip(tiles.images, tiles.labels, strict=True)):
+                row = tile_row(info, conditions, plan.seed, int(index[b]))
+                if tiles.attempts is not None and tiles.passed is not None:
+                    row.update({"qc_attempts": int(tiles.attempts[b]), "qc_pass": int(tiles.passed[b])})
+                writer.add(image, labels, row)
             bar.update(len(index))
             i = end
     finally:
@@ -203,6 +224,7 @@ class ControlSummary:
     measured_mean: list[float]
     mae: list[float]
     pearson_r: list[float | None]  # None where the request did not vary
+    qc: dict[str, Any] | None = None  # with --qc: tiles, passed, acceptance, mean_attempts
 
     def format_table(self) -> str:
         lines = [f"{'class':<16}{'requested':>10}{'measured':>10}{'MAE':>8}{'r':>8}"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +36,25 @@ def plot_control(summary: ControlSummary, requested: np.ndarray, measured: np.nd
     save_figure(fig, path)
 
 
+def qc_summary(ds: Dataset) -> dict[str, float | int] | None:
+    """Acceptance of a ``--qc`` run from its patch_info rows (None for runs without QC)."""
+    rows = ds.patch_info()
+    if not rows or "qc_pass" not in rows[0]:
+        return None
+    passed = sum(int(r["qc_pass"]) for r in rows)
+    return {"tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
+            "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}
+
+
 def write_report(result: GenerationResult, class_names: list[str], preview_tiles: int = 64) -> ControlSummary:
     """``control.json`` + ``control.png`` (count control) and ``preview.png`` (contact sheet) in the run dir."""
-    summary = control_summary(class_names, result.requested, result.measured)
+    ds = Dataset.open(result.out)
+    summary = replace(control_summary(class_names, result.requested, result.measured), qc=qc_summary(ds))
     write_json_atomic(result.out / "control.json", {**asdict(summary), "n_tiles": result.n_tiles})
     if available("matplotlib"):
         plot_control(summary, result.requested, result.measured, result.out / "control.png")
     else:  # the lean runtime install has no matplotlib
         log.info("control.png skipped: matplotlib is not installed (the [train] extra); see control.json")
-    ds = Dataset.open(result.out)
     shard = ds.shards[0]
     take = min(preview_tiles, shard.n_tiles)
     images, labels = np.asarray(shard.images()[:take]), np.asarray(shard.labels()[:take])

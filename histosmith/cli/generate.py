@@ -34,9 +34,13 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool) -> None:
+        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
-                                  steps, eta, guidance, batch, shard_size, out, resume)
+                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts)
+    if qc is not None and ray_address is not None:
+        from histosmith.errors import HistoSmithError
+
+        raise HistoSmithError("--qc: not available with --ray yet (the Ray workers sample each tile once)")
     from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report

@@ -34,6 +34,10 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch."),
         click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per output shard."),
         click.option("--resume", is_flag=True, help="Finish an interrupted run in --out."),
+        click.option("--qc", type=click.FloatRange(0, 10), default=None,
+                     help="Resample a tile unless every class count is within max(1 nucleus, QC x requested)."),
+        click.option("--qc-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+                     help="Samples per tile at most with --qc (the best is kept when none passes)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -42,14 +46,16 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
-                  guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool) -> tuple[Any, Any]:
+                  guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
+                  qc: float | None = None, qc_attempts: int = 3) -> tuple[Any, Any]:
     """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
-    plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size)
+    plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size,
+                          qc=qc, qc_attempts=qc_attempts)
     check_output_dir(out, resume)
     return request, plan
 
@@ -59,6 +65,10 @@ def echo_result(result: Any, summary: Any) -> None:
     click.echo(f"wrote {result.n_tiles} tiles to {result.out} ({result.generated} new, {rate:.2f} tiles/s)")
     click.echo("requested vs measured nuclei per tile:")
     click.echo(summary.format_table())
+    qc = summary.qc
+    if qc:
+        click.echo(f"QC: {qc['passed']} of {qc['tiles']} tiles within tolerance, {qc['mean_attempts']:.2f} samples "
+                   "per tile on average")
     control = result.out / "control.png"
     click.echo(f"contact sheet: {result.out / 'preview.png'}   count control: "
                f"{control if control.exists() else result.out / 'control.json'}")

@@ -21,9 +21,9 @@ from histosmith.cli.generation import echo_result, generation_options, parse_req
 def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile_modules: bool, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool) -> None:
+        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
-                                  steps, eta, guidance, batch, shard_size, out, resume)
+                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():
