@@ -19,6 +19,7 @@ gets one ``Cast`` for its fp16 readers; initialisers left without readers are dr
 from __future__ import annotations
 
 import logging
+import warnings
 
 import onnx
 from onnx import TensorProto, helper
@@ -192,8 +193,16 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS,
     _split_shared_initializers(model, blocked, blocked_ops)
     del model.graph.value_info[:]
     float_outputs = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == FLOAT}
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops),
-                                         node_block_list=sorted(blocked))
+    # The converter warns once per weight it clamps into fp16's range (|w| < 1e-7 or > 65504); such tiny
+    # weights are expected and harmless, so they are counted here instead of flooding the console.
+    with warnings.catch_warnings(record=True) as clamped:
+        warnings.simplefilter("always")
+        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops),
+                                             node_block_list=sorted(blocked))
+    for w in clamped:
+        if "will be truncated" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    log.debug("fp16 conversion: %d weights clamped into the fp16 range", len(clamped))
     _restore_float32_outputs(converted, float_outputs)
     _drop_round_trips(converted)
     dropped = remove_unused_initializers(converted)

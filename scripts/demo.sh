@@ -35,7 +35,7 @@ echo "== 4/6 sample 64 tiles across both tissues (torch reference sampler) =="
 rm -rf "$out/samples"
 "$bin/hs-sample" --checkpoint "$out/ldm" --n 64 --from-dataset --seed 0 --guidance 4 --out "$out/samples"; stamp
 
-echo "== 5/6 export to ONNX (fp32, fp16) + TorchScript; TensorRT build script =="
+echo "== 5/6 export to ONNX (fp32, fp16) + torch.export programs; TensorRT build script =="
 "$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"
 "$bin/hs-export" --out "$out/export" --trt 2>/dev/null || echo "   (no TensorRT here: wrote $out/export/build_engines.sh for the target)"
 stamp
@@ -60,7 +60,7 @@ dataset        $out/data            (chart $out/data_info.png)
 autoencoder    $out/vqvae           (curves $out/vqvae/loss.png, held-out metrics $out/vqvae_eval.json)
 generator      $out/ldm             (curves $out/ldm/loss.png)
 samples        $out/samples         (contact sheet $out/samples/preview.png, counts $out/samples/control.png)
-export         $out/export          (manifest.json, unet.onnx, decoder.onnx, fp16 and TorchScript variants)
+export         $out/export          (manifest.json, unet.onnx, decoder.onnx, fp16 and torch.export variants)
 generated      $out/generated       (ONNX Runtime; contact sheet preview.png, counts control.png)
 results        $results  (copies of the files the README cites)
 MSG
