@@ -48,6 +48,13 @@ def test_two_processes_match_one(synthetic_dir, tmp_path):
     # rank 0 alone wrote the run directory
     names = [sorted(p.name for p in (tmp_path / run).iterdir()) for run in ("ldm1", "ldm2")]
     assert names[0] == names[1]
+    # stopped after 5 steps and resumed under torchrun: the losses of the uninterrupted 2-process run
+    resumed = tmp_path / "ldm2r"
+    base = ["ldm", "--vqvae", str(tmp_path / "vq1"), "--data", str(synthetic_dir), "--batch-size", "8",
+            "--out", str(resumed)]
+    _train([*base, "--config", "tiny", "--max-steps", "5"], 2)
+    _train([*base, "--resume", "--max-steps", "10"], 2)
+    assert _losses(resumed) == pytest.approx(_losses(tmp_path / "ldm2"), rel=1e-5)
 
 
 def test_global_batch_must_split_evenly(synthetic_dir, tmp_path):
