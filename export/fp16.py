@@ -71,13 +71,13 @@ def before_first_conv(model: onnx.ModelProto) -> list[str]:
 def _ancestors(model: onnx.ModelProto, ops: frozenset[str]) -> set[str]:
     """Names of the nodes that feed (transitively) a node whose op is in ``ops``."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    todo = [i for n in model.graph.node if n.op_type in ops for i in n.input]
+    pending = [i for n in model.graph.node if n.op_type in ops for i in n.input]
     seen: set[str] = set()
-    while todo:
-        node = producers.get(todo.pop())
+    while pending:
+        node = producers.get(pending.pop())
         if node is not None and node.name not in seen:
             seen.add(node.name)
-            todo.extend(node.input)
+            pending.extend(node.input)
     return seen
 
 

@@ -48,14 +48,14 @@ def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, 
     error = np.abs(counts - requested).sum(1)
     used = np.ones(len(indices), dtype=np.int64)
     for attempt in range(1, attempts):
-        todo = np.flatnonzero(~passed)
-        if len(todo) == 0:
+        pending = np.flatnonzero(~passed)
+        if len(pending) == 0:
             break
-        new_images, new_labels = sample(indices[todo], attempt)
+        new_images, new_labels = sample(indices[pending], attempt)
         new_counts = measure(new_labels)
-        ok = within_tolerance(requested[todo], new_counts, tol)
-        new_error = np.abs(new_counts - requested[todo]).sum(1)
-        for j, t in enumerate(todo):
+        ok = within_tolerance(requested[pending], new_counts, tol)
+        new_error = np.abs(new_counts - requested[pending]).sum(1)
+        for j, t in enumerate(pending):
             used[t] = attempt + 1
             if ok[j] or new_error[j] < error[t]:
                 images[t], labels[t], error[t], passed[t] = new_images[j], new_labels[j], new_error[j], ok[j]

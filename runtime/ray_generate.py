@@ -125,23 +125,23 @@ def generate_on_ray(engine: Path, plan: GenerationPlan, record: dict, meta: Data
 
     n, size = record["n"], record["shard_size"]
     shards = [(k, k * size, min((k + 1) * size, n)) for k in range((n + size - 1) // size)]
-    todo = [s for s in shards if not (out / shard_name(s[0])).exists()]
-    done = sum(end - start for _, start, end in shards) - sum(end - start for _, start, end in todo)
+    pending = [s for s in shards if not (out / shard_name(s[0])).exists()]
+    done = sum(end - start for _, start, end in shards) - sum(end - start for _, start, end in pending)
     if done:
-        log.info("resuming: %d of %d shards already on disk", len(shards) - len(todo), len(shards))
+        log.info("resuming: %d of %d shards already on disk", len(shards) - len(pending), len(shards))
     started = time.monotonic()
-    if todo:
+    if pending:
         connect(options.address, options.workers, options.cpus_per_worker)
         remote = ray.remote(num_cpus=options.cpus_per_worker, max_restarts=-1, max_task_retries=-1)(ShardWorker)
         actors = [remote.remote(str(engine), plan.steps, plan.eta, plan.batch, options.device, options.threads,
                                 options.fault_shard, options.fault_marker)
-                  for _ in range(min(options.workers, len(todo)))]
+                  for _ in range(min(options.workers, len(pending)))]
         table_ref = ray.put(table)
         pool = ActorPool(actors)
         jobs = pool.map_unordered(
             lambda actor, s: actor.make_shard.remote(str(out), s[0], s[1], s[2], table_ref, plan.seed, plan.guidance),
-            todo)
-        sizes = {k: end - start for k, start, end in todo}
+            pending)
+        sizes = {k: end - start for k, start, end in pending}
         with tqdm(total=n, initial=done, desc=f"generate (ray, {len(actors)} workers)", unit="tile",
                   disable=not show_progress, dynamic_ncols=True) as bar:
             for shard in jobs:
