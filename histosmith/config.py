@@ -1,8 +1,10 @@
 """Model and training configs: one dataclass per model, saved in every checkpoint and manifest.
 
 Presets (DESIGN §3): ``tiny`` for unit tests (seconds), ``small`` for the CPU demo (64 px tiles, minutes
-on 2 cores), ``paper`` for GPU training (256 px tiles, f = 4, 64x64x3 latents, codebook 8192, U-Net
-~200 base channels). Data-dependent fields (classes, tissues, tile size) are filled from the dataset.
+on 2 cores), ``reference`` for the reference example model (``make reference``: the small networks, the
+count condition also as cross-attention tokens, about three times the demo's steps; under an hour),
+``paper`` for GPU training (256 px tiles, f = 4, 64x64x3 latents, codebook 8192, U-Net ~200 base
+channels). Data-dependent fields (classes, tissues, tile size) are filled from the dataset.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any, Literal, TypeVar
 from histosmith.errors import HistoSmithError
 from histosmith.runtime.schedule import ScheduleConfig
 
-PresetName = Literal["tiny", "small", "paper"]
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
+PresetName = Literal["tiny", "small", "reference", "paper"]
+PRESETS: tuple[str, ...] = ("tiny", "small", "reference", "paper")
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,17 @@ _PRESETS: dict[str, Preset] = {
                                checkpoint_every=260),
         ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=1500, warmup_steps=50, ema_decay=0.995,
                                  log_every=25, checkpoint_every=250),
+    ),
+    "reference": Preset(
+        vq=dict(base_channels=32, channel_mult=(1, 2, 2), n_res_blocks=1, codebook_size=1024, latent_channels=4,
+                norm_groups=16, head_channels=32),
+        unet=dict(base_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1, attention_levels=(1, 2),
+                  head_channels=32, norm_groups=16, cross_attention=True),
+        # About 15 + 35 minutes on 2 idle cores with bf16 autocast (scripts/reference.sh).
+        vq_train=VQTrainConfig(batch_size=12, lr=8e-4, max_steps=4000, warmup_steps=50, log_every=25,
+                               checkpoint_every=400),
+        ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=6000, warmup_steps=100, ema_decay=0.999,
+                                 log_every=50, checkpoint_every=500),
     ),
     "paper": Preset(
         vq=dict(base_channels=128, channel_mult=(1, 2, 4), n_res_blocks=2, mid_attention=True, codebook_size=8192,

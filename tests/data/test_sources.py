@@ -179,3 +179,32 @@ def test_example_source_from_the_wheel(tmp_path):
     assert (ds.counts().sum(0) > 300).all()  # every class is present in numbers
     images = np.concatenate([imgs for _, imgs, _ in ds.iter_shards()])
     assert 100 < images.mean() < 230  # real stained tissue, not blank
+
+
+@pytest.mark.network
+def test_example_stride_keeps_the_held_out_band(tmp_path):
+    """A smaller --stride gives more, overlapping training windows, never reaching into the val band, and
+    the very same 66 val tiles."""
+    try:
+        prepare("example", None, tmp_path / "grid", show_progress=False)
+        prepare("example", None, tmp_path / "s32", stride=32, show_progress=False)
+    except HistoSmithError as exc:  # pragma: no cover - only without PyPI and without a cache
+        if "downloading" in str(exc):
+            pytest.skip(f"example wheel not reachable: {exc}")
+        raise
+
+    def split(path):
+        ds = Dataset.open(path)
+        rows = ds.patch_info()
+        images = np.concatenate([imgs for _, imgs, _ in ds.iter_shards()])
+        val = [i for i, r in enumerate(rows) if r["split"] == "val"]
+        return rows, images, val
+
+    rows, images, val = split(tmp_path / "grid")
+    rows32, images32, val32 = split(tmp_path / "s32")
+    assert len(val32) == 66 and len(rows32) - 66 == 2 * 15 * 22  # y 0..448, x 0..672, step 32
+    assert [rows[i]["patch_info"] for i in val] == [rows32[i]["patch_info"] for i in val32]
+    assert np.array_equal(images[val], images32[val32])
+    band = {r["tissue"]: min(int(r["y"]) for r in rows if r["split"] == "val") for r in rows}
+    assert set(band.values()) == {512}
+    assert all(int(r["y"]) + 64 <= band[r["tissue"]] for r in rows32 if r["split"] == "train")

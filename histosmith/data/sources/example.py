@@ -36,8 +36,8 @@ TISSUE_NAMES = ["tumour_nest", "stroma"]
 NEST_TYPE_TO_CLASS = np.array([0, 3, 2, 1], dtype=np.int32)
 DATA = "histolytics/data/"
 LICENCE = "BSD-3-Clause (histolytics 0.3.0, Copyright (c) 2024-2025, HautaniemiLab)"
-# Held out of every training (generator and downstream segmenter): the bottom VAL_ROWS tile rows of each
-# crop, a contiguous band (66 tiles at the default tiling), so held-out tiles share no pixels with training.
+# Held out of every training (generator and downstream segmenter): the bottom VAL_ROWS rows of whole tiles of
+# each crop, a contiguous band (66 tiles), so held-out tiles share no pixels with training at any stride.
 VAL_ROWS = 3
 
 
@@ -122,19 +122,33 @@ def load_example_images(wheel: Path) -> list[tuple[str, np.ndarray, np.ndarray]]
     return [("tumour_nest", nest, nest_labels), ("stroma", stroma, stroma_labels)]
 
 
+def held_out_from(height: int, size: int) -> int:
+    """First row (output pixels) of the held-out band: the last ``VAL_ROWS`` rows of the ``size`` grid."""
+    return (height // size - VAL_ROWS) * size
+
+
 def example_source(tiling: Tiling | None = None, cache: Path | None = None) -> Source:
-    """The example set: default 64 px tiles after a 2x downscale; the last ``VAL_ROWS`` tile rows of each
-    image are ``val`` (66 of 242 tiles), the rest ``train``."""
+    """The example set: default 64 px tiles after a 2x downscale. The held-out band of each image (its last
+    ``VAL_ROWS`` rows of whole, non-overlapping tiles: 66 ``val`` tiles in all) is fixed in pixels, so it is
+    the same at every ``--stride``; ``train`` tiles are cut every ``stride`` px from the region above it and
+    never reach into it (a smaller stride: more, overlapping training windows; no shared pixels with val)."""
     tiling = tiling or Tiling(tile_size=64, downscale=2)
     images = load_example_images(fetch_wheel(cache))
+    size = tiling.output_size(1500)
+    grid = Tiling(tiling.tile_size, None, tiling.downscale)
 
     def tiles() -> Iterator[Tile]:
         for tissue, image, labels in images:
-            batch = list(cut_tiles(image, labels, tiling, f"hgsc_{tissue}", {"tissue": tissue}, len(CLASS_NAMES)))
-            held_out = sorted({t.info["y"] for t in batch})[-VAL_ROWS:]
-            for tile in batch:
-                tile.info["split"] = "val" if tile.info["y"] in held_out else "train"
-                yield tile
+            info = {"tissue": tissue}
+            band = held_out_from(image.shape[0] // tiling.downscale, size)
+            for tile in cut_tiles(image, labels, tiling, f"hgsc_{tissue}", info, len(CLASS_NAMES)):
+                if tile.info["y"] + size <= band:
+                    tile.info["split"] = "train"
+                    yield tile
+            for tile in cut_tiles(image, labels, grid, f"hgsc_{tissue}", info, len(CLASS_NAMES)):
+                if tile.info["y"] >= band:
+                    tile.info["split"] = "val"
+                    yield tile
 
     return Source(
         class_names=list(CLASS_NAMES),
