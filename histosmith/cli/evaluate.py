@@ -194,7 +194,7 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
 @click.option("--real", type=click.Path(path_type=Path), required=True, help="Real dataset.")
 @click.option("--generated", type=click.Path(path_type=Path), required=True, help="Generated dataset.")
 @click.option("--max-tiles", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Tiles read from each dataset (the first ones).")
+              help="Tiles read from each dataset (spread evenly over it).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for realism.json and realism.png (created).")
 def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path) -> None:

@@ -59,17 +59,24 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, tabl
         table.values["hematoxylin_od"].append(float(region.intensity_mean))
 
 
+def spread(n: int, max_tiles: int) -> np.ndarray:
+    """Indices of at most ``max_tiles`` of ``n`` tiles, evenly spaced over the whole dataset (datasets are
+    written tissue by tissue: the first tiles alone would all be one tissue)."""
+    return np.unique(np.linspace(0, n - 1, min(n, max_tiles)).round().astype(np.int64)) if n else np.zeros(0, int)
+
+
 def collect(dataset: Dataset, max_tiles: int) -> tuple[NucleusTable, np.ndarray]:
-    """Features of the nuclei of the first ``max_tiles`` tiles and their per-tile counts (N, K)."""
+    """Features of the nuclei of ``max_tiles`` tiles spread over the dataset and their per-tile counts (N, K)."""
     table = NucleusTable()
-    seen = 0
+    chosen = spread(len(dataset), max_tiles)
+    keep = set(chosen.tolist())
+    index = 0
     for _, images, labels in dataset.iter_shards():
         for b in range(len(images)):
-            if seen >= max_tiles:
-                break
-            nucleus_features(images[b], labels[b], dataset.meta.n_classes, table)
-            seen += 1
-    return table, tile_counts(dataset)[:seen]
+            if index in keep:
+                nucleus_features(images[b], labels[b], dataset.meta.n_classes, table)
+            index += 1
+    return table, tile_counts(dataset)[chosen]
 
 
 def _stats(values: np.ndarray) -> dict[str, float | int | None]:

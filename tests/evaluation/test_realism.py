@@ -67,3 +67,11 @@ def test_realism_command(tmp_path):
     res = run_cli("hs-eval", "realism", "--real", str(real), "--generated", str(other), "--out", str(tmp_path / "p"))
     assert res.returncode == 2 and res.stderr.startswith("error:") and "differ" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+def test_tiles_are_spread_over_the_dataset():
+    from histosmith.evaluation.realism import spread
+
+    assert spread(10, 3).tolist() == [0, 4, 9]  # first, middle, last: both tissues of a two-tissue set
+    assert spread(2, 5).tolist() == [0, 1]
+    assert spread(0, 5).tolist() == []

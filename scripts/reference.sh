@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The reference example model (`make reference`, under an hour on 2 cores): the example data cut every
+# 16 px (2,494 overlapping training windows above the same 66-tile held-out band), the `reference` preset
+# (the demo's networks, the count condition also as cross-attention tokens, about three times the steps),
+# exported, then its count control, QC and realism reports. Safe to rerun: finished stages are kept,
+# interrupted training resumes from its checkpoint.
+set -euo pipefail
+out=${1:-runs/reference}
+results=${REFERENCE_RESULTS:-docs/results/reference}  # the files the README cites (committed)
+vq_minutes=${REFERENCE_VQ_MINUTES:-16}
+ldm_minutes=${REFERENCE_LDM_MINUTES:-36}
+guidance=${REFERENCE_GUIDANCE:-4}
+bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
+mkdir -p "$out"
+start=$(date +%s)
+stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
+
+echo "== 1/6 example data, training windows every 16 px =="
+[ -f "$out/data/meta.json" ] || "$bin/hs-data" prepare --source example --stride 16 --out "$out/data"
+"$bin/hs-data" info "$out/data" --plot "$out/data_info.png" > "$out/data_info.txt"; stamp
+
+train() {  # stage, run dir, minutes, extra args...
+  local stage=$1 run=$2 minutes=$3; shift 3
+  if [ -f "$run/checkpoint.pt" ]; then
+    "$bin/hs-train" "$stage" --resume --data "$out/data" --out "$run" --max-minutes "$minutes" "$@"
+  else
+    "$bin/hs-train" "$stage" --data "$out/data" --config reference --out "$run" --max-minutes "$minutes" "$@"
+  fi
+}
+
+echo "== 2/6 stage 1: VQ autoencoder (reference preset) =="
+train vqvae "$out/vqvae" "$vq_minutes"; stamp
+"$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"; stamp
+
+echo "== 3/6 stage 2: conditional latent U-Net with count tokens (reference preset) =="
+train ldm "$out/ldm" "$ldm_minutes" --vqvae "$out/vqvae"; stamp
+
+echo "== 4/6 export (ONNX fp32/fp16, torch.export programs) =="
+"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"; stamp
+
+echo "== 5/6 count control: per-class sweep, tissue classifier, QC (guidance $guidance) =="
+rm -rf "$out/control"
+"$bin/hs-eval" control --engine "$out/export/unet.onnx" --data "$out/data" --levels 6 --tiles-per-level 4 \
+  --steps 50 --guidance "$guidance" --qc 0.2 --qc-attempts 4 --out "$out/control"; stamp
+
+echo "== 6/6 realism: 200 tiles with the real tiles' own conditions vs the held-out real tiles =="
+rm -rf "$out/samples"
+"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 200 --from-dataset "$out/data" --seed 0 \
+  --guidance "$guidance" --out "$out/samples"
+rm -rf "$out/realism"
+"$bin/hs-eval" realism --real "$out/data" --generated "$out/samples" --out "$out/realism"; stamp
+
+mkdir -p "$results"
+cp "$out/data_info.txt" "$out/data_info.png" "$out/vqvae_eval.json" "$out/ldm/loss.png" "$results/"
+cp "$out/control/control.json" "$out/control/control.md" "$out/control/"*.png "$results/"
+cp "$out/realism/realism.json" "$out/realism/realism.png" "$results/"
+cp "$out/samples/preview.png" "$results/samples_preview.png"
+echo "   [$(( $(date +%s) - start ))s in all]" > "$results/reference_time.txt"
+echo "report: $results/control.md, $results/realism.json"
