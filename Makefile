@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= runs/demo
 DOWNSTREAM ?= runs/downstream
+REFERENCE ?= runs/reference
 
-.PHONY: demo downstream test install lint ci clean
+.PHONY: demo downstream reference test install lint ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ demo: install
 # After `make demo`: does the synthetic data help a downstream segmenter? (docs/results/downstream/)
 downstream: install
 	bash scripts/downstream.sh $(DEMO) $(DOWNSTREAM)
+
+# The reference example model (under an hour on 2 cores) and its count-control / realism reports.
+reference: install
+	bash scripts/reference.sh $(REFERENCE)
 
 test: install
 	$(BIN)/python -m pytest -q
