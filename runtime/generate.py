@@ -23,13 +23,14 @@ from histosmith.data.atomic import describe_os_error, read_json_object, write_js
 from histosmith.data.layout import default_shard_size
 from histosmith.data.meta import DatasetMeta
 from histosmith.data.provenance import PROVENANCE_KEY
+from histosmith.data.reader import Dataset
 from histosmith.data.writer import DatasetWriter
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
-from histosmith.runtime.qc import QCTiles, sample_with_qc
+from histosmith.runtime.qc import QCTiles, qc_result, sample_with_qc
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
@@ -143,6 +144,14 @@ def begin_output(session: GeneratorSession, plan: GenerationPlan, record: dict[s
     )
 
 
+def record_qc_result(out: Path) -> None:
+    """Add ``qc_result`` (tiles, passed, acceptance, mean attempts) to a finished run's ``generation.json``,
+    computed from every tile on disk, so a resumed run reports the whole dataset. Not a setting: ``--resume``
+    compares only the keys of :func:`run_record`."""
+    path = out / PLAN_FILE
+    write_json_atomic(path, read_json_object(path) | {"qc_result": qc_result(Dataset.open(out))})
+
+
 def tile_row(info: Any, conditions: ConditionTable, seed: int, tile: int) -> dict[str, Any]:
     """The patch_info row of generated tile ``tile``."""
     spec = info.spec
@@ -213,6 +222,8 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     finally:
         bar.close()  # before any error line, so it is not glued to the bar
     writer.close()
+    if plan.qc is not None:
+        record_qc_result(out)
     seconds = time.monotonic() - started
     return GenerationResult(out, n, n - start, seconds, conditions.counts, writer.counts())
 

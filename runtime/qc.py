@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from histosmith.data.labels import count_nuclei
+from histosmith.data.reader import Dataset
 
 # sample(indices, attempt) -> (images (H, W, 3) uint8, labels (H, W, 2)) per tile
 Sampler = Callable[[np.ndarray, int], tuple[list[np.ndarray], list[np.ndarray]]]
@@ -60,3 +61,14 @@ def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, 
             if ok[j] or new_error[j] < error[t]:
                 images[t], labels[t], error[t], passed[t] = new_images[j], new_labels[j], new_error[j], ok[j]
     return QCTiles(images, labels, used, passed)
+
+
+def qc_result(ds: Dataset) -> dict[str, float | int] | None:
+    """Acceptance of a QC run, from the patch_info rows of every tile on disk (so a resumed run counts the
+    tiles of its earlier processes too); None for a run without QC."""
+    rows = ds.patch_info()
+    if not rows or "qc_pass" not in rows[0]:
+        return None
+    passed = sum(int(r["qc_pass"]) for r in rows)
+    return {"tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
+            "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}

@@ -13,6 +13,7 @@ from histosmith.data.reader import Dataset
 from histosmith.extras import available
 from histosmith.runtime.generate import ControlSummary, GenerationResult, control_summary
 from histosmith.runtime.preview import contact_sheet, save_png
+from histosmith.runtime.qc import qc_result
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,10 @@ def plot_control(summary: ControlSummary, requested: np.ndarray, measured: np.nd
     save_figure(fig, path)
 
 
-def qc_summary(ds: Dataset) -> dict[str, float | int] | None:
-    """Acceptance of a ``--qc`` run from its patch_info rows (None for runs without QC)."""
-    rows = ds.patch_info()
-    if not rows or "qc_pass" not in rows[0]:
-        return None
-    passed = sum(int(r["qc_pass"]) for r in rows)
-    return {"tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
-            "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}
-
-
 def write_report(result: GenerationResult, class_names: list[str], preview_tiles: int = 64) -> ControlSummary:
     """``control.json`` + ``control.png`` (count control) and ``preview.png`` (contact sheet) in the run dir."""
     ds = Dataset.open(result.out)
-    summary = replace(control_summary(class_names, result.requested, result.measured), qc=qc_summary(ds))
+    summary = replace(control_summary(class_names, result.requested, result.measured), qc=qc_result(ds))
     write_json_atomic(result.out / "control.json", {**asdict(summary), "n_tiles": result.n_tiles})
     if available("matplotlib"):
         plot_control(summary, result.requested, result.measured, result.out / "control.png")

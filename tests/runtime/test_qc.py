@@ -1,5 +1,6 @@
 """--qc: the tolerance rule, attempt seeds, batch independence and byte-identical resume with QC."""
 
+import json
 import shutil
 
 import numpy as np
@@ -85,10 +86,16 @@ def test_qc_run_is_batch_independent_and_resumes_byte_identical(tiny_runs, tmp_p
     attempts = [r["qc_attempts"] for r in rows]
     assert set(attempts) <= {"1", "2"} and "2" in attempts  # the tiny model misses often: retries happened
     assert all(r["qc_pass"] in ("0", "1") for r in rows)
+    result = json.loads((tmp_path / "a" / "generation.json").read_text())["qc_result"]
+    passed = sum(r["qc_pass"] == "1" for r in rows)
+    assert result == {"tiles": 6, "passed": passed, "acceptance": passed / 6,
+                      "mean_attempts": sum(map(int, attempts)) / 6}
     shutil.rmtree(tmp_path / "b" / "shard-00001")
-    run(tmp_path / "b", 2, resume=True)
+    assert run(tmp_path / "b", 2, resume=True).generated == 3
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    # The resumed process made 3 tiles; generation.json reports all 6 on disk, as the uninterrupted run does.
+    assert json.loads((tmp_path / "b" / "generation.json").read_text())["qc_result"] == result
 
 
 def test_qc_plan_and_options_refuse_bad_values(tmp_path):
