@@ -52,55 +52,82 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _per_tissue_lines(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Per tissue", "",
+             "| class | tissue | trained range | region | n | r | slope | MAE | BA bias | saturation point |",
+             "|---" * 10 + "|"]
+    for e in report["classes"]:
+        for tissue, t in e["per_tissue"].items():
+            if not t["swept"]:
+                lines.append(_row([e["class"], tissue, "none", t["note"], 0, "", "", "", "", ""]))
+                continue
+            for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
+                a = t[region]
+                lines.append(_row([e["class"], tissue, f"0..{t['training_max']}", label, a["n"],
+                                   _num(a.get("r"), ".3f"), _num(a.get("slope")), _num(a.get("mae")),
+                                   _num(a.get("bias")), _saturation(t["saturation_point"])]))
+    lines += ["", "## Mean measured count per requested level", "",
+              "| class | tissue | level | region | n | mean | sd |", "|---" * 7 + "|"]
+    for e in report["classes"]:
+        for tissue, t in e["per_tissue"].items():
+            for p in t.get("levels", []):
+                region = "EXTRAPOLATION" if p["extrapolated"] else "in range"
+                lines.append(f"| {e['class']} | {tissue} | {p['level']} | {region} | {p['n']} | {p['mean']:.2f} | "
+                             f"{p['sd']:.2f} |")
+    return lines
+
+
+def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
+    """The tissue-collapse section (a tissue classifier trained on real tiles, applied to the sweep's tiles)."""
+    lines = ["## Tissue collapse", ""]
+    if collapse is None:
+        return lines + ["Not measured: pass `--data REAL_DATASET` to train a tissue classifier on the real tiles and "
+                        "apply it to the generated ones.", ""]
+    return lines
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The human-readable report; extrapolation rows carry the word in every table."""
     lines = ["# Count control", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     lines += [f"Model: {report.get('model', '')}. {report['n_tiles']} tiles, {report['n_extrapolated_tiles']} of "
-              f"them in the extrapolation region (above the training maximum). Other classes held at the training "
-              f"median per tissue: {report['held_at_median']}. Counting margin {report['count_margin']} px.", "",
-              "## Per class (all tissues)", "",
+              f"them in the extrapolation region. The trained range is per tissue: a class is swept from 0 to its "
+              f"largest count among the training tiles of that tissue ({report['training_max_per_tissue']}), "
+              f"then at 1.25x and 1.5x of that maximum (EXTRAPOLATION); a class that never occurs in a tissue's "
+              f"training tiles is not swept there. Other classes held at the training median per tissue: "
+              f"{report['held_at_median']}. Counting margin {report['count_margin']} px.", "",
+              "## Per class (tissues pooled)", "",
               "| class | region | n | r | slope | intercept | MAE | BA bias | BA 95% limits | saturation point |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for e in report["classes"]:
-        for region, label in (("in_range", f"0..{e['training_max']}"), ("extrapolation", "EXTRAPOLATION")):
+        for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
             a = e[region]
             cells = [e["class"], label, a["n"], _num(a.get("r"), ".3f"), _num(a.get("slope")),
                      _num(a.get("intercept")), _num(a.get("mae")), _num(a.get("bias")),
                      f"{_num(a.get('loa_low'))} .. {_num(a.get('loa_high'))}", _saturation(e["saturation_point"])]
             lines.append(_row(cells))
-    lines += ["", "## Per tissue (in range)", "",
-              "| class | tissue | n | r | slope | MAE | BA bias | saturation point |", "|---" * 8 + "|"]
-    for e in report["classes"]:
-        for tissue, t in e["per_tissue"].items():
-            a = t["in_range"]
-            lines.append(_row([e["class"], tissue, a["n"], _num(a.get("r"), ".3f"), _num(a.get("slope")),
-                               _num(a.get("mae")), _num(a.get("bias")), _saturation(t["saturation_point"])]))
-    lines += ["", "## Mean measured count per requested level", "",
-              "| class | level | region | n | mean | sd |", "|---|---|---|---|---|---|"]
-    for e in report["classes"]:
-        for p in e["levels"]:
-            region = "EXTRAPOLATION" if p["extrapolated"] else "in range"
-            lines.append(f"| {e['class']} | {p['level']} | {region} | {p['n']} | {p['mean']:.2f} | {p['sd']:.2f} |")
+    lines += _per_tissue_lines(report)
     names = report["class_names"]
     lines += ["", "## Override", "",
               "Slope of each measured class (columns) against the requested count of the swept class (rows), "
-              "in range. Ideal: 1 on the diagonal, 0 elsewhere; a large off-diagonal value means asking for one "
-              "class produces another.", "", "| asked for \\ measured | " + " | ".join(names) + " |",
+              "in range, within tissue (one intercept per tissue). Ideal: 1 on the diagonal, 0 elsewhere; a large "
+              "off-diagonal value means asking for one class produces another.", "",
+              "| asked for \\ measured | " + " | ".join(names) + " |",
               "|---" * (len(names) + 1) + "|"]
     for name, row in zip(names, report["override"]["slopes"], strict=True):
         lines.append(f"| {name} | " + " | ".join(_num(v) for v in row) + " |")
-    lines += ["", "Class shares at the training maximum of the swept class (requested -> measured):", "",
-              "| asked for | level | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    lines += ["", "Class shares at each tissue's training maximum of the swept class (requested -> measured):", "",
+              "| asked for | tiles | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for s in report["override"]["at_training_max"]:
         if s["requested_shares"] is None:
             continue
         cells = [f"{q:.2f} -> {m:.2f}" for q, m in zip(s["requested_shares"], s["measured_shares"], strict=True)]
-        lines.append(f"| {s['class']} | {s['level']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s['class']} | {s['n_tiles']} | " + " | ".join(cells) + " |")
     lines += ["", f"Saturation point: the lowest level from which the mean measured count rises by less than "
               f"{report['saturation_slope']} nuclei per requested nucleus on every later step (extrapolation "
-              f"included). Tissue collapse (a tissue classifier on the generated tiles) is not measured yet.", ""]
+              f"included; pooled: tissues averaged per level).", ""]
+    lines += tissue_collapse_lines(report.get("tissue_collapse"))
     return "\n".join(lines)
 
 
@@ -125,7 +152,6 @@ def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, pat
             ax.scatter(q[sel] + jitter[0, sel], m[sel] + jitter[1, sel], s=10, alpha=0.6, color=colour, label=label)
         top = max(q.max(initial=0), m.max(initial=0)) + 1
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.axvspan(e["training_max"], top, color=EXTRA_COLOUR, alpha=0.07)
         ax.set_title(f"{e['class']}  r={_num(e['in_range'].get('r'))} (in range)", fontsize=9)
         ax.set_xlabel("requested")
         ax.set_ylabel("measured")
@@ -134,20 +160,23 @@ def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, pat
 
 
 def plot_saturation(report: dict[str, Any], path: Path) -> None:
-    """Mean measured count per level (±1 sd) per tissue, identity, the saturation point, shaded extrapolation."""
+    """Mean measured count per level (±1 sd) per tissue, identity, each tissue's trained maximum, saturation."""
     from histosmith.data.plots import save_figure
 
     fig, axes = _class_axes(len(report["class_names"]))
     for ax, e in zip(axes, report["classes"], strict=True):
         top = 1.0
         for tissue, t in e["per_tissue"].items():
+            if not t["swept"]:
+                continue
             lv = np.array([p["level"] for p in t["levels"]], float)
             mean = np.array([p["mean"] for p in t["levels"]])
             sd = np.array([p["sd"] for p in t["levels"]])
-            ax.errorbar(lv, mean, yerr=sd, marker="o", ms=3, capsize=2, lw=1, label=tissue)
+            line = ax.errorbar(lv, mean, yerr=sd, marker="o", ms=3, capsize=2, lw=1, label=tissue)
+            ax.axvline(t["training_max"], color=line.lines[0].get_color(), lw=0.8, ls="--",
+                       label=f"{tissue} trained max")  # beyond it: extrapolation for this tissue
             top = max(top, lv.max(initial=0), (mean + sd).max(initial=0))
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.axvspan(e["training_max"], top, color=EXTRA_COLOUR, alpha=0.08, label="extrapolation")
         if e["saturation_point"] is not None:
             ax.axvline(e["saturation_point"], color="black", lw=0.8, ls=":", label="saturation")
         ax.set_title(e["class"], fontsize=9)

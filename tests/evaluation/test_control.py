@@ -15,6 +15,7 @@ from histosmith.evaluation.control import (
     class_levels,
     level_means,
     saturation_point,
+    tissue_maxima,
     tissue_medians,
 )
 from histosmith.evaluation.control_report import format_markdown
@@ -40,16 +41,36 @@ def test_levels_cover_the_training_range_and_flag_extrapolation():
 def test_sweep_holds_other_classes_at_the_tissue_median():
     info = _info([[1, 3], [3, 1], [5, 1], [8, 4]], [0, 0, 0, 1])
     assert tissue_medians(info).tolist() == [[3, 1], [8, 4]]
+    assert tissue_maxima(info).tolist() == [[5, 3], [8, 4]]
     design = SweepDesign(levels=3, tiles_per_level=2)
     sweep = build_sweep(info, design)
-    # per tissue: class a at 0,4,8,10,12 and class b at 0,2,4,5,6; two tiles each
-    assert len(sweep) == 2 * (5 + 5) * 2
-    counts, swept = sweep.conditions.counts, sweep.swept_class
-    t0_a = (sweep.conditions.tissues == 0) & (swept == 0)
+    # the trained range is per tissue: t0 sweeps a at 0,2,5 | 6,8 and b at 0,2,3 | 4;
+    # t1 sweeps a at 0,4,8 | 10,12 and b at 0,2,4 | 5,6 (| extrapolation); two tiles each
+    assert len(sweep) == (5 + 4 + 5 + 5) * 2
+    counts, swept, tissues = sweep.conditions.counts, sweep.swept_class, sweep.conditions.tissues
+    t0_a = (tissues == 0) & (swept == 0)
     assert set(counts[t0_a, 1]) == {1}  # b held at tissue 0's median
-    assert sorted(set(counts[t0_a, 0])) == [0, 4, 8, 10, 12]
-    assert (sweep.extrapolated == (sweep.level > np.where(swept == 0, 8, 4))).all()
+    assert sorted(set(counts[t0_a, 0])) == [0, 2, 5, 6, 8]
+    assert sorted(set(counts[(tissues == 0) & (swept == 1), 1])) == [0, 2, 3, 4]
+    assert sorted(set(counts[(tissues == 1) & (swept == 0), 0])) == [0, 4, 8, 10, 12]
+    assert (sweep.extrapolated == (sweep.level > sweep.maxima[tissues, swept])).all()
+    assert sorted(set(sweep.level[t0_a & sweep.extrapolated])) == [6, 8]
     assert (counts[np.arange(len(sweep)), swept] == sweep.level).all()
+
+
+def test_class_absent_from_a_tissue_is_not_swept_there():
+    info = _info([[1, 0], [3, 0], [5, 0], [8, 4]], [0, 0, 0, 1])
+    sweep = build_sweep(info, SweepDesign(levels=3, tiles_per_level=1))
+    assert not ((sweep.conditions.tissues == 0) & (sweep.swept_class == 1)).any()
+    report = analyse(info, sweep, sweep.conditions.counts.copy())
+    b = report["classes"][1]
+    assert b["per_tissue"]["t0"] == {"training_max": 0, "swept": False, "note": "not in this tissue's trained range"}
+    assert b["per_tissue"]["t1"]["swept"] and b["training_max"] == {"t0": 0, "t1": 4}
+    text = format_markdown(report)
+    assert "| b | t0 | none | not in this tissue's trained range |" in text
+    assert "trained range is per tissue" in text
+    with pytest.raises(HistoSmithError, match="nothing to sweep"):
+        build_sweep(_info([[0, 0]], [0]), SweepDesign())
 
 
 def test_agreement_on_known_numbers():
@@ -68,7 +89,7 @@ def test_agreement_on_known_numbers():
 
 def test_saturation_point():
     def curve(levels, means):
-        return level_means(np.repeat(levels, 2), np.repeat(means, 2), count_max=levels[-1])
+        return level_means(np.repeat(levels, 2), np.repeat(means, 2), np.repeat(levels > levels[-1], 2))
 
     assert saturation_point(curve(np.array([0, 2, 4, 6]), np.array([0, 2, 4, 6]))) is None
     assert saturation_point(curve(np.array([0, 2, 4, 6, 8]), np.array([0, 2, 4, 4.5, 4.6]))) == 4
@@ -90,7 +111,9 @@ def test_analyse_identity_and_override():
     slopes = np.array(report["override"]["slopes"], dtype=float)
     assert slopes == pytest.approx(np.eye(2))
     text = format_markdown(report)
-    assert "EXTRAPOLATION" in text and "| a | 0..8 | 6 | 1.000 | 1.00 | 0.00 | 0.00 | 0.00 |" in text
+    # a in range: t0 levels 0, 2, 5 and t1 levels 0, 4, 8, one tile each
+    assert "EXTRAPOLATION" in text and "| a | in range | 6 | 1.000 | 1.00 | 0.00 | 0.00 | 0.00 |" in text
+    assert "| a | t0 | 0..5 | in range | 3 | 1.000 | 1.00 | 0.00 | 0.00 | follows to the end |" in text
     # override: asking for a produces b instead
     swapped = measured.copy()
     mine = sweep.swept_class == 0
@@ -112,8 +135,8 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
                   "--levels", "2", "--tiles-per-level", "1", "--steps", "2", "--batch", "8")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "control.json").read_text())
-    assert report["n_tiles"] == len(report["tissue_names"]) * sum(
-        len(e["levels"]) for e in report["classes"])
+    assert report["n_tiles"] == sum(len(t.get("levels", [])) for e in report["classes"]
+                                    for t in e["per_tissue"].values())
     assert report["n_extrapolated_tiles"] > 0
     assert any(p["extrapolated"] for e in report["classes"] for p in e["levels"])
     assert "EXTRAPOLATION" in (out / "control.md").read_text()
