@@ -30,7 +30,7 @@ from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
-from histosmith.runtime.qc import QCTiles, qc_result, sample_with_qc
+from histosmith.runtime.qc import PairCheck, QCTiles, qc_result, sample_with_qc
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
@@ -69,13 +69,16 @@ class GenerationPlan:
             raise HistoSmithError(f"--qc-attempts {self.qc_attempts}: must be in 1..100")
 
 
-def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable) -> dict[str, Any]:
+def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable,
+               check: PairCheck | None = None) -> dict[str, Any]:
     """``generation.json``: everything that determines the output bytes; a resumed run must match it."""
+    qc = {"qc": plan.qc} if plan.qc is not None else {}
+    if check is not None:
+        qc |= check.record()
     return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
             "guidance": plan.guidance, "shard_size": plan.shard_size or default_shard_size(session.info.tile_size),
             "conditions": conditions.label, "conditions_digest": conditions.digest(), "model": session.model_id,
-            "postprocess": asdict(plan.postprocess)} | (
-                {"qc": plan.qc, "qc_attempts": plan.qc_attempts} if plan.qc is not None else {})
+            "postprocess": asdict(plan.postprocess)} | (qc | {"qc_attempts": plan.qc_attempts} if qc else {})
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -172,12 +175,16 @@ class GenerationResult:
 
 
 def generate(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable, out: Path, *,
-             resume: bool = False, show_progress: bool = True) -> GenerationResult:
-    """Generate ``len(conditions)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout)."""
+             resume: bool = False, show_progress: bool = True, check: PairCheck | None = None) -> GenerationResult:
+    """Generate ``len(conditions)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout).
+
+    ``check`` (``--qc-segmenter``) is a pair check: tiles that fail it in every attempt are left out of the
+    dataset and listed in their shard's ``rejected.csv`` (:mod:`histosmith.runtime.qc`)."""
     info = session.info
     spec = info.spec
     n = len(conditions)
-    record = run_record(session, plan, conditions)
+    record = run_record(session, plan, conditions, check)
+    qc_on = plan.qc is not None or check is not None
     shard_size = record["shard_size"]
     low, high = session.batch_limits()
     if not low <= plan.batch <= high:
@@ -207,25 +214,33 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
         while i < n:
             end = min(i + plan.batch, n, (i // shard_size + 1) * shard_size)  # never cross a shard boundary
             index = np.arange(i, end)
-            if plan.qc is None:
+            if not qc_on:
                 tiles = QCTiles(*sample(index, 0), attempts=None, passed=None)
             else:
                 tiles = sample_with_qc(sample, index, conditions.counts[index], spec.n_classes, info.count_margin,
-                                       plan.qc, plan.qc_attempts)
+                                       plan.qc, plan.qc_attempts, check)
             for b, (image, labels) in enumerate(zip(tiles.images, tiles.labels, strict=True)):
                 row = tile_row(info, conditions, plan.seed, int(index[b]))
                 if tiles.attempts is not None and tiles.passed is not None:
                     row.update({"qc_attempts": int(tiles.attempts[b]), "qc_pass": int(tiles.passed[b])})
-                writer.add(image, labels, row)
+                if tiles.score is not None:
+                    row["qc_pq"] = f"{tiles.score[b]:.4f}"
+                if tiles.agrees is not None and not tiles.agrees[b]:
+                    writer.reject(row)  # the training data never holds a pair the segmenter disagrees with
+                else:
+                    writer.add(image, labels, row)
             bar.update(len(index))
             i = end
     finally:
         bar.close()  # before any error line, so it is not glued to the bar
     writer.close()
-    if plan.qc is not None:
+    if qc_on:
         record_qc_result(out)
     seconds = time.monotonic() - started
-    return GenerationResult(out, n, n - start, seconds, conditions.counts, writer.counts())
+    kept = conditions.counts
+    if check is not None:  # requests of the tiles in the dataset, in its order
+        kept = kept[[int(r["index"]) for r in Dataset.open(out).patch_info()]]
+    return GenerationResult(out, n, n - start, seconds, kept, writer.counts())
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,25 @@
-"""``--qc TOL``: regenerate a tile whose measured counts miss its request.
+"""``--qc TOL`` and ``--qc-segmenter RUN --qc-min-pq P``: regenerate a tile that fails its checks.
 
-A tile passes when, for every class, ``|measured - requested| <= max(1, TOL * requested)`` — an absolute
-tolerance of one nucleus or the relative tolerance ``TOL``, whichever is larger. A failing tile is sampled
-again, up to ``attempts`` times in all; attempt ``a`` of tile ``i`` uses noise that depends only on
-(seed, i, a) (:func:`histosmith.runtime.seeds.tile_noise`), so QC keeps batch independence and
-byte-identical ``--resume``. The first passing attempt is kept; when none passes, the attempt with the
-smallest total absolute count error (the earliest on ties) is kept and recorded as not passed.
+Count check (``--qc TOL``): a tile passes when, for every class, ``|measured - requested| <= max(1, TOL *
+requested)`` — an absolute tolerance of one nucleus or the relative tolerance ``TOL``, whichever is larger.
+Pair check (``--qc-segmenter``, a :class:`PairCheck`; :mod:`histosmith.segmentation.consistency`): the
+downstream segmenter applied to the image must agree with the generated label (per-tile PQ >= P).
+
+An attempt passes when every check that is on passes. A failing tile is sampled again, up to ``attempts``
+times in all; attempt ``a`` of tile ``i`` uses noise that depends only on (seed, i, a)
+(:func:`histosmith.runtime.seeds.tile_noise`) and every check looks at one tile alone, so QC keeps batch
+independence and byte-identical ``--resume``. The first passing attempt is kept; when none passes, the best
+attempt is kept and recorded as not passed: one the segmenter agrees with if there is one, then the smallest
+total absolute count error, the earliest on ties. A kept attempt the segmenter does not agree with is
+*rejected*: the generation loop leaves it out of the dataset and lists its row in the shard's
+``rejected.csv`` (see :class:`histosmith.data.writer.DatasetWriter`) — the count check alone only flags.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,6 +28,20 @@ from histosmith.data.reader import Dataset
 
 # sample(indices, attempt) -> (images (H, W, 3) uint8, labels (H, W, 2)) per tile
 Sampler = Callable[[np.ndarray, int], tuple[list[np.ndarray], list[np.ndarray]]]
+
+
+class PairCheck(Protocol):
+    """A check of a generated (image, label) pair that scores each tile on its own."""
+
+    min_score: float  # a tile passes when its score is at least this
+
+    def scores(self, images: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
+        """(B,) scores of (H, W, 3) uint8 images and their (H, W, 2) labels; each from its tile alone."""
+        ...
+
+    def record(self) -> dict[str, Any]:
+        """The check's settings for ``generation.json`` (a resumed run must match them)."""
+        ...
 
 
 def within_tolerance(requested: np.ndarray, measured: np.ndarray, tol: float) -> np.ndarray:
@@ -33,42 +55,70 @@ class QCTiles:
     images: list[np.ndarray]
     labels: list[np.ndarray]
     attempts: np.ndarray | None  # (B,) samples drawn per tile; None without QC
-    passed: np.ndarray | None  # (B,) bool: the kept sample is within tolerance; None without QC
+    passed: np.ndarray | None  # (B,) bool: the kept sample passes every check; None without QC
+    score: np.ndarray | None = None  # (B,) the pair check's score of the kept sample; None without one
+    agrees: np.ndarray | None = None  # (B,) bool: the kept sample passes the pair check; None without one
+
+
+@dataclass
+class _Judged:
+    """One attempt's verdicts for a set of tiles."""
+
+    passed: np.ndarray  # (B,) bool
+    agrees: np.ndarray  # (B,) bool (all True without a pair check)
+    error: np.ndarray  # (B,) total absolute count error
+    score: np.ndarray  # (B,) pair-check score (NaN without one)
+
+
+def _judge(images: list[np.ndarray], labels: list[np.ndarray], requested: np.ndarray, n_classes: int, margin: int,
+           tol: float | None, check: PairCheck | None) -> _Judged:
+    counts = np.stack([count_nuclei(np.asarray(x), n_classes, margin) for x in labels])
+    error = np.abs(counts - requested).sum(1)
+    count_ok = within_tolerance(requested, counts, tol) if tol is not None else np.ones(len(labels), bool)
+    if check is None:
+        return _Judged(count_ok, np.ones(len(labels), bool), error, np.full(len(labels), np.nan))
+    score = np.asarray(check.scores(images, labels), float)
+    agrees = score >= check.min_score
+    return _Judged(count_ok & agrees, agrees, error, score)
 
 
 def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, n_classes: int, margin: int,
-                   tol: float, attempts: int) -> QCTiles:
-    """Sample ``indices`` and resample failing tiles (see the module doc); ``requested`` is (B, K)."""
+                   tol: float | None, attempts: int, check: PairCheck | None = None) -> QCTiles:
+    """Sample ``indices`` and resample failing tiles (see the module doc); ``requested`` is (B, K);
+    ``tol`` None switches the count check off, ``check`` None the pair check."""
     images, labels = sample(indices, 0)
-
-    def measure(lab: list[np.ndarray]) -> np.ndarray:
-        return np.stack([count_nuclei(np.asarray(x), n_classes, margin) for x in lab])
-
-    counts = measure(labels)
-    passed = within_tolerance(requested, counts, tol)
-    error = np.abs(counts - requested).sum(1)
+    kept = _judge(images, labels, requested, n_classes, margin, tol, check)
     used = np.ones(len(indices), dtype=np.int64)
     for attempt in range(1, attempts):
-        pending = np.flatnonzero(~passed)
+        pending = np.flatnonzero(~kept.passed)
         if len(pending) == 0:
             break
         new_images, new_labels = sample(indices[pending], attempt)
-        new_counts = measure(new_labels)
-        ok = within_tolerance(requested[pending], new_counts, tol)
-        new_error = np.abs(new_counts - requested[pending]).sum(1)
+        new = _judge(new_images, new_labels, requested[pending], n_classes, margin, tol, check)
         for j, t in enumerate(pending):
             used[t] = attempt + 1
-            if ok[j] or new_error[j] < error[t]:
-                images[t], labels[t], error[t], passed[t] = new_images[j], new_labels[j], new_error[j], ok[j]
-    return QCTiles(images, labels, used, passed)
+            better = (new.agrees[j], -new.error[j]) > (kept.agrees[t], -kept.error[t])
+            if new.passed[j] or better:
+                images[t], labels[t] = new_images[j], new_labels[j]
+                for name in ("passed", "agrees", "error", "score"):
+                    getattr(kept, name)[t] = getattr(new, name)[j]
+    with_check = check is not None
+    return QCTiles(images, labels, used, kept.passed, kept.score if with_check else None,
+                   kept.agrees if with_check else None)
 
 
 def qc_result(ds: Dataset) -> dict[str, float | int] | None:
-    """Acceptance of a QC run, from the patch_info rows of every tile on disk (so a resumed run counts the
-    tiles of its earlier processes too); None for a run without QC."""
-    rows = ds.patch_info()
+    """Acceptance of a QC run, from the rows of every tile on disk (so a resumed run counts the tiles of its
+    earlier processes too), rejected tiles included; None for a run without QC."""
+    rows = ds.patch_info() + ds.rejected()
     if not rows or "qc_pass" not in rows[0]:
         return None
     passed = sum(int(r["qc_pass"]) for r in rows)
-    return {"tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
-            "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}
+    result: dict[str, float | int] = {
+        "tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
+        "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}
+    if "qc_pq" in rows[0]:
+        rejected = len(rows) - len(ds)
+        result |= {"kept": len(rows) - rejected, "rejected": rejected,
+                   "mean_pq": float(np.mean([float(r["qc_pq"]) for r in rows]))}
+    return result

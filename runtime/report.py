@@ -46,7 +46,10 @@ def write_report(result: GenerationResult, class_names: list[str], preview_tiles
         plot_control(summary, result.requested, result.measured, result.out / "control.png")
     else:  # the lean runtime install has no matplotlib
         log.info("control.png skipped: matplotlib is not installed (the [train] extra); see control.json")
-    shard = ds.shards[0]
+    shard = next((s for s in ds.shards if s.n_tiles), None)  # a filtered run may have empty shards
+    if shard is None:
+        log.warning("preview.png skipped: no tile passed the filter (see rejected.csv in the shards)")
+        return summary
     take = min(preview_tiles, shard.n_tiles)
     images, labels = np.asarray(shard.images()[:take]), np.asarray(shard.labels()[:take])
     info = shard.patch_info()[:take]

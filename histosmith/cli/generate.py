@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from histosmith.cli.common import entry_point
-from histosmith.cli.generation import echo_result, generation_options, parse_request
+from histosmith.cli.generation import echo_result, generation_options, open_pair_check, parse_request
 from histosmith.extras import require
 
 
@@ -34,24 +34,30 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int) -> None:
+        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
+        qc_min_pq: float | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
-                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts)
-    if qc is not None and ray_address is not None:
+                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
+                                  qc_min_pq)
+    if (qc is not None or qc_segmenter is not None) and ray_address is not None:
         from histosmith.errors import HistoSmithError
 
-        raise HistoSmithError("--qc: not available with --ray yet (the Ray workers sample each tile once)")
+        raise HistoSmithError(f"{'--qc' if qc is not None else '--qc-segmenter'}: not available with --ray yet "
+                              "(the Ray workers sample each tile once)")
+    check = open_pair_check("hs-generate", qc_segmenter, qc_min_pq)
     from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report
 
     session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch))  # verified once
-    conditions = request.resolve(session.info, plan.seed)
     try:
+        if check is not None:
+            check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
+        conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
             result = _generate_on_ray(engine, session, plan, conditions, out, resume, ray_address, ray_workers)
         else:
-            result = generate(session, plan, conditions, out, resume=resume)
+            result = generate(session, plan, conditions, out, resume=resume, check=check)
     finally:
         session.close()  # device memory, CUDA graphs and streams, also after an error
     echo_result(result, write_report(result, list(session.info.spec.class_names)))

@@ -37,7 +37,12 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--qc", type=click.FloatRange(0, 10), default=None,
                      help="Resample a tile unless every class count is within max(1 nucleus, QC x requested)."),
         click.option("--qc-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
-                     help="Samples per tile at most with --qc (the best is kept when none passes)."),
+                     help="Samples per tile at most with --qc / --qc-segmenter (the best is kept when none passes)."),
+        click.option("--qc-segmenter", type=click.Path(path_type=Path), default=None,
+                     help="hs-train seg run: keep a tile only when this segmenter's instances on the image agree "
+                          "with the generated label (PQ >= --qc-min-pq); failing tiles go to rejected.csv."),
+        click.option("--qc-min-pq", type=click.FloatRange(0, 1), default=None,
+                     help="Least per-tile PQ for --qc-segmenter  [default: 0.5]"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -47,8 +52,13 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
                   guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
-                  qc: float | None = None, qc_attempts: int = 3) -> tuple[Any, Any]:
+                  qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
+                  qc_min_pq: float | None = None) -> tuple[Any, Any]:
     """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
+    from histosmith.errors import HistoSmithError
+
+    if qc_min_pq is not None and qc_segmenter is None:
+        raise HistoSmithError("--qc-min-pq: needs --qc-segmenter RUN (the segmenter whose PQ it bounds)")
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
 
@@ -60,15 +70,33 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
     return request, plan
 
 
+def open_pair_check(command: str, qc_segmenter: Path | None, qc_min_pq: float | None) -> Any:
+    """The ``--qc-segmenter`` check (None without it); loads the segmenter, so it needs the [train] extra."""
+    if qc_segmenter is None:
+        return None
+    from histosmith.extras import require
+
+    require(f"{command} --qc-segmenter", "train")
+    from histosmith.segmentation.consistency import open_segmenter_check
+
+    return open_segmenter_check(qc_segmenter, 0.5 if qc_min_pq is None else qc_min_pq)
+
+
 def echo_result(result: Any, summary: Any) -> None:
     rate = result.generated / result.seconds if result.seconds > 0 else float("nan")
-    click.echo(f"wrote {result.n_tiles} tiles to {result.out} ({result.generated} new, {rate:.2f} tiles/s)")
+    kept = len(result.measured)  # below n_tiles when --qc-segmenter left tiles out
+    written = f"{kept} of {result.n_tiles}" if kept != result.n_tiles else f"{kept}"
+    click.echo(f"wrote {written} tiles to {result.out} ({result.generated} new, {rate:.2f} tiles/s)")
     click.echo("requested vs measured nuclei per tile:")
     click.echo(summary.format_table())
     qc = summary.qc
     if qc:
-        click.echo(f"QC: {qc['passed']} of {qc['tiles']} tiles within tolerance, {qc['mean_attempts']:.2f} samples "
+        click.echo(f"QC: {qc['passed']} of {qc['tiles']} tiles passed, {qc['mean_attempts']:.2f} samples "
                    "per tile on average")
+        if "rejected" in qc:
+            click.echo(f"QC: segmenter PQ {qc['mean_pq']:.3f} on average; {qc['rejected']} tiles it disagreed with "
+                       f"left out of the dataset (rows in rejected.csv), {qc['kept']} kept")
     control = result.out / "control.png"
-    click.echo(f"contact sheet: {result.out / 'preview.png'}   count control: "
+    preview = result.out / "preview.png"
+    click.echo(f"contact sheet: {preview if preview.exists() else 'none'}   count control: "
                f"{control if control.exists() else result.out / 'control.json'}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from histosmith.cli.common import entry_point
-from histosmith.cli.generation import echo_result, generation_options, parse_request
+from histosmith.cli.generation import echo_result, generation_options, open_pair_check, parse_request
 
 
 @click.command(help="Sample labelled tiles from a trained generator with the torch reference sampler.")
@@ -21,9 +21,11 @@ from histosmith.cli.generation import echo_result, generation_options, parse_req
 def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile_modules: bool, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int) -> None:
+        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
+        qc_min_pq: float | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
-                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts)
+                                  steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
+                                  qc_min_pq)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():
@@ -31,6 +33,7 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
     from histosmith.extras import require
 
     require("hs-sample", "train")
+    check = open_pair_check("hs-sample", qc_segmenter, qc_min_pq)
     from histosmith.generator import CheckpointSession, load_generator
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report
@@ -38,8 +41,10 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
 
     dev = pick_device(device)
     session = CheckpointSession(load_generator(checkpoint), str(dev), precision, cuda_graph, compile_modules, batch)
+    if check is not None:
+        check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
     conditions = request.resolve(session.info, plan.seed)
-    result = generate(session, plan, conditions, out, resume=resume)
+    result = generate(session, plan, conditions, out, resume=resume, check=check)
     echo_result(result, write_report(result, list(session.info.spec.class_names)))
 
 

@@ -8,6 +8,7 @@ IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
 COUNTS_FILE = "counts.csv"
 PATCH_INFO_FILE = "patch_info.csv"
+REJECTED_FILE = "rejected.csv"  # patch_info rows of tile slots a filter left out of the shard (generation QC)
 SHARD_PREFIX = "shard-"
 SHARD_BYTES = 128 * 2**20  # target shard size; a shard is the unit held in memory
 

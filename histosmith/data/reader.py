@@ -10,7 +10,15 @@ import numpy as np
 
 from histosmith.data.codecs import load_npy, npy_header, read_counts_csv, read_counts_header, read_csv_rows
 from histosmith.data.labels import check_labels
-from histosmith.data.layout import COUNTS_FILE, IMAGES_FILE, LABELS_FILE, META_FILE, PATCH_INFO_FILE, SHARD_PREFIX
+from histosmith.data.layout import (
+    COUNTS_FILE,
+    IMAGES_FILE,
+    LABELS_FILE,
+    META_FILE,
+    PATCH_INFO_FILE,
+    REJECTED_FILE,
+    SHARD_PREFIX,
+)
 from histosmith.data.meta import DatasetMeta
 from histosmith.errors import file_error
 
@@ -41,6 +49,12 @@ class Shard:
         if len(rows) != self.n_tiles:
             raise file_error(path, f"has {len(rows)} rows but the shard has {self.n_tiles} tiles")
         return rows
+
+    def rejected(self) -> list[dict[str, str]]:
+        """patch_info rows of the tiles generated for this shard but left out of it by a filter (none for
+        other data): the shard's tile slots are its tiles plus these rows."""
+        path = self.path / REJECTED_FILE
+        return read_csv_rows(path) if path.exists() else []
 
 
 def open_shard(path: Path, n_classes: int | None) -> Shard:
@@ -124,6 +138,10 @@ class Dataset:
         for s in self.shards:
             rows.extend(s.patch_info())
         return rows
+
+    def rejected(self) -> list[dict[str, str]]:
+        """The rows of every shard's ``rejected.csv`` (see :meth:`Shard.rejected`)."""
+        return [r for s in self.shards for r in s.rejected()]
 
     def tissue_indices(self) -> np.ndarray:
         """Tissue index per tile from patch_info's ``tissue`` column (-1 where unknown)."""

@@ -17,6 +17,7 @@ from histosmith.data.layout import (
     LABELS_FILE,
     META_FILE,
     PATCH_INFO_FILE,
+    REJECTED_FILE,
     SHARD_PREFIX,
     default_shard_size,
     shard_name,
@@ -33,14 +34,18 @@ def write_shard(
     counts: np.ndarray,
     class_names: Sequence[str],
     info_rows: Sequence[Mapping[str, Any]],
+    rejected_rows: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Write one complete shard directory atomically."""
-    info_cols = ["patch_info"] + sorted({k for r in info_rows for k in r} - {"patch_info"})
+    """Write one complete shard directory atomically (with ``rejected.csv`` when rows were rejected)."""
+    info_cols = ["patch_info"] + sorted({k for r in [*info_rows, *rejected_rows] for k in r} - {"patch_info"})
     with atomic_directory(path) as tmp:
         np.save(tmp / IMAGES_FILE, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
         np.save(tmp / LABELS_FILE, np.ascontiguousarray(labels, dtype=np.int32), allow_pickle=False)
         (tmp / COUNTS_FILE).write_text(csv_text(class_names, counts.tolist()))
         (tmp / PATCH_INFO_FILE).write_text(csv_text(info_cols, [[r.get(c, "") for c in info_cols] for r in info_rows]))
+        if rejected_rows:
+            (tmp / REJECTED_FILE).write_text(
+                csv_text(info_cols, [[r.get(c, "") for c in info_cols] for r in rejected_rows]))
 
 
 class DatasetWriter:
@@ -49,6 +54,10 @@ class DatasetWriter:
     ``resume=True`` keeps the complete shards already in ``root`` and continues after them; the caller
     asks ``tiles_done`` where to restart. ``close()`` writes the last (short) shard and ``meta.json``
     with the count statistics of everything in the directory.
+
+    A tile slot can also be *rejected* (:meth:`reject`, used by generation's segmenter filter): its row goes
+    to the shard's ``rejected.csv`` instead of its pixels to the arrays. Shard sizes count slots (tiles plus
+    rejected rows), so resuming restarts at the same slot, and a shard may hold fewer tiles (even none).
     """
 
     def __init__(self, root: str | Path, meta: DatasetMeta, shard_size: int | None = None, resume: bool = False):
@@ -61,6 +70,8 @@ class DatasetWriter:
         self._labels: np.ndarray | None = None
         self._counts: list[np.ndarray] = []
         self._info: list[Mapping[str, Any]] = []
+        self._rejected: list[Mapping[str, Any]] = []
+        self._done_slots = 0
         self._done_counts: list[np.ndarray] = []  # (n, K) per shard on disk
         self._done_tissues: list[str] = []
         self._prepare(resume)
@@ -79,7 +90,7 @@ class DatasetWriter:
             if path.name != shard_name(i):
                 raise file_error(path, f"unexpected shard name (expected {shard_name(i)})")
             shard = open_shard(path, self.meta.n_classes)
-            sizes.append(shard.n_tiles)
+            sizes.append(shard.n_tiles + len(shard.rejected()))
             counts = shard.counts(self.meta.class_names)
             if counts is None:
                 raise file_error(path / COUNTS_FILE, "missing in a shard to resume after")
@@ -88,13 +99,15 @@ class DatasetWriter:
         if any(n != self.shard_size for n in sizes[:-1]) or any(n > self.shard_size for n in sizes):
             raise file_error(self.root, f"shard sizes {sizes} do not fit a shard size of {self.shard_size}")
         self.next_shard = len(sizes)
+        self._done_slots = sum(sizes)
         # A short last shard is written only by close(): the dataset is finished.
         self._finished = bool(sizes) and sizes[-1] < self.shard_size
 
     @property
     def tiles_done(self) -> int:
-        """Tiles already on disk (complete shards, plus a finished short last shard)."""
-        return sum(len(c) for c in self._done_counts)
+        """Tile slots already on disk (complete shards, plus a finished short last shard): the tiles written
+        and the rejected ones; the index to restart at."""
+        return self._done_slots
 
     def counts(self) -> np.ndarray:
         """Nuclei per class (N, K) of every tile written so far, in order."""
@@ -113,20 +126,34 @@ class DatasetWriter:
         self._labels[k] = labels
         self._counts.append(count_nuclei(labels, self.meta.n_classes, self.meta.count_margin))
         self._info.append(info)
-        if len(self._info) == self.shard_size:
+        self._slot_filled()
+
+    def reject(self, info: Mapping[str, Any]) -> None:
+        """Fill one tile slot with a rejected tile: only its row is kept (``rejected.csv`` of the shard)."""
+        if self._finished:
+            raise HistoSmithError(f"{self.root}: the dataset is already complete")
+        self._rejected.append(info)
+        self._slot_filled()
+
+    def _slot_filled(self) -> None:
+        if len(self._info) + len(self._rejected) == self.shard_size:
             self._flush()
 
     def _flush(self) -> None:
         n = len(self._info)
-        if n == 0:
+        if n + len(self._rejected) == 0:
             return
-        counts = np.stack(self._counts)
-        write_shard(self.root / shard_name(self.next_shard), self._images[:n], self._labels[:n], counts,
-                    self.meta.class_names, self._info)
+        size = self.meta.tile_size
+        images = self._images[:n] if self._images is not None else np.zeros((0, size, size, 3), np.uint8)
+        labels = self._labels[:n] if self._labels is not None else np.zeros((0, size, size, 2), np.int32)
+        counts = np.stack(self._counts) if n else np.zeros((0, self.meta.n_classes), np.int64)
+        write_shard(self.root / shard_name(self.next_shard), images, labels, counts, self.meta.class_names,
+                    self._info, self._rejected)
         self.next_shard += 1
+        self._done_slots += n + len(self._rejected)
         self._done_counts.append(counts)
         self._done_tissues.extend(str(r.get("tissue", "")) for r in self._info)
-        self._counts, self._info = [], []
+        self._counts, self._info, self._rejected = [], [], []
 
     def close(self, count_stats: bool = True) -> DatasetMeta:
         """Write the last shard and ``meta.json``; returns the final metadata."""

@@ -11,7 +11,7 @@ from histosmith.errors import HistoSmithError
 from histosmith.evaluation.conic import ConicAccumulator, TileScores
 from histosmith.segmentation.model import Segmenter
 from histosmith.segmentation.predict import predict_labels
-from histosmith.segmentation.train import load_segmenter
+from histosmith.segmentation.train import check_segmenter_fits, load_segmenter
 
 
 def score_labels(class_names: list[str], truth: list[np.ndarray] | np.ndarray, pred: list[np.ndarray]) -> TileScores:
@@ -49,11 +49,6 @@ def evaluate_segmenter(checkpoint: Path, data: Path, split: str | None = "val") 
     """CoNIC terms of a trained segmenter on ``split`` of ``data`` (classes and tile size must match)."""
     model, ckpt = load_segmenter(checkpoint)
     meta = Dataset.open(data).meta
-    if list(ckpt["dataset"]["class_names"]) != meta.class_names:
-        raise HistoSmithError(f"{data}: classes {meta.class_names} differ from the segmenter's "
-                              f"{ckpt['dataset']['class_names']}")
-    if int(ckpt["dataset"]["tile_size"]) != meta.tile_size:
-        raise HistoSmithError(f"{data}: tiles of {meta.tile_size} px, the segmenter's are "
-                              f"{ckpt['dataset']['tile_size']} px")
+    check_segmenter_fits(ckpt["dataset"], meta.class_names, meta.tile_size, str(data))
     images, labels, _ = load_split(data, split)
     return evaluate_model(model, meta.class_names, images, labels)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from histosmith.config import from_dict, override, to_dict
 from histosmith.data.provenance import training_record
+from histosmith.errors import HistoSmithError
 from histosmith.segmentation.config import SegConfig, SegTrainConfig, seg_config, seg_train_config
 from histosmith.segmentation.data import load_training_tiles
 from histosmith.segmentation.model import Segmenter
@@ -138,3 +139,12 @@ def load_segmenter(path: Path) -> tuple[Segmenter, dict]:
     model = Segmenter(from_dict(SegConfig, ckpt["model_config"]))
     load_state(model, ckpt["model"], str(path))
     return model.eval(), ckpt
+
+
+def check_segmenter_fits(trained: dict[str, Any], class_names: list[str], tile_size: int, what: str) -> None:
+    """Refuse data whose classes or tile size differ from a segmenter's (its checkpoint's ``dataset`` entry)."""
+    if list(trained["class_names"]) != list(class_names):
+        raise HistoSmithError(f"{what}: classes {list(class_names)} differ from the segmenter's "
+                              f"{list(trained['class_names'])}")
+    if int(trained["tile_size"]) != tile_size:
+        raise HistoSmithError(f"{what}: tiles of {tile_size} px, the segmenter's are {trained['tile_size']} px")

@@ -109,3 +109,32 @@ def test_qc_plan_and_options_refuse_bad_values(tmp_path):
                   "--qc-attempts", "0")
     assert res.returncode == 2 and res.stderr.startswith("error: --qc-attempts")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+class _EvenCheck:
+    """A pair check that agrees with tiles holding an even number of nuclei."""
+
+    min_score = 0.5
+
+    def scores(self, images, labels):
+        return np.array([1.0 if len(np.unique(lab[..., 0])) % 2 == 1 else 0.0 for lab in labels])
+
+    def record(self):
+        return {"qc_even": True}
+
+
+def test_pair_check_combines_with_counts_prefers_agreeing_attempts_and_is_batch_independent():
+    requested = np.array([[3], [3], [3], [3]])
+    got = sample_with_qc(_fake_sampler([]), np.arange(4), requested, 1, 0, tol=0.0, attempts=3, check=_EvenCheck())
+    # nuclei per attempt: tile 0: 0,1,2; tile 1: 1,2; tile 2: 2; tile 3: 3,0,1 (only 2 passes both checks)
+    assert got.attempts.tolist() == [3, 2, 1, 3] and got.passed.tolist() == [True, True, True, False]
+    assert got.agrees.tolist() == [True, True, True, True] and got.score.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert int(got.images[3][0, 0, 0]) == 31  # the attempt the check agrees with beats a smaller count error
+    split = [sample_with_qc(_fake_sampler([]), np.arange(k, k + 2), requested[k:k + 2], 1, 0, 0.0, 3, _EvenCheck())
+             for k in (0, 2)]
+    assert [int(img[0, 0, 0]) for s in split for img in s.images] == [2, 11, 20, 31]
+    alone = sample_with_qc(_fake_sampler([]), np.arange(4), requested, 1, 0, tol=None, attempts=3, check=_EvenCheck())
+    assert alone.attempts.tolist() == [1, 2, 1, 2] and alone.passed.all()  # no count check: tile 0 keeps 0 nuclei
+    once = sample_with_qc(_fake_sampler([]), np.array([1]), requested[:1], 1, 0, tol=None, attempts=1,
+                          check=_EvenCheck())
+    assert once.agrees.tolist() == [False] and once.passed.tolist() == [False]  # rejected by the generation loop
