@@ -225,6 +225,8 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
                     row.update({"qc_attempts": int(tiles.attempts[b]), "qc_pass": int(tiles.passed[b])})
                 if tiles.score is not None:
                     row["qc_pq"] = f"{tiles.score[b]:.4f}"
+                if tiles.first is not None:  # what the tile held before QC (hs-eval control: r before QC)
+                    row.update({f"qc_first_{c}": int(v) for c, v in zip(spec.class_names, tiles.first[b], strict=True)})
                 if tiles.agrees is not None and not tiles.agrees[b]:
                     writer.reject(row)  # the training data never holds a pair the segmenter disagrees with
                 else:

@@ -58,6 +58,7 @@ class QCTiles:
     passed: np.ndarray | None  # (B,) bool: the kept sample passes every check; None without QC
     score: np.ndarray | None = None  # (B,) the pair check's score of the kept sample; None without one
     agrees: np.ndarray | None = None  # (B,) bool: the kept sample passes the pair check; None without one
+    first: np.ndarray | None = None  # (B, K) measured counts of attempt 0 (= the sample without QC); None without QC
 
 
 @dataclass
@@ -67,6 +68,7 @@ class _Judged:
     passed: np.ndarray  # (B,) bool
     agrees: np.ndarray  # (B,) bool (all True without a pair check)
     error: np.ndarray  # (B,) total absolute count error
+    counts: np.ndarray  # (B, K) measured counts
     score: np.ndarray  # (B,) pair-check score (NaN without one)
 
 
@@ -76,10 +78,10 @@ def _judge(images: list[np.ndarray], labels: list[np.ndarray], requested: np.nda
     error = np.abs(counts - requested).sum(1)
     count_ok = within_tolerance(requested, counts, tol) if tol is not None else np.ones(len(labels), bool)
     if check is None:
-        return _Judged(count_ok, np.ones(len(labels), bool), error, np.full(len(labels), np.nan))
+        return _Judged(count_ok, np.ones(len(labels), bool), error, counts, np.full(len(labels), np.nan))
     score = np.asarray(check.scores(images, labels), float)
     agrees = score >= check.min_score
-    return _Judged(count_ok & agrees, agrees, error, score)
+    return _Judged(count_ok & agrees, agrees, error, counts, score)
 
 
 def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, n_classes: int, margin: int,
@@ -88,6 +90,7 @@ def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, 
     ``tol`` None switches the count check off, ``check`` None the pair check."""
     images, labels = sample(indices, 0)
     kept = _judge(images, labels, requested, n_classes, margin, tol, check)
+    first = kept.counts.copy()  # attempt 0: what the tile would hold without QC
     used = np.ones(len(indices), dtype=np.int64)
     for attempt in range(1, attempts):
         pending = np.flatnonzero(~kept.passed)
@@ -104,7 +107,7 @@ def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, 
                     getattr(kept, name)[t] = getattr(new, name)[j]
     with_check = check is not None
     return QCTiles(images, labels, used, kept.passed, kept.score if with_check else None,
-                   kept.agrees if with_check else None)
+                   kept.agrees if with_check else None, first)
 
 
 def qc_result(ds: Dataset) -> dict[str, float | int] | None:

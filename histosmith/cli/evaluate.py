@@ -145,7 +145,8 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
 @cli.command("control")
 @click.option("--engine", type=click.Path(path_type=Path), default=None, help="Exported U-Net (EXPORT/unet.onnx, .pt).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="hs-train ldm run or file.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="New directory for the report and tiles.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="New directory for the report and tiles (an earlier sweep's resumes).")
 @click.option("--levels", type=int, default=5, show_default=True,
               help="Requested levels per class from 0 to the training maximum (1.25x and 1.5x are added).")
 @click.option("--tiles-per-level", type=int, default=4, show_default=True, help="Tiles per level (fixed seeds).")
@@ -155,21 +156,34 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Real dataset (train + val splits): a tissue classifier trained on it measures tissue collapse.")
+@click.option("--qc", type=float, default=None,
+              help="QC regeneration as in hs-generate; r, slope, MAE are reported before and after QC.")
+@click.option("--qc-attempts", type=int, default=3, show_default=True, help="Samples per tile at most with --qc.")
 def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels: int, tiles_per_level: int,
-                seed: int, steps: int, guidance: float, batch: int, device: str, threads: int | None) -> None:
-    """Count control: a per-class sweep of requested counts (per tissue, into the extrapolation region)."""
+                seed: int, steps: int, guidance: float, batch: int, device: str, threads: int | None,
+                data: Path | None, qc: float | None, qc_attempts: int) -> None:
+    """Count control: a per-class sweep of requested counts (per tissue's trained range, into the extrapolation
+    region); with --data, tissue collapse; with --qc, the sweep before and after QC regeneration. An --out
+    holding an earlier sweep with the same settings resumes it (and reuses its cached tissue classifier)."""
     import shlex
     import sys
 
+    from histosmith.data.layout import META_FILE
     from histosmith.errors import HistoSmithError
     from histosmith.evaluation.control import SweepDesign
-    from histosmith.runtime.generate import GenerationPlan, check_output_dir
+    from histosmith.runtime.generate import GenerationPlan
 
     if (engine is None) == (checkpoint is None):
         raise HistoSmithError("give exactly one of --engine and --checkpoint")
     design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
-    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch)
-    check_output_dir(out, resume=False)
+    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch, qc=qc, qc_attempts=qc_attempts)
+    from histosmith.evaluation.control_report import check_control_out, format_markdown, run_control
+
+    resume = check_control_out(out)
+    if data is not None and not (data / META_FILE).is_file():
+        raise HistoSmithError(f"--data {data}: not a prepared dataset (no meta.json)")
     if engine is not None:
         from histosmith.runtime.engine import EngineOptions, open_engine
 
@@ -182,9 +196,8 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
         from histosmith.training.loop import pick_device
 
         session = CheckpointSession(load_generator(checkpoint), str(pick_device(device)), batch=batch)
-    from histosmith.evaluation.control_report import format_markdown, run_control
-
-    report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]))
+    report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]), data=data,
+                         resume=resume)
     click.echo(format_markdown(report))
     click.echo(f"report: {out}/control.json, control.md, control_scatter.png, control_saturation.png, "
                "control_bland_altman.png")

@@ -253,3 +253,29 @@ def analyse(info: GeneratorInfo, sweep: Sweep, measured: np.ndarray) -> dict[str
         "saturation_slope": SATURATION_SLOPE, "classes": classes,
         "override": {"slopes": override_slopes, "at_training_max": override_shares},
     }
+
+
+def qc_comparison(sweep: Sweep, before: np.ndarray, after: np.ndarray, attempts: np.ndarray, passed: np.ndarray,
+                  class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Per class r, slope, MAE... before QC (attempt 0 of every tile: the sweep without QC) and after QC (the
+    kept tiles), in range and extrapolated; the acceptance rate (share of tiles within tolerance after at
+    most K attempts) and mean attempts, overall and per region."""
+    requested = sweep.conditions.counts
+
+    def acceptance(sel: np.ndarray) -> dict[str, float | int | None]:
+        n = int(sel.sum())
+        return {"tiles": n, "passed": int(passed[sel].sum()),
+                "acceptance": float(passed[sel].mean()) if n else None,
+                "mean_attempts": float(attempts[sel].mean()) if n else None}
+
+    classes = []
+    for c, name in enumerate(class_names):
+        mine = sweep.swept_class == c
+        entry: dict[str, Any] = {"class": name}
+        for region, sel in (("in_range", mine & ~sweep.extrapolated), ("extrapolation", mine & sweep.extrapolated)):
+            entry[region] = {"before": agreement(requested[sel, c], before[sel, c]),
+                             "after": agreement(requested[sel, c], after[sel, c]), "qc": acceptance(sel)}
+        classes.append(entry)
+    every = np.ones(len(sweep), bool)
+    return {"overall": acceptance(every), "in_range": acceptance(~sweep.extrapolated),
+            "extrapolation": acceptance(sweep.extrapolated), "classes": classes}

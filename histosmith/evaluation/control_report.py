@@ -3,37 +3,109 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histosmith.data.atomic import write_json_atomic, write_text_atomic
-from histosmith.evaluation.control import Sweep, SweepDesign, analyse, build_sweep
+from histosmith.data.atomic import read_json_object, write_json_atomic, write_text_atomic
+from histosmith.data.reader import Dataset
+from histosmith.errors import HistoSmithError
+from histosmith.evaluation.control import Sweep, SweepDesign, analyse, build_sweep, qc_comparison
 from histosmith.runtime.engine import GeneratorSession
-from histosmith.runtime.generate import GenerationPlan, generate
+from histosmith.runtime.generate import PLAN_FILE, GenerationPlan, check_output_dir, generate, run_record
 
 log = logging.getLogger(__name__)
 TILES_DIR = "tiles"
+CLASSIFIER_DIR = "tissue_classifier"  # cached tissue classifiers, keyed by the real tiles' content
 EXTRA_COLOUR, INSIDE_COLOUR = "#d95f02", "#1b9e77"
 
 
+def check_control_out(out: Path) -> bool:
+    """``--out`` must be new or empty, or hold an earlier ``hs-eval control`` sweep (returns True): that sweep
+    resumes (it must have the same settings), its cached tissue classifier is reused, the report is rewritten.
+    Reads only."""
+    if (out / TILES_DIR / PLAN_FILE).is_file():
+        check_output_dir(out / TILES_DIR, resume=True)
+        return True
+    check_output_dir(out, resume=False)
+    return False
+
+
+def _first_attempt_counts(rows: list[dict[str, str]], class_names: tuple[str, ...]) -> np.ndarray:
+    """(N, K) counts of every tile's first sample, from the ``qc_first_<class>`` columns QC writes."""
+    try:
+        return np.array([[int(r[f"qc_first_{c}"]) for c in class_names] for r in rows], dtype=np.int64)
+    except (KeyError, ValueError):
+        raise HistoSmithError("the sweep's tiles lack the first-attempt counts of QC (qc_first_*): written by an "
+                              "older version; choose a new --out") from None
+
+
+def measure_tissue_collapse(data: Path, tiles: Path, sweep: Sweep, tissue_names: list[str], cache_dir: Path,
+                            show_progress: bool) -> dict[str, Any]:
+    """Train (or load) the tissue classifier on ``data`` and score the generated tiles against their requested
+    tissue: every tile, and the in-range ones alone."""
+    from histosmith.evaluation.tissue import accuracy, load_or_train, predict  # torch: only with --data
+
+    clf = load_or_train(data, tissue_names, cache_dir, show_progress=show_progress)
+    images = np.concatenate([np.asarray(imgs) for _, imgs, _ in Dataset.open(tiles).iter_shards()])
+    pred = predict(clf.net, images)
+    requested = sweep.conditions.tissues
+    inside = ~sweep.extrapolated
+    return {"data": str(data), "classifier": {
+        "recipe": asdict(clf.recipe), "cache_key": clf.key, "cached": clf.cached,
+        "train_accuracy": clf.train_accuracy, "val": clf.val},
+        "generated": accuracy(requested, pred, tissue_names),
+        "generated_in_range": accuracy(requested[inside], pred[inside], tissue_names)}
+
+
 def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDesign, out: Path,
-                command: str = "", show_progress: bool = True) -> dict[str, Any]:
-    """Generate the sweep into ``out/tiles`` and write the report beside it; returns control.json's content."""
-    sweep = build_sweep(session.info, design)
+                command: str = "", show_progress: bool = True, data: Path | None = None,
+                resume: bool = False) -> dict[str, Any]:
+    """Generate the sweep into ``out/tiles`` and write the report beside it; returns control.json's content.
+
+    ``data``: a real dataset to train the tissue classifier on (tissue collapse); ``plan.qc``: QC regeneration,
+    reported before (attempt 0) and after; ``resume``: ``out`` holds an earlier sweep (see
+    :func:`check_control_out`)."""
+    info = session.info
+    sweep = build_sweep(info, design)
+    if data is not None:
+        from histosmith.evaluation.tissue import check_dataset
+
+        check_dataset(data, list(info.spec.class_names), list(info.spec.tissue_names), info.tile_size)
+    tiles = out / TILES_DIR
+    if resume:
+        previous = read_json_object(tiles / PLAN_FILE)
+        diff = sorted(k for k, v in run_record(session, plan, sweep.conditions).items() if previous.get(k) != v)
+        if diff:
+            raise HistoSmithError(f"{out}: holds a control sweep with other settings ({', '.join(diff)}); "
+                                  "choose a new --out")
     log.info("control sweep: %d tiles (%d in the extrapolation region)", len(sweep), int(sweep.extrapolated.sum()))
-    result = generate(session, plan, sweep.conditions, out / TILES_DIR, show_progress=show_progress)
-    report = analyse(session.info, sweep, result.measured)
+    result = generate(session, plan, sweep.conditions, tiles, resume=resume, show_progress=show_progress)
+    before = result.measured
+    if plan.qc is not None:
+        rows = Dataset.open(tiles).patch_info()
+        before = _first_attempt_counts(rows, info.spec.class_names)
+        qc = qc_comparison(sweep, before, result.measured, np.array([int(r["qc_attempts"]) for r in rows]),
+                           np.array([r["qc_pass"] == "1" for r in rows]), info.spec.class_names)
+    report = analyse(info, sweep, before)
     report |= {"command": command, "model": session.model_id, "design": {
         "levels": design.levels, "tiles_per_level": design.tiles_per_level,
         "extrapolation": list(design.extrapolation)},
         "sampling": {"seed": plan.seed, "steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance}}
+    if plan.qc is not None:
+        report["qc"] = {"tolerance": plan.qc, "attempts": plan.qc_attempts,
+                        "rule": "|measured - requested| <= max(1, tolerance x requested) for every class"} | qc
+    if data is not None:
+        report["tissue_collapse"] = measure_tissue_collapse(data, tiles, sweep, list(info.spec.tissue_names),
+                                                            out / CLASSIFIER_DIR, show_progress)
     write_json_atomic(out / "control.json", report)
     write_text_atomic(out / "control.md", format_markdown(report))
-    plot_scatter(report, sweep, result.measured, out / "control_scatter.png")
+    plot_scatter(report, sweep, before, out / "control_scatter.png",
+                 after=result.measured if plan.qc is not None else None)
     plot_saturation(report, out / "control_saturation.png")
-    plot_bland_altman(report, sweep, result.measured, out / "control_bland_altman.png")
+    plot_bland_altman(report, sweep, before, out / "control_bland_altman.png")
     return report
 
 
@@ -77,13 +149,60 @@ def _per_tissue_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
 def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
     """The tissue-collapse section (a tissue classifier trained on real tiles, applied to the sweep's tiles)."""
     lines = ["## Tissue collapse", ""]
     if collapse is None:
         return lines + ["Not measured: pass `--data REAL_DATASET` to train a tissue classifier on the real tiles and "
                         "apply it to the generated ones.", ""]
-    return lines
+    clf = collapse["classifier"]
+    val, names = clf["val"], list(collapse["generated"]["per_tissue"])
+    lines += [f"A small CNN trained on the `train` tiles of {collapse['data']} "
+              f"({'loaded from the cache' if clf['cached'] else 'trained for this report'}; recipe {clf['recipe']}) "
+              f"predicts each generated tile's tissue. Its own accuracy on the real `val` tiles is "
+              f"{_pct(val['accuracy'])} (n = {val['n']}; "
+              + ", ".join(f"{t} {_pct(a)}" for t, a in val["per_tissue"].items())
+              + f"; train {_pct(clf['train_accuracy'])}): a generated tile counts as its requested tissue only as far "
+              "as that accuracy allows. Generated tiles as written (after QC when `--qc` was given).", "",
+              "| requested tissue | tiles | accuracy (all tiles) | tiles in range | accuracy (in range) |",
+              "|---|---|---|---|---|"]
+    gen, inside = collapse["generated"], collapse["generated_in_range"]
+    for t in names:
+        lines.append(_row([t, gen["n_per_tissue"][t], _pct(gen["per_tissue"][t]), inside["n_per_tissue"][t],
+                           _pct(inside["per_tissue"][t])]))
+    lines.append(_row(["all", gen["n"], _pct(gen["accuracy"]), inside["n"], _pct(inside["accuracy"])]))
+    lines += ["", "Requested (rows) vs predicted (columns) tissue, all tiles:", "",
+              "| requested \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for t, row in zip(names, gen["confusion"], strict=True):
+        lines.append(_row([t, *row]))
+    return lines + [""]
+
+
+def qc_lines(qc: dict[str, Any] | None) -> list[str]:
+    """Before QC (attempt 0 of every tile: the sweep without QC) against after QC, and the acceptance rate."""
+    if qc is None:
+        return []
+    o = qc["overall"]
+    lines = ["## QC regeneration", "",
+             f"`--qc {qc['tolerance']} --qc-attempts {qc['attempts']}`: a tile passes when {qc['rule']}; failing "
+             f"tiles are sampled again with attempt seeds (seed, tile, attempt). Acceptance (tiles within tolerance "
+             f"after at most {qc['attempts']} samples): {_pct(o['acceptance'])} ({o['passed']} of {o['tiles']}); "
+             f"in range {_pct(qc['in_range']['acceptance'])}, EXTRAPOLATION "
+             f"{_pct(qc['extrapolation']['acceptance'])}. Mean samples per tile {_num(o['mean_attempts'])}. The "
+             "tables above are before QC (each tile's first sample, the same as a run without `--qc`).", "",
+             "| class | region | n | r before | r after | slope before | slope after | MAE before | MAE after | "
+             "acceptance | mean samples |", "|---" * 11 + "|"]
+    for e in qc["classes"]:
+        for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
+            b, a, q = e[region]["before"], e[region]["after"], e[region]["qc"]
+            lines.append(_row([e["class"], label, b["n"], _num(b.get("r"), ".3f"), _num(a.get("r"), ".3f"),
+                               _num(b.get("slope")), _num(a.get("slope")), _num(b.get("mae")), _num(a.get("mae")),
+                               _pct(q["acceptance"]), _num(q["mean_attempts"])]))
+    return lines + [""]
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -127,6 +246,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Saturation point: the lowest level from which the mean measured count rises by less than "
               f"{report['saturation_slope']} nuclei per requested nucleus on every later step (extrapolation "
               f"included; pooled: tissues averaged per level).", ""]
+    lines += qc_lines(report.get("qc"))
     lines += tissue_collapse_lines(report.get("tissue_collapse"))
     return "\n".join(lines)
 
@@ -138,8 +258,10 @@ def _class_axes(k: int):
     return fig, axes[0]
 
 
-def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, path: Path) -> None:
-    """Requested vs measured per class, identity line; extrapolated tiles in their own colour."""
+def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, path: Path,
+                 after: np.ndarray | None = None) -> None:
+    """Requested vs measured per class, identity line; extrapolated tiles in their own colour; with ``after``
+    (QC) the kept tiles' counts as black crosses beside the first samples' dots."""
     from histosmith.data.plots import save_figure
 
     fig, axes = _class_axes(len(report["class_names"]))
@@ -148,11 +270,18 @@ def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, pat
         mine = sweep.swept_class == c
         q, m, extra = sweep.level[mine], measured[mine, c], sweep.extrapolated[mine]
         jitter = rng.uniform(-0.2, 0.2, (2, len(q)))
+        first = ", before QC" if after is not None else ""
         for sel, colour, label in ((~extra, INSIDE_COLOUR, "in range"), (extra, EXTRA_COLOUR, "extrapolation")):
-            ax.scatter(q[sel] + jitter[0, sel], m[sel] + jitter[1, sel], s=10, alpha=0.6, color=colour, label=label)
+            ax.scatter(q[sel] + jitter[0, sel], m[sel] + jitter[1, sel], s=10, alpha=0.6, color=colour,
+                       label=label + first)
         top = max(q.max(initial=0), m.max(initial=0)) + 1
+        if after is not None:
+            a = after[mine, c]
+            ax.scatter(q + jitter[0], a + jitter[1], s=14, marker="x", lw=0.8, color="black", alpha=0.7,
+                       label="after QC")
+            top = max(top, a.max(initial=0) + 1)
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{e['class']}  r={_num(e['in_range'].get('r'))} (in range)", fontsize=9)
+        ax.set_title(f"{e['class']}  r={_num(e['in_range'].get('r'))} (in range{first})", fontsize=9)
         ax.set_xlabel("requested")
         ax.set_ylabel("measured")
         ax.legend(fontsize=7, loc="upper left")

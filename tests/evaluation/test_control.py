@@ -147,16 +147,67 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
 
     tiles = Dataset.open(out / "tiles")
     assert len(tiles) == report["n_tiles"]
+    assert "Tissue collapse" in (out / "control.md").read_text() and "tissue_collapse" not in report
+
+    # The same sweep with QC and a tissue classifier: before QC is the sweep above, tile for tile.
+    qc_out = tmp_path / "ctl-qc"
+    args = ["hs-eval", "control", "--checkpoint", str(tiny_runs["ldm"]), "--device", "cpu", "--out", str(qc_out),
+            "--levels", "2", "--tiles-per-level", "1", "--steps", "2", "--batch", "8", "--qc", "0.2",
+            "--qc-attempts", "2", "--data", str(tiny_runs["data"])]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    with_qc = json.loads((qc_out / "control.json").read_text())
+    assert with_qc["classes"] == report["classes"] and with_qc["override"] == report["override"]
+    rows = Dataset.open(qc_out / "tiles").patch_info()
+    passed = [r["qc_pass"] == "1" for r in rows]
+    qc = with_qc["qc"]
+    assert qc["overall"]["tiles"] == len(rows) and qc["overall"]["passed"] == sum(passed)
+    assert qc["overall"]["mean_attempts"] == pytest.approx(np.mean([int(r["qc_attempts"]) for r in rows]))
+    before = np.array([[int(r[f"qc_first_{c}"]) for c in report["class_names"]] for r in rows])
+    assert np.array_equal(before, Dataset.open(out / "tiles").counts())  # attempt 0 = the no-QC sweep
+    for e, q in zip(report["classes"], qc["classes"], strict=True):
+        assert q["in_range"]["before"] == e["in_range"]
+    text = (qc_out / "control.md").read_text()
+    assert "## QC regeneration" in text and "r before | r after" in text
+    collapse = with_qc["tissue_collapse"]
+    assert collapse["classifier"]["val"]["n"] == 4 and not collapse["classifier"]["cached"]
+    assert collapse["generated"]["n"] == with_qc["n_tiles"]
+    assert sum(map(sum, collapse["generated"]["confusion"])) == with_qc["n_tiles"]
+    assert "accuracy (in range)" in text and "real `val` tiles" in text
+    # A rerun into the same --out resumes the (finished) sweep and reuses the cached classifier.
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    again = json.loads((qc_out / "control.json").read_text())
+    assert again["tissue_collapse"]["classifier"]["cached"]
+    assert again["tissue_collapse"]["generated"] == collapse["generated"] and again["qc"] == qc
+    # ... but not with other settings
+    res = run_cli(*args[:-4], "--qc-attempts", "3", "--data", str(tiny_runs["data"]))
+    assert res.returncode == 2 and "other settings (qc_attempts)" in res.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
     ([], "exactly one of --engine and --checkpoint"),
     (["--checkpoint", "nowhere", "--levels", "1"], "--levels 1"),
     (["--checkpoint", "nowhere"], "checkpoint not found"),
+    (["--checkpoint", "nowhere", "--qc", "0.2", "--qc-attempts", "0"], "--qc-attempts 0"),
+    (["--checkpoint", "nowhere", "--qc", "-1"], "--qc -1.0"),
+    (["--checkpoint", "nowhere", "--data", "nowhere"], "--data nowhere: not a prepared dataset"),
 ])
 def test_control_bad_input(tmp_path, args, needle):
     res = run_cli("hs-eval", "control", "--out", str(tmp_path / "o"), *args)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_control_refuses_data_without_val_tiles(tiny_runs, tmp_path):
+    from histosmith.data.prepare import prepare
+
+    few = tmp_path / "few"
+    prepare("synthetic", None, few, tile_size=32, n_tiles=4, seed=1, show_progress=False)  # no 10th tile: no val
+    res = run_cli("hs-eval", "control", "--checkpoint", str(tiny_runs["ldm"]), "--device", "cpu", "--out",
+                  str(tmp_path / "o"), "--data", str(few))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "no 'val' tiles" in lines[0]
     assert not (tmp_path / "o").exists()

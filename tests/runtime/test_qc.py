@@ -53,6 +53,7 @@ def test_sample_with_qc_keeps_first_pass_or_best_and_is_batch_independent():
     assert got.attempts.tolist() == [3, 2, 1, 1] and got.passed.tolist() == [True, True, True, True]
     assert [img[0, 0, 0] for img in got.images] == [2, 11, 20, 30]
     assert calls == [((0, 1, 2, 3), 0), ((0, 1), 1), ((0,), 2)]
+    assert got.first.tolist() == [[0], [1], [2], [3]]  # attempt 0's counts, whatever was kept
     split = [sample_with_qc(_fake_sampler([]), np.arange(k, k + 2), requested[k:k + 2], 1, 0, 0.0, 3)
              for k in (0, 2)]
     assert [int(img[0, 0, 0]) for s in split for img in s.images] == [2, 11, 20, 30]
@@ -86,6 +87,12 @@ def test_qc_run_is_batch_independent_and_resumes_byte_identical(tiny_runs, tmp_p
     attempts = [r["qc_attempts"] for r in rows]
     assert set(attempts) <= {"1", "2"} and "2" in attempts  # the tiny model misses often: retries happened
     assert all(r["qc_pass"] in ("0", "1") for r in rows)
+    from histosmith.data.reader import Dataset
+
+    kept = Dataset.open(tmp_path / "a").counts()
+    first = np.array([[int(r[f"qc_first_{c}"]) for c in session.info.spec.class_names] for r in rows])
+    once = np.array(attempts) == "1"
+    assert np.array_equal(first[once], kept[once])  # a tile kept at its first sample: before QC = after QC
     result = json.loads((tmp_path / "a" / "generation.json").read_text())["qc_result"]
     passed = sum(r["qc_pass"] == "1" for r in rows)
     assert result == {"tiles": 6, "passed": passed, "acceptance": passed / 6,
