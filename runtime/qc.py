@@ -110,16 +110,21 @@ def sample_with_qc(sample: Sampler, indices: np.ndarray, requested: np.ndarray, 
                    kept.agrees if with_check else None, first)
 
 
-def qc_result(ds: Dataset) -> dict[str, float | int] | None:
+def acceptance(passed: np.ndarray, attempts: np.ndarray) -> dict[str, Any]:
+    """Tiles, tiles passed, acceptance rate (share passed) and mean samples per tile; None rates when empty."""
+    n = len(passed)
+    return {"tiles": n, "passed": int(np.sum(passed)), "acceptance": float(np.mean(passed)) if n else None,
+            "mean_attempts": float(np.mean(attempts)) if n else None}
+
+
+def qc_result(ds: Dataset) -> dict[str, Any] | None:
     """Acceptance of a QC run, from the rows of every tile on disk (so a resumed run counts the tiles of its
     earlier processes too), rejected tiles included; None for a run without QC."""
     rows = ds.patch_info() + ds.rejected()
     if not rows or "qc_pass" not in rows[0]:
         return None
-    passed = sum(int(r["qc_pass"]) for r in rows)
-    result: dict[str, float | int] = {
-        "tiles": len(rows), "passed": passed, "acceptance": passed / len(rows),
-        "mean_attempts": float(np.mean([int(r["qc_attempts"]) for r in rows]))}
+    result: dict[str, Any] = acceptance(np.array([r["qc_pass"] == "1" for r in rows]),
+                                        np.array([int(r["qc_attempts"]) for r in rows]))
     if "qc_pq" in rows[0]:
         rejected = len(rows) - len(ds)
         result |= {"kept": len(rows) - rejected, "rejected": rejected,

@@ -179,7 +179,8 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
         raise HistoSmithError("give exactly one of --engine and --checkpoint")
     design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
     plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch, qc=qc, qc_attempts=qc_attempts)
-    from histosmith.evaluation.control_report import check_control_out, format_markdown, run_control
+    from histosmith.evaluation.control_markdown import format_markdown
+    from histosmith.evaluation.control_report import check_control_out, run_control
 
     resume = check_control_out(out)
     if data is not None and not (data / META_FILE).is_file():

@@ -28,6 +28,7 @@ import numpy as np
 from histosmith.errors import HistoSmithError
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.qc import acceptance
 
 EXTRAPOLATION = (1.25, 1.5)  # multiples of the training maximum swept beyond the trained range
 NOT_IN_RANGE = "not in this tissue's trained range"  # (tissue, class) pairs with a per-tissue maximum of 0
@@ -261,21 +262,15 @@ def qc_comparison(sweep: Sweep, before: np.ndarray, after: np.ndarray, attempts:
     kept tiles), in range and extrapolated; the acceptance rate (share of tiles within tolerance after at
     most K attempts) and mean attempts, overall and per region."""
     requested = sweep.conditions.counts
-
-    def acceptance(sel: np.ndarray) -> dict[str, float | int | None]:
-        n = int(sel.sum())
-        return {"tiles": n, "passed": int(passed[sel].sum()),
-                "acceptance": float(passed[sel].mean()) if n else None,
-                "mean_attempts": float(attempts[sel].mean()) if n else None}
-
     classes = []
     for c, name in enumerate(class_names):
         mine = sweep.swept_class == c
         entry: dict[str, Any] = {"class": name}
         for region, sel in (("in_range", mine & ~sweep.extrapolated), ("extrapolation", mine & sweep.extrapolated)):
             entry[region] = {"before": agreement(requested[sel, c], before[sel, c]),
-                             "after": agreement(requested[sel, c], after[sel, c]), "qc": acceptance(sel)}
+                             "after": agreement(requested[sel, c], after[sel, c]),
+                             "qc": acceptance(passed[sel], attempts[sel])}
         classes.append(entry)
-    every = np.ones(len(sweep), bool)
-    return {"overall": acceptance(every), "in_range": acceptance(~sweep.extrapolated),
-            "extrapolation": acceptance(sweep.extrapolated), "classes": classes}
+    x = sweep.extrapolated
+    return {"overall": acceptance(passed, attempts), "in_range": acceptance(passed[~x], attempts[~x]),
+            "extrapolation": acceptance(passed[x], attempts[x]), "classes": classes}

@@ -13,6 +13,7 @@ from histosmith.data.atomic import read_json_object, write_json_atomic, write_te
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.evaluation.control import Sweep, SweepDesign, analyse, build_sweep, qc_comparison
+from histosmith.evaluation.control_markdown import format_markdown, num
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.generate import PLAN_FILE, GenerationPlan, check_output_dir, generate, run_record
 
@@ -109,148 +110,6 @@ def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDe
     return report
 
 
-def _num(v: Any, fmt: str = ".2f") -> str:
-    if v is None:
-        return "n/a"
-    text = format(v, fmt)
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
-
-
-def _saturation(level: int | None) -> str:
-    return "follows to the end" if level is None else str(level)
-
-
-def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _per_tissue_lines(report: dict[str, Any]) -> list[str]:
-    lines = ["", "## Per tissue", "",
-             "| class | tissue | trained range | region | n | r | slope | MAE | BA bias | saturation point |",
-             "|---" * 10 + "|"]
-    for e in report["classes"]:
-        for tissue, t in e["per_tissue"].items():
-            if not t["swept"]:
-                lines.append(_row([e["class"], tissue, "none", t["note"], 0, "", "", "", "", ""]))
-                continue
-            for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
-                a = t[region]
-                lines.append(_row([e["class"], tissue, f"0..{t['training_max']}", label, a["n"],
-                                   _num(a.get("r"), ".3f"), _num(a.get("slope")), _num(a.get("mae")),
-                                   _num(a.get("bias")), _saturation(t["saturation_point"])]))
-    lines += ["", "## Mean measured count per requested level", "",
-              "| class | tissue | level | region | n | mean | sd |", "|---" * 7 + "|"]
-    for e in report["classes"]:
-        for tissue, t in e["per_tissue"].items():
-            for p in t.get("levels", []):
-                region = "EXTRAPOLATION" if p["extrapolated"] else "in range"
-                lines.append(f"| {e['class']} | {tissue} | {p['level']} | {region} | {p['n']} | {p['mean']:.2f} | "
-                             f"{p['sd']:.2f} |")
-    return lines
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
-    """The tissue-collapse section (a tissue classifier trained on real tiles, applied to the sweep's tiles)."""
-    lines = ["## Tissue collapse", ""]
-    if collapse is None:
-        return lines + ["Not measured: pass `--data REAL_DATASET` to train a tissue classifier on the real tiles and "
-                        "apply it to the generated ones.", ""]
-    clf = collapse["classifier"]
-    val, names = clf["val"], list(collapse["generated"]["per_tissue"])
-    lines += [f"A small CNN trained on the `train` tiles of {collapse['data']} "
-              f"({'loaded from the cache' if clf['cached'] else 'trained for this report'}; recipe {clf['recipe']}) "
-              f"predicts each generated tile's tissue. Its own accuracy on the real `val` tiles is "
-              f"{_pct(val['accuracy'])} (n = {val['n']}; "
-              + ", ".join(f"{t} {_pct(a)}" for t, a in val["per_tissue"].items())
-              + f"; train {_pct(clf['train_accuracy'])}): a generated tile counts as its requested tissue only as far "
-              "as that accuracy allows. Generated tiles as written (after QC when `--qc` was given).", "",
-              "| requested tissue | tiles | accuracy (all tiles) | tiles in range | accuracy (in range) |",
-              "|---|---|---|---|---|"]
-    gen, inside = collapse["generated"], collapse["generated_in_range"]
-    for t in names:
-        lines.append(_row([t, gen["n_per_tissue"][t], _pct(gen["per_tissue"][t]), inside["n_per_tissue"][t],
-                           _pct(inside["per_tissue"][t])]))
-    lines.append(_row(["all", gen["n"], _pct(gen["accuracy"]), inside["n"], _pct(inside["accuracy"])]))
-    lines += ["", "Requested (rows) vs predicted (columns) tissue, all tiles:", "",
-              "| requested \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for t, row in zip(names, gen["confusion"], strict=True):
-        lines.append(_row([t, *row]))
-    return lines + [""]
-
-
-def qc_lines(qc: dict[str, Any] | None) -> list[str]:
-    """Before QC (attempt 0 of every tile: the sweep without QC) against after QC, and the acceptance rate."""
-    if qc is None:
-        return []
-    o = qc["overall"]
-    lines = ["## QC regeneration", "",
-             f"`--qc {qc['tolerance']} --qc-attempts {qc['attempts']}`: a tile passes when {qc['rule']}; failing "
-             f"tiles are sampled again with attempt seeds (seed, tile, attempt). Acceptance (tiles within tolerance "
-             f"after at most {qc['attempts']} samples): {_pct(o['acceptance'])} ({o['passed']} of {o['tiles']}); "
-             f"in range {_pct(qc['in_range']['acceptance'])}, EXTRAPOLATION "
-             f"{_pct(qc['extrapolation']['acceptance'])}. Mean samples per tile {_num(o['mean_attempts'])}. The "
-             "tables above are before QC (each tile's first sample, the same as a run without `--qc`).", "",
-             "| class | region | n | r before | r after | slope before | slope after | MAE before | MAE after | "
-             "acceptance | mean samples |", "|---" * 11 + "|"]
-    for e in qc["classes"]:
-        for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
-            b, a, q = e[region]["before"], e[region]["after"], e[region]["qc"]
-            lines.append(_row([e["class"], label, b["n"], _num(b.get("r"), ".3f"), _num(a.get("r"), ".3f"),
-                               _num(b.get("slope")), _num(a.get("slope")), _num(b.get("mae")), _num(a.get("mae")),
-                               _pct(q["acceptance"]), _num(q["mean_attempts"])]))
-    return lines + [""]
-
-
-def format_markdown(report: dict[str, Any]) -> str:
-    """The human-readable report; extrapolation rows carry the word in every table."""
-    lines = ["# Count control", ""]
-    if report.get("command"):
-        lines += [f"Command: `{report['command']}`", ""]
-    lines += [f"Model: {report.get('model', '')}. {report['n_tiles']} tiles, {report['n_extrapolated_tiles']} of "
-              f"them in the extrapolation region. The trained range is per tissue: a class is swept from 0 to its "
-              f"largest count among the training tiles of that tissue ({report['training_max_per_tissue']}), "
-              f"then at 1.25x and 1.5x of that maximum (EXTRAPOLATION); a class that never occurs in a tissue's "
-              f"training tiles is not swept there. Other classes held at the training median per tissue: "
-              f"{report['held_at_median']}. Counting margin {report['count_margin']} px.", "",
-              "## Per class (tissues pooled)", "",
-              "| class | region | n | r | slope | intercept | MAE | BA bias | BA 95% limits | saturation point |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for e in report["classes"]:
-        for region, label in (("in_range", "in range"), ("extrapolation", "EXTRAPOLATION")):
-            a = e[region]
-            cells = [e["class"], label, a["n"], _num(a.get("r"), ".3f"), _num(a.get("slope")),
-                     _num(a.get("intercept")), _num(a.get("mae")), _num(a.get("bias")),
-                     f"{_num(a.get('loa_low'))} .. {_num(a.get('loa_high'))}", _saturation(e["saturation_point"])]
-            lines.append(_row(cells))
-    lines += _per_tissue_lines(report)
-    names = report["class_names"]
-    lines += ["", "## Override", "",
-              "Slope of each measured class (columns) against the requested count of the swept class (rows), "
-              "in range, within tissue (one intercept per tissue). Ideal: 1 on the diagonal, 0 elsewhere; a large "
-              "off-diagonal value means asking for one class produces another.", "",
-              "| asked for \\ measured | " + " | ".join(names) + " |",
-              "|---" * (len(names) + 1) + "|"]
-    for name, row in zip(names, report["override"]["slopes"], strict=True):
-        lines.append(f"| {name} | " + " | ".join(_num(v) for v in row) + " |")
-    lines += ["", "Class shares at each tissue's training maximum of the swept class (requested -> measured):", "",
-              "| asked for | tiles | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for s in report["override"]["at_training_max"]:
-        if s["requested_shares"] is None:
-            continue
-        cells = [f"{q:.2f} -> {m:.2f}" for q, m in zip(s["requested_shares"], s["measured_shares"], strict=True)]
-        lines.append(f"| {s['class']} | {s['n_tiles']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Saturation point: the lowest level from which the mean measured count rises by less than "
-              f"{report['saturation_slope']} nuclei per requested nucleus on every later step (extrapolation "
-              f"included; pooled: tissues averaged per level).", ""]
-    lines += qc_lines(report.get("qc"))
-    lines += tissue_collapse_lines(report.get("tissue_collapse"))
-    return "\n".join(lines)
-
-
 def _class_axes(k: int):
     from histosmith.data.plots import plt
 
@@ -281,7 +140,7 @@ def plot_scatter(report: dict[str, Any], sweep: Sweep, measured: np.ndarray, pat
                        label="after QC")
             top = max(top, a.max(initial=0) + 1)
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{e['class']}  r={_num(e['in_range'].get('r'))} (in range{first})", fontsize=9)
+        ax.set_title(f"{e['class']}  r={num(e['in_range'].get('r'))} (in range{first})", fontsize=9)
         ax.set_xlabel("requested")
         ax.set_ylabel("measured")
         ax.legend(fontsize=7, loc="upper left")

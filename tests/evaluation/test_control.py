@@ -18,7 +18,7 @@ from histosmith.evaluation.control import (
     tissue_maxima,
     tissue_medians,
 )
-from histosmith.evaluation.control_report import format_markdown
+from histosmith.evaluation.control_markdown import format_markdown
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.schedule import ScheduleConfig
 from tests.conftest import run_cli
