@@ -211,7 +211,9 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
               help="Tiles read from each dataset (spread evenly over it).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for realism.json and realism.png (created).")
-def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path) -> None:
+@click.option("--segmenter", type=click.Path(path_type=Path), default=None,
+              help="hs-train seg run: add the kernel distance (KID) on its encoder features, with a real-halves floor.")
+def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path, segmenter: Path | None) -> None:
     """Per-class nucleus morphology and per-tile counts, real vs generated (Wasserstein distances, histograms)."""
     output_path(out / "realism.json")
     import shlex
@@ -222,7 +224,18 @@ def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path) -> None:
     from histosmith.evaluation.realism import compare, format_table, plot_histograms
 
     real_ds, gen_ds = Dataset.open(real), Dataset.open(generated)
+    features = None
+    if segmenter is not None:
+        from histosmith.evaluation.kid import load_feature_model
+
+        features = load_feature_model(segmenter, [real_ds, gen_ds])  # checked before the long part
     report, samples = compare(real_ds, gen_ds, max_tiles)
+    if features is not None:
+        from histosmith.evaluation.kid import segmenter_kid
+        from histosmith.evaluation.realism import spread
+
+        report["kid"] = segmenter_kid(features, real_ds, gen_ds, spread(len(real_ds), max_tiles),
+                                      spread(len(gen_ds), max_tiles))
     report["command"] = shlex.join(["hs-eval", *sys.argv[1:]])
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "realism.json", report)

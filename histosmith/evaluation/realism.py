@@ -24,6 +24,7 @@ from histosmith.data.info import tile_counts
 from histosmith.data.labels import instance_classes
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
+from histosmith.evaluation.kid import format_kid
 
 log = logging.getLogger(__name__)
 FEATURES = ("area", "eccentricity", "solidity", "hematoxylin_od")
@@ -144,6 +145,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{_num(cp['wasserstein'], '.3f'):>10}")
         lines.append(f"{e['class']:<14}median area gen/real {_num(e['median_area_ratio'])}, "
                      f"generated above real p99 area {_num(e['share_above_real_p99_area'], '.1%')}")
+    if "kid" in report:
+        lines.append(format_kid(report["kid"]))
     return "\n".join(lines)
 
 
@@ -173,4 +176,6 @@ def plot_histograms(report: dict[str, Any], samples: Samples, path: Path) -> Non
             ax.tick_params(labelsize=7)
             if c == 0 and j == 0:
                 ax.legend(fontsize=7)
+    if "kid" in report:
+        fig.suptitle(format_kid(report["kid"]), fontsize=9)
     save_figure(fig, path)

@@ -54,11 +54,22 @@ class Segmenter(nn.Module):
         self.distance_head = nn.Conv2d(c0, 1, 1)
         self.class_head = nn.Conv2d(c0, cfg.n_classes + 1, 1)
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's output at every level, full resolution first; the last is the bottleneck
+        (B, base_channels * channel_mult[-1], H / 2^(levels-1), W / 2^(levels-1))."""
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
+        return skips
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C) global-average-pooled bottleneck features: the tile's descriptor for the kernel distance."""
+        return self.encode(x)[-1].mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        skips = self.encode(x)
+        x = skips[-1]
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))

@@ -26,6 +26,20 @@ def class_map(foreground_logit: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return np.where(foreground_logit[0] > 0, logits[1:].argmax(axis=0) + 1, 0)
 
 
+def model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) RGB -> the segmenter's input, float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+
+
+@torch.no_grad()
+def pooled_features(model: Segmenter, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB -> (N, C) float64 global-average-pooled bottleneck features (eval mode)."""
+    model.eval()
+    parts = [model.pooled_features(model_input(images[s : s + batch_size])).double().numpy()
+             for s in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.cfg.base_channels * model.cfg.channel_mult[-1]))
+
+
 @torch.no_grad()
 def predict_maps(model: Segmenter, rgb: torch.Tensor, tta: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RGB (B, 3, H, W) in [-1, 1] -> foreground logits (B, 1, H, W), distance (B, 1, H, W), class
@@ -49,8 +63,7 @@ def predict_labels(model: Segmenter, images: np.ndarray, batch_size: int = 32, t
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = np.asarray(images[start : start + batch_size])
-        x = torch.from_numpy(chunk.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)  # (B, 3, H, W)
-        fg, dist, probs = predict_maps(model, x, tta)
+        fg, dist, probs = predict_maps(model, model_input(chunk), tta)
         for b in range(len(chunk)):
             out.append(labels_from_maps(dist[b, 0], class_map(fg[b], probs[b]), n_classes, post))
     return out
