@@ -107,13 +107,20 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines = ["# Count control", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
+    names = report["class_names"]
     lines += [f"Model: {report.get('model', '')}. {report['n_tiles']} tiles, {report['n_extrapolated_tiles']} of "
               f"them in the extrapolation region. The trained range is per tissue: a class is swept from 0 to its "
-              f"largest count among the training tiles of that tissue ({report['training_max_per_tissue']}), "
-              f"then at 1.25x and 1.5x of that maximum (EXTRAPOLATION); a class that never occurs in a tissue's "
-              f"training tiles is not swept there. Other classes held at the training median per tissue: "
-              f"{report['held_at_median']}. Counting margin {report['count_margin']} px.", "",
-              "## Per class (tissues pooled)", "",
+              f"largest count among the training tiles of that tissue, then at 1.25x and 1.5x of that maximum "
+              f"(EXTRAPOLATION); a class that never occurs in a tissue's training tiles is not swept there. While "
+              f"one class is swept the others are held at the training median of the tissue. Counting margin "
+              f"{report['count_margin']} px.", "",
+              "| tissue | " + " | ".join(f"{c}: trained range (median)" for c in names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    for tissue, maxima in report["training_max_per_tissue"].items():
+        medians = report["held_at_median"][tissue]
+        lines.append(_row([tissue, *(f"0..{m} ({h})" if m else f"none ({h})" for m, h in zip(maxima, medians,
+                                                                                          strict=True))]))
+    lines += ["", "## Per class (tissues pooled)", "",
               "| class | region | n | r | slope | intercept | MAE | BA bias | BA 95% limits | saturation point |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for e in report["classes"]:
@@ -124,7 +131,6 @@ def format_markdown(report: dict[str, Any]) -> str:
                      f"{num(a.get('loa_low'))} .. {num(a.get('loa_high'))}", _saturation(e["saturation_point"])]
             lines.append(_row(cells))
     lines += _per_tissue_lines(report)
-    names = report["class_names"]
     lines += ["", "## Override", "",
               "Slope of each measured class (columns) against the requested count of the swept class (rows), "
               "in range, within tissue (one intercept per tissue). Ideal: 1 on the diagonal, 0 elsewhere; a large "

@@ -68,6 +68,7 @@ def test_class_absent_from_a_tissue_is_not_swept_there():
     assert b["per_tissue"]["t1"]["swept"] and b["training_max"] == {"t0": 0, "t1": 4}
     text = format_markdown(report)
     assert "| b | t0 | none | not in this tissue's trained range |" in text
+    assert "| t0 | 0..5 (3) | none (0) |" in text and "| t1 | 0..8 (8) | 0..4 (4) |" in text
     assert "trained range is per tissue" in text
     with pytest.raises(HistoSmithError, match="nothing to sweep"):
         build_sweep(_info([[0, 0]], [0]), SweepDesign())
