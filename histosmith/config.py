@@ -2,7 +2,7 @@
 
 Presets (DESIGN §3): ``tiny`` for unit tests (seconds), ``small`` for the CPU demo (64 px tiles, minutes
 on 2 cores), ``reference`` for the reference example model (``make reference``: the small networks, the
-count condition also as cross-attention tokens, about three times the demo's steps; under an hour),
+count condition also as cross-attention tokens, three to seven times the demo's steps; under an hour),
 ``paper`` for GPU training (256 px tiles, f = 4, 64x64x3 latents, codebook 8192, U-Net ~200 base
 channels). Data-dependent fields (classes, tissues, tile size) are filled from the dataset.
 """
@@ -147,10 +147,10 @@ _PRESETS: dict[str, Preset] = {
                 norm_groups=16, head_channels=32),
         unet=dict(base_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1, attention_levels=(1, 2),
                   head_channels=32, norm_groups=16, cross_attention=True),
-        # About 15 + 35 minutes on 2 idle cores with bf16 autocast (scripts/reference.sh).
+        # About 12 + 30 minutes on 2 idle cores with bf16 autocast (scripts/reference.sh).
         vq_train=VQTrainConfig(batch_size=12, lr=8e-4, max_steps=4000, warmup_steps=50, log_every=25,
                                checkpoint_every=400),
-        ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=6000, warmup_steps=100, ema_decay=0.999,
+        ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=10000, warmup_steps=100, ema_decay=0.999,
                                  log_every=50, checkpoint_every=500),
     ),
     "paper": Preset(
