@@ -130,3 +130,13 @@ def test_hs_sample_with_segmenter_filter_and_bad_input(tiny_runs, seg_run, tmp_p
     gen = ["hs-generate", "--engine", str(tmp_path / "unet.onnx"), "--out", str(tmp_path / "p")]
     _one_error(run_cli(*gen, "--qc-min-pq", "0.5"), "--qc-min-pq", "--qc-segmenter")
     _one_error(run_cli(*gen, "--qc-segmenter", str(seg_run), "--ray"), "--qc-segmenter", "--ray")
+
+
+def test_hs_generate_with_segmenter_filter(tiny_export, seg_run, tmp_path):
+    res = run_cli("hs-generate", "--engine", str(tiny_export / "unet.onnx"), "--out", str(tmp_path / "o"), "--n", "4",
+                  "--steps", "2", "--from-dataset", "--qc-attempts", "2", "--qc-segmenter", str(seg_run),
+                  "--qc-min-pq", str(MIN_PQ))
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "o" / "generation.json").read_text())
+    assert record["qc_min_pq"] == MIN_PQ and record["qc_result"]["kept"] + record["qc_result"]["rejected"] == 4
+    assert len(_rows(tmp_path / "o")) == record["qc_result"]["kept"] == len(Dataset.open(tmp_path / "o"))
