@@ -142,6 +142,25 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
     click.echo(f"report: {out}/downstream.json, downstream.md, downstream.png ({len(report['runs'])} runs)")
 
 
+def _open_generator(engine: Path | None, checkpoint: Path | None, device: str, threads: int | None, batch: int):
+    """A generator session from an export (``--engine``) or a training run (``--checkpoint``): exactly one."""
+    from histosmith.errors import HistoSmithError
+
+    if (engine is None) == (checkpoint is None):
+        raise HistoSmithError("give exactly one of --engine and --checkpoint")
+    if engine is not None:
+        from histosmith.runtime.engine import EngineOptions, open_engine
+
+        return open_engine(engine, EngineOptions(device, threads, batch=batch))
+    assert checkpoint is not None
+    if not checkpoint.exists():
+        raise HistoSmithError(f"{checkpoint}: checkpoint not found")
+    from histosmith.generator import CheckpointSession, load_generator
+    from histosmith.training.loop import pick_device
+
+    return CheckpointSession(load_generator(checkpoint), str(pick_device(device)), batch=batch)
+
+
 @cli.command("control")
 @click.option("--engine", type=click.Path(path_type=Path), default=None, help="Exported U-Net (EXPORT/unet.onnx, .pt).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="hs-train ldm run or file.")
@@ -185,23 +204,45 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
     resume = check_control_out(out)
     if data is not None and not (data / META_FILE).is_file():
         raise HistoSmithError(f"--data {data}: not a prepared dataset (no meta.json)")
-    if engine is not None:
-        from histosmith.runtime.engine import EngineOptions, open_engine
-
-        session = open_engine(engine, EngineOptions(device, threads, batch=batch))
-    else:
-        assert checkpoint is not None
-        if not checkpoint.exists():
-            raise HistoSmithError(f"{checkpoint}: checkpoint not found")
-        from histosmith.generator import CheckpointSession, load_generator
-        from histosmith.training.loop import pick_device
-
-        session = CheckpointSession(load_generator(checkpoint), str(pick_device(device)), batch=batch)
+    session = _open_generator(engine, checkpoint, device, threads, batch)
     report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]), data=data,
                          resume=resume)
     click.echo(format_markdown(report))
     click.echo(f"report: {out}/control.json, control.md, control_scatter.png, control_saturation.png, "
                "control_bland_altman.png")
+
+
+@cli.command("guidance")
+@click.option("--engine", type=click.Path(path_type=Path), default=None, help="Exported U-Net (EXPORT/unet.onnx, .pt).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="hs-train ldm run or file.")
+@click.option("--scales", default="1.5,3,5", show_default=True, help="Comma-separated guidance scales to compare.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for guidance.json/md/png and one control sweep per scale (g<scale>; resumed).")
+@click.option("--levels", type=int, default=4, show_default=True, help="Requested levels per class (as control).")
+@click.option("--tiles-per-level", type=int, default=2, show_default=True, help="Tiles per level (fixed seeds).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Base seed; sweep tile i uses (seed, i).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=25, show_default=True, help="DDIM steps.")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+def guidance_cmd(engine: Path | None, checkpoint: Path | None, scales: str, out: Path, levels: int,
+                 tiles_per_level: int, seed: int, steps: int, batch: int, device: str, threads: int | None) -> None:
+    """Which guidance scale follows the counts best? The control sweep at every scale, compared per class."""
+    import shlex
+    import sys
+
+    from histosmith.evaluation.control import SweepDesign
+    from histosmith.evaluation.guidance import compare_guidance, format_markdown, parse_scales
+    from histosmith.runtime.generate import GenerationPlan
+
+    values = parse_scales(scales)
+    design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
+    plan = GenerationPlan(seed=seed, steps=steps, batch=batch)
+    session = _open_generator(engine, checkpoint, device, threads, batch)
+    result = compare_guidance(session, values, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]))
+    click.echo(format_markdown(result))
+    click.echo(f"recommended guidance: {result['recommended']:g}; report: {out}/guidance.json, guidance.md, "
+               "guidance.png")
 
 
 @cli.command("realism")
