@@ -2,20 +2,19 @@
 # The reference example model (`make reference`, under an hour on 2 cores): the example data cut every
 # 16 px (2,494 overlapping training windows above the same 66-tile held-out band), the `reference` preset
 # (the demo's networks, the count condition also as cross-attention tokens, about three times the steps),
-# exported, then its count control, QC and realism reports. Safe to rerun: finished stages are kept,
+# exported, then its guidance choice, count control, QC and realism reports. Safe to rerun: finished stages are kept,
 # interrupted training resumes from its checkpoint.
 set -euo pipefail
 out=${1:-runs/reference}
 results=${REFERENCE_RESULTS:-docs/results/reference}  # the files the README cites (committed)
 vq_minutes=${REFERENCE_VQ_MINUTES:-16}
 ldm_minutes=${REFERENCE_LDM_MINUTES:-36}
-guidance=${REFERENCE_GUIDANCE:-4}
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 mkdir -p "$out"
 start=$(date +%s)
 stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
 
-echo "== 1/6 example data, training windows every 16 px =="
+echo "== 1/7 example data, training windows every 16 px =="
 [ -f "$out/data/meta.json" ] || "$bin/hs-data" prepare --source example --stride 16 --out "$out/data"
 "$bin/hs-data" info "$out/data" --plot "$out/data_info.png" > "$out/data_info.txt"; stamp
 
@@ -28,30 +27,40 @@ train() {  # stage, run dir, minutes, extra args...
   fi
 }
 
-echo "== 2/6 stage 1: VQ autoencoder (reference preset) =="
+echo "== 2/7 stage 1: VQ autoencoder (reference preset) =="
 train vqvae "$out/vqvae" "$vq_minutes"; stamp
 "$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"; stamp
 
-echo "== 3/6 stage 2: conditional latent U-Net with count tokens (reference preset) =="
+echo "== 3/7 stage 2: conditional latent U-Net with count tokens (reference preset) =="
 train ldm "$out/ldm" "$ldm_minutes" --vqvae "$out/vqvae"; stamp
 
-echo "== 4/6 export (ONNX fp32/fp16, torch.export programs) =="
+echo "== 4/7 export (ONNX fp32/fp16, torch.export programs) =="
 "$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"; stamp
 
-echo "== 5/6 count control: per-class sweep, tissue classifier, QC (guidance $guidance) =="
+echo "== 5/7 guidance scale: the control sweep at 1.5, 3 and 5, the best worst-class r wins =="
+"$bin/hs-eval" guidance --engine "$out/export/unet.onnx" --scales "${REFERENCE_SCALES:-1.5,3,5}" --levels 4 \
+  --tiles-per-level 2 --steps 25 --out "$out/guidance"
+guidance=${REFERENCE_GUIDANCE:-$("$bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended"])' \
+  "$out/guidance/guidance.json")}
+echo "   guidance $guidance"; stamp
+
+echo "== 6/7 count control at guidance $guidance: per-class sweep, tissue classifier, QC =="
 rm -rf "$out/control"
 "$bin/hs-eval" control --engine "$out/export/unet.onnx" --data "$out/data" --levels 6 --tiles-per-level 4 \
   --steps 50 --guidance "$guidance" --qc 0.2 --qc-attempts 4 --out "$out/control"; stamp
 
-echo "== 6/6 realism: 200 tiles with the real tiles' own conditions vs the held-out real tiles =="
+echo "== 7/7 realism: 200 tiles drawn like the training tiles vs the real tiles; KID on a real-only segmenter =="
+[ -f "$out/seg/checkpoint.pt" ] || "$bin/hs-train" seg --data "$out/data" --config small --out "$out/seg"
 rm -rf "$out/samples"
-"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 200 --from-dataset "$out/data" --seed 0 \
-  --guidance "$guidance" --out "$out/samples"
+"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 200 --from-dataset --seed 0 --guidance "$guidance" \
+  --out "$out/samples"
 rm -rf "$out/realism"
-"$bin/hs-eval" realism --real "$out/data" --generated "$out/samples" --out "$out/realism"; stamp
+"$bin/hs-eval" realism --real "$out/data" --generated "$out/samples" --segmenter "$out/seg" --out "$out/realism"
+stamp
 
 mkdir -p "$results"
 cp "$out/data_info.txt" "$out/data_info.png" "$out/vqvae_eval.json" "$out/ldm/loss.png" "$results/"
+cp "$out/guidance/guidance.json" "$out/guidance/guidance.md" "$out/guidance/guidance.png" "$results/"
 cp "$out/control/control.json" "$out/control/control.md" "$out/control/"*.png "$results/"
 cp "$out/realism/realism.json" "$out/realism/realism.png" "$results/"
 cp "$out/samples/preview.png" "$results/samples_preview.png"
