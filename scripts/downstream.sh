@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Does the synthetic data help? (`make downstream`, after `make demo`.) Generates tiles with --balance from
+# Does the synthetic data help? (`make downstream`, after `make demo`; or `scripts/downstream.sh runs/reference OUT`.) Generates tiles with --balance from
 # the demo's export and trains the downstream segmenter on real vs real + synthetic vs synthetic tiles,
 # 3 seeds each, scored on the example data's held-out region. Safe to rerun: finished runs are reused.
 set -euo pipefail
@@ -7,6 +7,8 @@ demo=${1:-runs/demo}
 out=${2:-runs/downstream}
 results=${DOWNSTREAM_RESULTS:-docs/results/downstream}
 n=${DOWNSTREAM_N:-300}
+guidance=${DOWNSTREAM_GUIDANCE:-4}
+steps=${DOWNSTREAM_STEPS:+--steps $DOWNSTREAM_STEPS}  # segmenter optimiser steps (default: the config's 800)
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 start=$(date +%s)
 stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
@@ -19,7 +21,7 @@ mkdir -p "$out"
 
 echo "== 1/2 $n synthetic tiles from the demo generator, rare classes raised (--balance) =="
 if [ -f "$out/synthetic/generation.json" ]; then resume=--resume; else resume=; fi
-"$bin/hs-generate" --engine "$demo/export/unet.onnx" --n "$n" --balance --seed 1 --guidance 4 \
+"$bin/hs-generate" --engine "$demo/export/unet.onnx" --n "$n" --balance --seed 1 --guidance "$guidance" \
   --out "$out/synthetic" $resume
 stamp
 
@@ -27,7 +29,7 @@ echo "== 2/2 segmenters on real / real+synthetic (/ synthetic) tiles, 3 seeds, h
 rm -rf "$out/eval"
 "$bin/hs-eval" downstream --real "$demo/data" --synthetic "$out/synthetic" \
   --arms "${DOWNSTREAM_ARMS:-real,real+synthetic,synthetic}" --seeds 3 --jobs "${DOWNSTREAM_JOBS:-2}" \
-  --out "$out/eval"
+  $steps --out "$out/eval"
 stamp
 
 mkdir -p "$results"
