@@ -59,10 +59,13 @@ rm -rf "$out/realism"
 stamp
 
 mkdir -p "$results"
-cp "$out/data_info.txt" "$out/data_info.png" "$out/vqvae_eval.json" "$out/ldm/loss.png" "$results/"
+cp "$out/data_info.txt" "$out/data_info.png" "$out/vqvae_eval.json" "$results/"
+for stage in vqvae ldm; do  # curves and per-step wall times of both stages
+  cp "$out/$stage/loss.png" "$results/${stage}_loss.png"; cp "$out/$stage/log.csv" "$results/${stage}_log.csv"
+done
 cp "$out/guidance/guidance.json" "$out/guidance/guidance.md" "$out/guidance/guidance.png" "$results/"
 cp "$out/control/control.json" "$out/control/control.md" "$out/control/"*.png "$results/"
 cp "$out/realism/realism.json" "$out/realism/realism.png" "$results/"
 cp "$out/samples/preview.png" "$results/samples_preview.png"
-echo "   [$(( $(date +%s) - start ))s in all]" > "$results/reference_time.txt"
+echo "   [$(( $(date +%s) - start ))s in all for this invocation (finished training stages are resumed, not rerun)]" > "$results/reference_time.txt"
 echo "report: $results/control.md, $results/realism.json"
