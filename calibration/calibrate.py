@@ -22,7 +22,7 @@ import onnx
 from histosmith.calibration.gate import GateResult, GateThresholds, compare, decode, final_latents
 from histosmith.calibration.quantize import FeedReader, Method, qdq_summary, quantize, recipe, row_batches
 from histosmith.calibration.report import write_report
-from histosmith.calibration.sensitivity import errors_json, float_list, float_nodes, sweep
+from histosmith.calibration.sensitivity import check_blocks, errors_json, float_list, float_nodes, sweep
 from histosmith.calibration.trajectories import (
     CalibrationSet,
     TrajectoryOptions,
@@ -51,6 +51,7 @@ class CalibrateOptions:
     gate: GateThresholds = GateThresholds()
     sensitivity_rows: int = 64  # recorded inputs the sweep evaluates (spread over every step)
     force: bool = False  # record the graphs even below the gate (marked as failed)
+    keep_float: tuple[str, ...] = ()  # U-Net blocks kept float on request (besides the design list and the sweep)
     threads: int | None = None
     cache: Path | None = None
     show_progress: bool = True
@@ -114,6 +115,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
     unet_name, decoder_name, step_name = fp32_sources(export, manifest)
     if opts.target in ("tensorrt", "both") and not step_name:
         raise file_error(export, "no fp32 step graph (step.onnx) to quantise for TensorRT; re-export with hs-export")
+    check_blocks(export / unet_name, opts.keep_float)
     info = manifest.info
     topts = opts.trajectories
     table = dataset_conditions(data, info.spec, topts.samples, topts.seed)
@@ -136,7 +138,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
     eval_rows = cset.spread(opts.sensitivity_rows)
     errors, kept_blocks = sweep(export / unet_name, cset, cpu, opts.method, unet_reader,
                                 work / f"ranges-unet-{opts.method}-cpu.json", eval_rows, work, opts.threads,
-                                opts.show_progress)
+                                opts.show_progress, requested=opts.keep_float)
 
     produced: list[str] = []
     recipes: dict[str, Any] = {}

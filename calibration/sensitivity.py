@@ -8,7 +8,8 @@ guided noise prediction against fp32 on recorded trajectory inputs, overall and 
 Kept in float by design (DESIGN §5): everything before the first convolution (timestep embedding,
 condition MLP), the first and last convolutions, normalisation and softmax (the quantiser leaves them: only
 Conv/MatMul/Gemm are quantised), and the DDIM update of the fused step graph. Blocks whose single-block error
-exceeds ``AUTO_FACTOR`` times the median block error are added to that list.
+exceeds ``AUTO_FACTOR`` times the median block error are added to that list, and so are the blocks the
+user names (``hs-calibrate --keep-float down.0,up.5``: accuracy bought with speed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from histosmith.calibration.quantize import QUANTIZED_OPS, FeedReader, Method, Recipe, quantize
 from histosmith.calibration.trajectories import CalibrationSet
+from histosmith.errors import HistoSmithError
 from histosmith.export.fp16 import before_first_conv, in_scopes
 from histosmith.runtime.specs import NOISE_PRED
 
@@ -34,6 +36,7 @@ FLOAT_OPS = {"normalisation (GroupNormalization / InstanceNormalization)": "not 
              "attention softmax": "not in the quantised op set (ONNX Runtime may still fuse it between the "
                                   "Q/DQ pairs of the attention matmuls into QLinearSoftmax at load time)"}
 AUTO_FACTOR = 5.0
+REQUESTED = "requested (--keep-float)"
 
 
 def block_of(node_name: str) -> str:
@@ -112,10 +115,20 @@ def float_nodes(model: onnx.ModelProto, blocks: set[str]) -> dict[str, str]:
     return keep
 
 
+def check_blocks(model: Path, names: tuple[str, ...]) -> None:
+    """Refuse ``--keep-float`` names that are not quantisable blocks of the U-Net graph at ``model``."""
+    blocks = quantizable_blocks(onnx.load(str(model)))
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        raise HistoSmithError(f"--keep-float {','.join(unknown)}: no such block in {model.name}; blocks: "
+                              f"{', '.join(blocks)}")
+
+
 def sweep(model: Path, cset: CalibrationSet, rec: Recipe, method: Method, reader: FeedReader, ranges: Path,
           rows: np.ndarray, work: Path, threads: int | None = None,
-          show_progress: bool = True) -> tuple[list[BlockError], set[str]]:
-    """Quantise one block at a time; returns per-block errors and the names of the blocks kept float."""
+          show_progress: bool = True, requested: tuple[str, ...] = ()) -> tuple[list[BlockError], set[str]]:
+    """Quantise one block at a time; returns per-block errors and the names of the blocks kept float (by
+    design, by sensitivity, or ``requested`` by the user)."""
     proto = onnx.load(str(model))
     blocks = quantizable_blocks(proto)
     keep = design_float_nodes(proto)
@@ -133,6 +146,8 @@ def sweep(model: Path, cset: CalibrationSet, rec: Recipe, method: Method, reader
     kept: set[str] = set()
     for block, nodes, err, worst in results:
         reason = keep[nodes[0]] if all(n in keep for n in nodes) else ""
+        if not reason and block in requested:
+            reason = REQUESTED
         if not reason and median > 0 and err > AUTO_FACTOR * median:
             reason = f"sensitivity: {err / median:.1f}x the median block error"
         if reason:

@@ -28,13 +28,16 @@ from histosmith.errors import HistoSmithError
 @click.option("--max-r-delta", type=float, default=0.02, show_default=True,
               help="Gate: largest change of the count-control r of any class.")
 @click.option("--force", is_flag=True, help="Record the graphs even if they miss the gate (marked failed).")
+@click.option("--keep-float", "keep_float", default="",
+              help="Comma-separated U-Net blocks (e.g. down.0,up.5; see calibration.md) kept in float besides "
+                   "the design list and the sensitivity sweep's: accuracy bought with speed.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Work directory for trajectories and ranges (default: $HISTOSMITH_CACHE/calibration).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def cli(export: Path, data: Path, samples: int, steps: int, method: str, target: str, gate_tiles: int,
         gate_steps: int, min_agreement: float, min_same_count: float, max_r_delta: float, force: bool,
-        threads: int | None, cache: Path | None, seed: int) -> None:
+        keep_float: str, threads: int | None, cache: Path | None, seed: int) -> None:
     for name, value, low in (("--samples", samples, 1), ("--steps", steps, 1), ("--gate-tiles", gate_tiles, 1),
                              ("--gate-steps", gate_steps, 1), ("--threads", threads or 1, 1)):
         if value < low:
@@ -55,7 +58,8 @@ def cli(export: Path, data: Path, samples: int, steps: int, method: str, target:
     opts = CalibrateOptions(TrajectoryOptions(samples=samples, steps=steps, seed=seed), method, target,
                             GateThresholds(gate_tiles, gate_steps, class_agreement=min_agreement,
                                            same_instance_count=min_same_count, control_r_delta=max_r_delta),
-                            force=force, threads=threads, cache=cache)
+                            force=force, threads=threads, cache=cache,
+                            keep_float=tuple(b.strip() for b in keep_float.split(",") if b.strip()))
     outcome = calibrate(export, data, opts)
     for g in outcome.gates:
         click.echo(f"{g.graph}: class-mask agreement {g.class_agreement:.2%}, same instance count "

@@ -13,7 +13,7 @@ import pytest
 from histosmith.calibration.calibrate import INT8_STEP, INT8_UNET, CalibrateOptions, calibrate
 from histosmith.calibration.gate import GateThresholds
 from histosmith.calibration.quantize import needs_reduce_range, recipe
-from histosmith.calibration.sensitivity import block_of
+from histosmith.calibration.sensitivity import REQUESTED, block_of
 from histosmith.calibration.trajectories import TrajectoryOptions
 from histosmith.data.atomic import sha256_file
 from histosmith.errors import HistoSmithError
@@ -42,7 +42,7 @@ def _snapshot(directory: Path) -> dict[str, str]:
 def calibrated(tiny_export, tiny_runs, tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("calibrated") / "exp"
     shutil.copytree(tiny_export, exp)
-    calibrate(exp, tiny_runs["data"], _opts(exp.parent))
+    calibrate(exp, tiny_runs["data"], _opts(exp.parent, keep_float=("down.0",)))  # one block float on request
     return exp
 
 
@@ -58,13 +58,14 @@ def test_calibration_writes_qdq_graphs_and_records_them(calibrated):
     parts = {row["part"] for row in record["kept_float"]}
     assert {"conv_in", "conv_out", "time_mlp", "condition"} <= parts
     assert any("DDIM update" in row["reason"] for row in record["kept_float"])
+    assert {"part": "down.0", "reason": REQUESTED} in record["kept_float"]
     for name, activation in ((INT8_UNET, onnx.TensorProto.UINT8), (INT8_STEP, onnx.TensorProto.INT8)):
         model = onnx.load(str(calibrated / name))
         produced = {o: n for n in model.graph.node for o in n.output}
         quantised = {n.name for n in model.graph.node if n.op_type == "Conv"
                      and produced.get(n.input[0]) is not None and produced[n.input[0]].op_type == "DequantizeLinear"}
         assert quantised, name
-        assert not any(block_of(n) in ("conv_in", "conv_out") for n in quantised)
+        assert not any(block_of(n) in ("conv_in", "conv_out", "down.0") for n in quantised)
         zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point") and t.dims == []]
         assert {t.data_type for t in zero_points} == {activation}
         if name == INT8_STEP:  # symmetric s8 for TensorRT: every zero point is 0
@@ -121,6 +122,7 @@ def test_cli_bad_input(tiny_export, tiny_runs, tmp_path):
     data = tiny_runs["data"]
     for args, message in (
         (["--samples", "0"], "--samples must be >= 1"),
+        (["--keep-float", "down.0,nope"], "--keep-float nope: no such block"),
         (["--export", str(tmp_path / "nothing")], "not an export directory"),
     ):
         base = {"--export": str(tiny_export), "--data": str(data)}
