@@ -178,11 +178,14 @@ def from_dataset(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
 
 
 def balanced(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
-    """Training draws with rare classes raised toward the top of their trained range.
+    """Training draws with rare classes raised toward the top of their trained range *in the drawn tile's
+    tissue*.
 
     A class is rare when its share of all training nuclei is below 1/K. For such a class the drawn count
-    becomes ``max(drawn, u)`` with ``u`` uniform between the class's 75th percentile and its maximum, so
-    rare cells become common while every request stays inside the range the model was trained on.
+    becomes ``max(drawn, u)`` with ``u`` uniform between the class's 75th percentile and its maximum among
+    the training tiles of that tissue, so rare cells become common while every request stays inside the
+    range the model was trained on for that tissue (a class a tissue never holds is not raised there:
+    stroma with tumour-nest counts of tumour cells is outside anything the model saw).
     """
     counts, tissues = info.training_counts, info.training_tissues
     if len(counts) == 0:
@@ -190,15 +193,20 @@ def balanced(info: GeneratorInfo, n: int, seed: int) -> ConditionTable:
     k = counts.shape[1]
     share = counts.sum(0) / max(counts.sum(), 1)
     rare = share < 1.0 / k
-    low = np.ceil(np.percentile(counts, 75, axis=0)).astype(np.int64)
-    high = counts.max(0)
+    low = np.zeros((info.spec.n_tissues, k), dtype=np.int64)
+    high = np.zeros((info.spec.n_tissues, k), dtype=np.int64)
+    for t in np.unique(tissues):
+        mine = counts[tissues == t]
+        low[t] = np.ceil(np.percentile(mine, 75, axis=0)).astype(np.int64)
+        high[t] = mine.max(0)
     out_counts = np.empty((n, k), dtype=np.int64)
     out_tissues = np.empty(n, dtype=np.int64)
     for i in range(n):
         rng = tile_rng(seed, i, STREAM_CONDITION)
         j = rng.integers(len(counts))
+        t = tissues[j]
         row = counts[j].copy()
-        raised = rng.integers(low, np.maximum(high, low) + 1)
+        raised = rng.integers(low[t], np.maximum(high[t], low[t]) + 1)
         row[rare] = np.maximum(row[rare], raised[rare])
-        out_counts[i], out_tissues[i] = row, tissues[j]
+        out_counts[i], out_tissues[i] = row, t
     return ConditionTable(out_counts, out_tissues, "balance")

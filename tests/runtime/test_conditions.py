@@ -26,6 +26,10 @@ def test_balance_raises_rare_class_within_the_trained_range():
     assert t.counts[:, 1].mean() > COUNTS[:, 1].mean() + 1
     assert t.counts[:, 1].max() <= 4 and t.counts[:, 0].max() <= 20
     SPEC.check_range(t.counts)  # never needs --allow-extrapolation
+    # ... and inside the drawn tile's tissue: tissue b's training tiles hold at most 2 of the rare class
+    b = t.tissues == 1
+    assert t.counts[b, 1].max() == 2 and t.counts[~b, 1].max() == 4
+    assert t.counts[b, 1].mean() > COUNTS[1::2, 1].mean()
 
 
 def test_csv_conditions(tmp_path):
