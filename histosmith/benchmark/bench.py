@@ -83,11 +83,14 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 
 def cpu_engines(export: Path, manifest: Manifest, names: tuple[str, ...]) -> list[Path]:
-    """The requested engine files, checked against the manifest (all CPU-capable ones by default)."""
+    """The requested engine files, checked against the manifest. Default: every ONNX graph, the fp32 torch
+    program and, on CPUs with native bf16 (AVX512-BF16 / AMX), the bf16 one (fp16 programs are for GPUs)."""
+    from histosmith.training.loop import cpu_has_native_bf16
+
     listed = [v.entry for v in manifest.variants if v.guided_unet and v.format in ("onnx", "torch")]
-    # Default: every ONNX graph and the fp32 torch program (fp16/bf16 programs are for GPUs; name them to run)
+    torch_precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
     chosen = list(names) or [v.entry for v in manifest.variants if v.entry in listed
-                             and (v.format == "onnx" or v.precision == "fp32")]
+                             and (v.format == "onnx" or v.precision in torch_precisions)]
     for name in chosen:
         if name not in listed:
             raise file_error(export / name, f"not an engine of this export (it has: {', '.join(listed)})")

@@ -50,13 +50,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX)."""
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """Mixed precision: bf16 on CUDA; on CPUs with native bf16 (AVX512-BF16/AMX) when asked or 'auto'."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16
-    native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    native = cpu_has_native_bf16()
     if precision == "bf16" and not native:
         log.warning("this CPU has no native bf16; training in fp32")
     return torch.bfloat16 if native else None

@@ -57,3 +57,16 @@ def test_hs_bench_bad_input(tiny_export, tmp_path):
         r = run_cli("hs-bench", "--export", str(tiny_export), "--out", str(tmp_path / "b"), *args)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_default_engines_add_the_bf16_program_only_with_native_bf16(tiny_export, monkeypatch, native_bf16):
+    from histosmith.benchmark import bench
+    from histosmith.runtime.manifest import Manifest
+
+    monkeypatch.setattr("histosmith.training.loop.cpu_has_native_bf16", lambda: native_bf16)
+    names = [p.name for p in bench.cpu_engines(tiny_export, Manifest.load(tiny_export), ())]
+    assert "unet.onnx" in names and "unet.pt2" in names and "unet.fp16.pt2" not in names
+    assert ("unet.bf16.pt2" in names) == native_bf16
+    assert [p.name for p in bench.cpu_engines(tiny_export, Manifest.load(tiny_export), ("unet.onnx",))] == \
+        ["unet.onnx"]
