@@ -34,6 +34,14 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{r['ddim_update_ms']:.3f} | {r['decoder_ms_p50']:.1f} | {r['postprocess_ms_per_tile']:.2f} | "
             f"{r['write_ms_per_tile']:.2f} | {r['tiles_per_s']:.2f} | {r['stages_tiles_per_s']:.2f} | "
             f"{r['runtime_overhead']:+.0%} |")
+    tiles = {r["batch"]: r["e2e_tiles"] for r in result["rows"]}
+    fixed = sorted(r["dataset_fixed_ms"] for r in result["rows"])
+    lines += ["", "End to end: the runtime's `generate` loop writing a dataset, over "
+              + ", ".join(f"{n} tiles at batch {b}" for b, n in sorted(tiles.items()))
+              + "; runtime overhead = stages-only tiles/s (U-Net calls + DDIM updates + decoder per batch, "
+              "post-processing per tile) / end-to-end tiles/s - 1. Write ms/tile: adding tiles to an open dataset; "
+              f"opening and closing one output dataset costs {fixed[len(fixed) // 2]:.1f} ms once per run "
+              "(median over contenders)."]
     lines += ["", "FLOPs per guided U-Net call (counted from unet.onnx: Conv + MatMul + Gemm):", ""]
     lines += [f"* batch {b}: {f['total'] / 1e9:.2f} GFLOP (Conv {f['Conv'] / 1e9:.2f}, MatMul {f['MatMul'] / 1e9:.2f})"
               for b, f in result["flops_per_guided_call"].items()]

@@ -44,8 +44,10 @@ def test_hs_bench_writes_json_markdown_and_png(tiny_export, tiny_runs, tmp_path)
         2 * result["flops_per_guided_call"]["1"]["total"], rel=1e-6)
     for row in result["rows"]:
         for key in ("unet_ms_p50", "unet_ms_p95", "decoder_ms_p50", "postprocess_ms_per_tile", "write_ms_per_tile",
-                    "ddim_update_ms", "tiles_per_s", "stages_tiles_per_s", "gflops_per_s", "peak_rss_mb"):
+                    "ddim_update_ms", "tiles_per_s", "stages_tiles_per_s", "gflops_per_s", "peak_rss_mb",
+                    "dataset_fixed_ms"):
             assert np.isfinite(row[key]) and row[key] > 0, (row["contender"], key)
+        assert row["e2e_tiles"] == 32  # whole batches, at least 32 tiles: a run's fixed cost is spread
         assert row["unet_speedup_vs_torch_fp32"] is not None
     ops = result["profiles"]["unet.onnx (onnxruntime-cpu)"]["top_ops"]
     assert ops and ops[0]["share"] > 0 and sum(o["share"] for o in ops) <= 1.0 + 1e-9
