@@ -64,14 +64,31 @@ def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
               f"{_pct(val['accuracy'])} (n = {val['n']}; "
               + ", ".join(f"{t} {_pct(a)}" for t, a in val["per_tissue"].items())
               + f"; train {_pct(clf['train_accuracy'])}): a generated tile counts as its requested tissue only as far "
-              "as that accuracy allows. Generated tiles as written (after QC when `--qc` was given).", "",
-              "| requested tissue | tiles | accuracy (all tiles) | tiles in range | accuracy (in range) |",
-              "|---|---|---|---|---|"]
+              "as that accuracy allows. Generated tiles as written (after QC when `--qc` was given).", ""]
+    matched = collapse.get("count_matched_real")
+    if matched:
+        lines += [f"Real reference: for every generated tile, the classifier's accuracy on the {matched['k']} real "
+                  f"tiles ({matched['tiles']}) of the requested tissue whose nucleus counts are nearest to the "
+                  "request, averaged like the generated tiles. A request that real tiles of its tissue rarely hold "
+                  "can fool the classifier on real tiles too; collapse is the generated accuracy falling below this "
+                  "reference (the classifier has seen the real train tiles, so the reference leans in the real "
+                  "tiles' favour).",
+                  ""]
+    head = ["requested tissue", "tiles", "accuracy (all tiles)", "tiles in range", "accuracy (in range)"]
+    if matched:
+        head += ["count-matched real (all)", "count-matched real (in range)"]
+    lines += [_row(head), "|---" * len(head) + "|"]
     gen, inside = collapse["generated"], collapse["generated_in_range"]
-    for t in names:
-        lines.append(_row([t, gen["n_per_tissue"][t], _pct(gen["per_tissue"][t]), inside["n_per_tissue"][t],
-                           _pct(inside["per_tissue"][t])]))
-    lines.append(_row(["all", gen["n"], _pct(gen["accuracy"]), inside["n"], _pct(inside["accuracy"])]))
+    for t in [*names, None]:  # None: all tissues
+
+        def acc(entry: dict[str, Any], t: str | None = t) -> str:
+            return _pct(entry["accuracy"] if t is None else entry["per_tissue"][t])
+
+        cells = [t or "all", gen["n"] if t is None else gen["n_per_tissue"][t], acc(gen),
+                 inside["n"] if t is None else inside["n_per_tissue"][t], acc(inside)]
+        if matched:
+            cells += [acc(matched["all"]), acc(matched["in_range"])]
+        lines.append(_row(cells))
     lines += ["", "Requested (rows) vs predicted (columns) tissue, all tiles:", "",
               "| requested \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for t, row in zip(names, gen["confusion"], strict=True):

@@ -47,18 +47,32 @@ def measure_tissue_collapse(data: Path, tiles: Path, sweep: Sweep, tissue_names:
                             show_progress: bool) -> dict[str, Any]:
     """Train (or load) the tissue classifier on ``data`` and score the generated tiles against their requested
     tissue: every tile, and the in-range ones alone."""
-    from histosmith.evaluation.tissue import accuracy, load_or_train, predict  # torch: only with --data
+    from histosmith.evaluation.tissue import (  # torch: only with --data
+        MATCHED_K,
+        accuracy,
+        count_matched_accuracy,
+        load_or_train,
+        matched_summary,
+        predict,
+    )
+    from histosmith.training.data import TileStore
 
     clf = load_or_train(data, tissue_names, cache_dir, show_progress=show_progress)
     images = np.concatenate([np.asarray(imgs) for _, imgs, _ in Dataset.open(tiles).iter_shards()])
     pred = predict(clf.net, images)
     requested = sweep.conditions.tissues
     inside = ~sweep.extrapolated
+    real = TileStore.load(data, None, show_progress=False)
+    expected = count_matched_accuracy(real.counts, real.tissues, predict(clf.net, real.images) == real.tissues,
+                                      sweep.conditions.counts, requested)
     return {"data": str(data), "classifier": {
         "recipe": asdict(clf.recipe), "cache_key": clf.key, "cached": clf.cached,
         "train_accuracy": clf.train_accuracy, "val": clf.val},
         "generated": accuracy(requested, pred, tissue_names),
-        "generated_in_range": accuracy(requested[inside], pred[inside], tissue_names)}
+        "generated_in_range": accuracy(requested[inside], pred[inside], tissue_names),
+        "count_matched_real": {"k": MATCHED_K, "tiles": "train and val",
+                               "all": matched_summary(expected, requested, tissue_names),
+                               "in_range": matched_summary(expected[inside], requested[inside], tissue_names)}}
 
 
 def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDesign, out: Path,

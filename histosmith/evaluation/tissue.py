@@ -33,6 +33,7 @@ from histosmith.errors import HistoSmithError
 from histosmith.training.data import TileStore, dihedral
 
 log = logging.getLogger(__name__)
+MATCHED_K = 8  # real tiles per request in the count-matched reference
 RECIPE_VERSION = 1  # bump when the network or the training loop changes: old caches are then ignored
 
 
@@ -139,6 +140,32 @@ def accuracy(true: np.ndarray, pred: np.ndarray, tissue_names: list[str]) -> dic
     return {"n": len(true), "accuracy": float(np.mean(true == pred)) if len(true) else None,
             "per_tissue": per, "n_per_tissue": dict(zip(tissue_names, confusion.sum(1).tolist(), strict=True)),
             "confusion": confusion.tolist()}
+
+
+def count_matched_accuracy(real_counts: np.ndarray, real_tissues: np.ndarray, real_correct: np.ndarray,
+                           counts: np.ndarray, tissues: np.ndarray, k: int = MATCHED_K) -> np.ndarray:
+    """Per requested (counts (N, K), tissue (N,)): the classifier's accuracy on the ``k`` real tiles of that tissue
+    whose nucleus counts are nearest to the request (L1 over classes; ties broken by tile order); NaN for a
+    tissue without real tiles.
+
+    The reference a generated tile's verdict must be read against: a request that real tiles of its tissue
+    rarely hold (a stroma tile full of neoplastic nuclei, say) can fool the classifier on real tiles too."""
+    out = np.full(len(counts), np.nan)
+    for i, (want, t) in enumerate(zip(np.asarray(counts), np.asarray(tissues), strict=True)):
+        pool = np.flatnonzero(real_tissues == t)
+        if not len(pool):
+            continue
+        dist = np.abs(real_counts[pool] - want).sum(axis=1)
+        nearest = pool[np.lexsort((pool, dist))[:k]]
+        out[i] = float(np.mean(real_correct[nearest]))
+    return out
+
+
+def matched_summary(expected: np.ndarray, tissues: np.ndarray, tissue_names: list[str]) -> dict[str, Any]:
+    """Mean count-matched real accuracy overall and per requested tissue (None where no tile asks for it)."""
+    per = {name: (float(np.nanmean(expected[tissues == t])) if np.any(tissues == t) else None)
+           for t, name in enumerate(tissue_names)}
+    return {"accuracy": float(np.nanmean(expected)) if len(expected) else None, "per_tissue": per}
 
 
 @dataclass

@@ -175,6 +175,8 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     assert collapse["generated"]["n"] == with_qc["n_tiles"]
     assert sum(map(sum, collapse["generated"]["confusion"])) == with_qc["n_tiles"]
     assert "accuracy (in range)" in text and "real `val` tiles" in text
+    matched = collapse["count_matched_real"]
+    assert matched["k"] > 0 and 0 <= matched["all"]["accuracy"] <= 1 and "count-matched real (in range)" in text
     # A rerun into the same --out resumes the (finished) sweep and reuses the cached classifier.
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr

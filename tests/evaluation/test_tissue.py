@@ -9,7 +9,9 @@ from histosmith.evaluation.tissue import (
     TissueRecipe,
     accuracy,
     check_dataset,
+    count_matched_accuracy,
     load_or_train,
+    matched_summary,
     predict,
     train_classifier,
 )
@@ -23,6 +25,23 @@ def test_accuracy_on_known_numbers():
     assert a["per_tissue"] == {"x": pytest.approx(2 / 3), "y": 1.0, "z": None}
     assert a["confusion"] == [[2, 1, 0], [0, 2, 0], [0, 0, 0]]
     assert a["n_per_tissue"] == {"x": 3, "y": 2, "z": 0}
+
+
+def test_count_matched_reference_on_known_numbers():
+    # Real tiles: tissue 0 holds 0..5 nuclei of class 0; the classifier gets it right below 3 only.
+    real_counts = np.array([[n, 0] for n in range(6)] + [[0, 4]])
+    real_tissues = np.array([0] * 6 + [1])
+    correct = np.array([1, 1, 1, 0, 0, 0, 1], bool)
+    requests = np.array([[0, 0], [5, 0], [4, 0], [5, 0]])
+    tissues = np.array([0, 0, 0, 1])
+    got = count_matched_accuracy(real_counts, real_tissues, correct, requests, tissues, k=2)
+    # [0,0] -> tiles 0,1 (both right); [5,0] -> 5,4 (both wrong); [4,0] -> 4 then 3 and 5 tie: the earlier tile 3;
+    # tissue 1 has one real tile, which is right.
+    assert got.tolist() == [1.0, 0.0, 0.0, 1.0]
+    summary = matched_summary(got, tissues, ["a", "b", "c"])
+    assert summary == {"accuracy": 0.5, "per_tissue": {"a": pytest.approx(1 / 3), "b": 1.0, "c": None}}
+    # A tissue without real tiles has no reference.
+    assert np.isnan(count_matched_accuracy(real_counts, real_tissues, correct, requests[:1], np.array([2])))[0]
 
 
 def _two_tissues(n, seed):
