@@ -55,6 +55,11 @@ def test_onnx_runtime_matches_torch_reference(tiny_runs, tiny_export, eta):
     n_ref = [lab[..., 0].max() for lab in decode_labels(ref, 3, post)]
     n_got = [lab[..., 0].max() for lab in decode_labels(got, 3, post)]
     assert np.mean(np.array(n_ref) == np.array(n_got)) >= 0.95
+    # The decoder, run once per batch, must not leave spinning threads to compete with the U-Net's.
+    spinning = "session.intra_op.allow_spinning"
+    assert ort_backend.decoder.get_session_options().get_session_config_entry(spinning) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # the U-Net keeps the default: spin
+        ort_backend.unet.get_session_options().get_session_config_entry(spinning)
 
 
 def test_fp16_graphs_stay_close_to_fp32(tiny_runs, tiny_export):
