@@ -77,9 +77,9 @@ def make_session(path: Path, provider: str, threads: int | None, cuda_graph: boo
     """An optimised session on ``provider``. ``spin=False``: its CPU worker threads sleep as soon as a run ends.
 
     Each session owns a thread pool whose workers spin-wait after a run, ready for the next one. That suits
-    the U-Net, called back to back; the decoder runs once per batch, and its spinning workers would compete
-    with the U-Net's for the cores during the next steps (at batch 1 on 2 cores the U-Net calls after a
-    decoder call ran 2-4 ms slower for about 8 steps): the decoder's session does not spin."""
+    the U-Net, called back to back; the decoder runs once per batch, and spinning workers left behind by it
+    can only compete with the U-Net's for the cores, so its session does not spin. On an idle 2-core machine
+    the difference is small (``benchmarks/bench_decoder_spin.py``: 1.02x tiles/s at batch 1, 1.00x at 16)."""
     check_onnxruntime_install()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
