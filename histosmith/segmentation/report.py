@@ -130,6 +130,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
             hi = np.array([p[1]["high"] for p in pts])
             ax.plot(f, v, "o-", label=arm)
             ax.fill_between(f, lo, hi, alpha=0.2)
+        fractions = report["real_fractions"]
+        if max(fractions) / min(fractions) >= 10:  # fractions a decade or more apart: a log axis spaces them
+            ax.set_xscale("log")
         ax.set_xlabel("real training tiles")
         ax.set_ylabel("mPQ+ on held-out real tiles")
         ax.set_title("learning curve with and without synthetic data", fontsize=9)
