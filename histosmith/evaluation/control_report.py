@@ -46,7 +46,8 @@ def _first_attempt_counts(rows: list[dict[str, str]], class_names: tuple[str, ..
 def measure_tissue_collapse(data: Path, tiles: Path, sweep: Sweep, tissue_names: list[str], cache_dir: Path,
                             show_progress: bool) -> dict[str, Any]:
     """Train (or load) the tissue classifier on ``data`` and score the generated tiles against their requested
-    tissue: every tile, and the in-range ones alone."""
+    tissue: every tile, and the in-range ones alone; beside it, the classifier's accuracy on the real tiles
+    whose counts are nearest to each request (:func:`~histosmith.evaluation.tissue.count_matched_accuracy`)."""
     from histosmith.evaluation.tissue import (  # torch: only with --data
         MATCHED_K,
         accuracy,

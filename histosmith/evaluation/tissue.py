@@ -162,10 +162,15 @@ def count_matched_accuracy(real_counts: np.ndarray, real_tissues: np.ndarray, re
 
 
 def matched_summary(expected: np.ndarray, tissues: np.ndarray, tissue_names: list[str]) -> dict[str, Any]:
-    """Mean count-matched real accuracy overall and per requested tissue (None where no tile asks for it)."""
-    per = {name: (float(np.nanmean(expected[tissues == t])) if np.any(tissues == t) else None)
-           for t, name in enumerate(tissue_names)}
-    return {"accuracy": float(np.nanmean(expected)) if len(expected) else None, "per_tissue": per}
+    """Mean count-matched real accuracy overall and per requested tissue (None where no tile asks for it or no
+    real tile has its tissue)."""
+
+    def mean(values: np.ndarray) -> float | None:
+        known = values[~np.isnan(values)]
+        return float(known.mean()) if len(known) else None
+
+    return {"accuracy": mean(expected),
+            "per_tissue": {name: mean(expected[tissues == t]) for t, name in enumerate(tissue_names)}}
 
 
 @dataclass

@@ -41,7 +41,8 @@ def test_count_matched_reference_on_known_numbers():
     summary = matched_summary(got, tissues, ["a", "b", "c"])
     assert summary == {"accuracy": 0.5, "per_tissue": {"a": pytest.approx(1 / 3), "b": 1.0, "c": None}}
     # A tissue without real tiles has no reference.
-    assert np.isnan(count_matched_accuracy(real_counts, real_tissues, correct, requests[:1], np.array([2])))[0]
+    orphan = count_matched_accuracy(real_counts, real_tissues, correct, requests[:1], np.array([2]))
+    assert np.isnan(orphan[0]) and matched_summary(orphan, np.array([2]), ["a", "b", "c"])["per_tissue"]["c"] is None
 
 
 def _two_tissues(n, seed):
