@@ -27,7 +27,7 @@ from histosmith.runtime.schedule import DDIMScheduler
 def backend_with_decoder_spin(session, tables, threads: int | None, spin: bool):  # noqa: ANN001, ANN201
     """The runtime's ONNX backend, its decoder session rebuilt with ``spin``."""
     backend = session.backend(tables)
-    backend.decoder = onnx_backend.make_session(session.path("decoder.onnx"), "cpu", threads, spin=spin)
+    backend.decoder = onnx_backend.make_session(session.path(session.variant.decoder), "cpu", threads, spin=spin)
     return backend
 
 
