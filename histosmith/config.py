@@ -147,9 +147,10 @@ _PRESETS: dict[str, Preset] = {
                 norm_groups=16, head_channels=32),
         unet=dict(base_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1, attention_levels=(1, 2),
                   head_channels=32, norm_groups=16, cross_attention=True),
-        # About 12 + 30 minutes on 2 idle cores with bf16 autocast (scripts/reference.sh).
-        vq_train=VQTrainConfig(batch_size=12, lr=8e-4, max_steps=4000, warmup_steps=50, log_every=25,
-                               checkpoint_every=400),
+        # The PatchGAN term from step 1,000: without it the decoder draws smooth nuclei that train a poor
+        # segmenter (docs/results/vq_roundtrip). About 15 + 27 minutes on 2 idle cores with bf16 autocast.
+        vq_train=VQTrainConfig(batch_size=12, lr=8e-4, max_steps=4000, warmup_steps=50, gan_start=1000,
+                               gan_weight=0.1, log_every=25, checkpoint_every=400),
         ldm_train=LDMTrainConfig(batch_size=32, lr=3e-4, max_steps=10000, warmup_steps=100, ema_decay=0.999,
                                  log_every=50, checkpoint_every=500),
     ),

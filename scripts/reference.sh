@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The reference example model (`make reference`, under an hour on 2 cores): the example data cut every
 # 16 px (2,494 overlapping training windows above the same 66-tile held-out band), the `reference` preset
-# (the demo's networks, the count condition also as cross-attention tokens, about three times the steps),
+# (the demo's networks, the count condition also as cross-attention tokens, a PatchGAN term on the autoencoder,
+# about three times the steps),
 # exported, then its guidance choice, count control, QC and realism reports. Safe to rerun: finished stages are kept,
 # interrupted training resumes from its checkpoint.
 set -euo pipefail
 out=${1:-runs/reference}
 results=${REFERENCE_RESULTS:-docs/results/reference}  # the files the README cites (committed)
-vq_minutes=${REFERENCE_VQ_MINUTES:-16}
-ldm_minutes=${REFERENCE_LDM_MINUTES:-36}
+vq_minutes=${REFERENCE_VQ_MINUTES:-20}
+ldm_minutes=${REFERENCE_LDM_MINUTES:-34}
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 mkdir -p "$out"
 start=$(date +%s)

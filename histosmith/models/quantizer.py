@@ -64,10 +64,11 @@ class VectorQuantizer(nn.Module):
             self.ema_count.fill_(1.0)
             self.initialised.fill_(True)
             return
-        onehot = F.one_hot(idx, self.n_codes).type_as(flat)  # (N, n_codes)
-        count = onehot.sum(0)
+        # Scatter-adds, not a (N, n_codes) one-hot matmul: linear in N whatever the codebook size.
+        count = torch.bincount(idx, minlength=self.n_codes).type_as(flat)
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, flat)
         self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
-        self.ema_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.usage.mul_(self.decay).add_(count / flat.shape[0], alpha=1 - self.decay)
         n = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (n + self.n_codes * self.eps) * n  # Laplace smoothing

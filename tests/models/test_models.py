@@ -39,6 +39,22 @@ def test_quantizer_ema_moves_codes_and_restarts_dead_ones():
     assert 1 <= stats["perplexity"] <= 8
 
 
+def test_quantizer_ema_update_is_the_per_code_running_mean():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(6, 3, decay=0.8, dead_threshold=0.0, eps=0.0).train()
+    vq(torch.randn(2, 3, 4, 4))  # initialise
+    count0, sum0 = vq.ema_count.clone(), vq.ema_sum.clone()
+    z = torch.randn(2, 3, 4, 4)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    idx = vq.nearest(flat)
+    vq(z)
+    for code in range(6):  # each code: decayed count + assignments, decayed sum + the vectors assigned to it
+        mine = flat[idx == code]
+        assert torch.allclose(vq.ema_count[code], 0.8 * count0[code] + 0.2 * len(mine))
+        assert torch.allclose(vq.ema_sum[code], 0.8 * sum0[code] + 0.2 * mine.sum(0), atol=1e-6)
+    assert torch.allclose(vq.codebook, vq.ema_sum / vq.ema_count[:, None], atol=1e-6)
+
+
 def test_quantize_snaps_to_codebook():
     vq = VectorQuantizer(4, 3).eval()
     z = torch.randn(1, 3, 2, 2)
