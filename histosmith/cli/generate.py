@@ -35,10 +35,10 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None) -> None:
+        qc_min_pq: float | None, marker_depth: float) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq)
+                                  qc_min_pq, marker_depth)
     if (qc is not None or qc_segmenter is not None) and ray_address is not None:
         from histosmith.errors import HistoSmithError
 

@@ -43,6 +43,9 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "with the generated label (PQ >= --qc-min-pq); failing tiles go to rejected.csv."),
         click.option("--qc-min-pq", type=click.FloatRange(0, 1), default=None,
                      help="Least per-tile PQ for --qc-segmenter  [default: 0.5]"),
+        click.option("--marker-depth", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
+                     help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when "
+                          "it rises this much above the saddle to its neighbour (lower splits more)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -53,7 +56,7 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
                   guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
                   qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
-                  qc_min_pq: float | None = None) -> tuple[Any, Any]:
+                  qc_min_pq: float | None = None, marker_depth: float = 0.4) -> tuple[Any, Any]:
     """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
     from histosmith.errors import HistoSmithError
 
@@ -61,11 +64,12 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
         raise HistoSmithError("--qc-min-pq: needs --qc-segmenter RUN (the segmenter whose PQ it bounds)")
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
+    from histosmith.runtime.postprocess import PostprocessConfig
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
     plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size,
-                          qc=qc, qc_attempts=qc_attempts)
+                          qc=qc, qc_attempts=qc_attempts, postprocess=PostprocessConfig(h=marker_depth))
     check_output_dir(out, resume)
     return request, plan
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.generator import load_generator
 from histosmith.runtime import conditions as cond
@@ -185,6 +186,23 @@ def test_cli_generates_with_every_engine_and_writes_reports(tiny_export, tmp_pat
             assert (out / f).exists(), f
         rows = (out / "shard-00000" / "patch_info.csv").read_text().splitlines()
         assert "requested_neutrophil" in rows[0] and len(rows) == 5
+
+
+def test_cli_marker_depth_is_recorded_and_part_of_the_run(tiny_export, tmp_path):
+    engine = tiny_export / "unet.onnx"
+    runs = {}
+    for depth in ("0.4", "0.05"):
+        out = tmp_path / depth
+        r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", depth)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads((out / "generation.json").read_text())["postprocess"]["h"] == float(depth)
+        runs[depth] = Dataset.open(out)
+    (_, img_a, _), = runs["0.4"].iter_shards()
+    (_, img_b, _), = runs["0.05"].iter_shards()
+    assert np.array_equal(img_a, img_b)  # same noise, same images: the depth only re-cuts the instances
+    r = _gen_cli(engine, tmp_path / "0.4", "--from-dataset", "--marker-depth", "0.2", "--resume")
+    assert "different settings" in _one_error_line(r)
+    assert "--marker-depth" in _one_error_line(_gen_cli(engine, tmp_path / "x", "--marker-depth", "0"))
 
 
 def test_cli_bad_inputs(tiny_export, tmp_path):
