@@ -67,9 +67,9 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 
 def use_interpreter_libpython() -> None:
-    """Make Triton's Python-backend stub load this interpreter's libpython.
+    """Make the process Triton starts for each Python-backend model load this interpreter's libpython.
 
-    The stub is linked against the shared libpython of the Python minor version it was built for (for
+    That executable is linked against the shared libpython of the Python minor version it was built for (for
     3.11, ``libpython3.11.so``); without a hint the dynamic loader may pick the system's copy of another patch
     release (e.g. Debian's 3.11.2 under a pyenv 3.11.7), whose built-in modules do not match this
     interpreter's standard library.
