@@ -113,6 +113,8 @@ def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) ->
 @click.option("--config", default="small", show_default=True, help="Segmenter config: tiny or small.")
 @click.option("--extra-ratio", type=float, default=None,
               help="Share of each real+synthetic batch drawn from synthetic tiles (default: uniform over all).")
+@click.option("--extra-until", type=float, default=None,
+              help="real+synthetic: synthetic tiles only in this first share of the steps, then real alone.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: the config's).")
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="Bootstrap replicates.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
@@ -121,7 +123,8 @@ def seg_cmd(checkpoint: Path, data: Path, split: str, json_path: Path | None) ->
               help="Accept generated data that does not record its generator's training tiles.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="New directory for the report and runs.")
 def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: int, real_fraction: str,
-                   steps: int | None, config: str, extra_ratio: float | None, batch_size: int | None, n_boot: int,
+                   steps: int | None, config: str, extra_ratio: float | None, extra_until: float | None,
+                   batch_size: int | None, n_boot: int,
                    device: str, jobs: int, allow_unknown_provenance: bool, out: Path) -> None:
     """Does the synthetic data help? Segmenters on real vs real + synthetic tiles, scored on held-out real tiles."""
     import shlex
@@ -135,8 +138,8 @@ def downstream_cmd(real: Path, synthetic: tuple[Path, ...], arms: str, seeds: in
     command = shlex.join(["hs-eval", *sys.argv[1:]])
     plan = DownstreamPlan(real=real, synthetic=tuple(synthetic), arms=parse_arms(arms), seeds=seeds, steps=steps,
                           real_fractions=parse_fractions(real_fraction), config=config, extra_ratio=extra_ratio,
-                          batch_size=batch_size, n_boot=n_boot, allow_unknown_provenance=allow_unknown_provenance,
-                          device=device, jobs=jobs, command=command)
+                          extra_until=extra_until, batch_size=batch_size, n_boot=n_boot,
+                          allow_unknown_provenance=allow_unknown_provenance, device=device, jobs=jobs, command=command)
     report = run_downstream(plan, out)
     click.echo((out / "downstream.md").read_text())
     click.echo(f"report: {out}/downstream.json, downstream.md, downstream.png ({len(report['runs'])} runs)")

@@ -92,8 +92,11 @@ def ldm_cmd(vqvae: Path, data: Path, config: str, out: Path, **kw: Any) -> None:
               help="Extra (e.g. synthetic) dataset, all its tiles; repeat for several.")
 @click.option("--extra-ratio", type=float, default=None,
               help="Share of each batch drawn from the --extra tiles (default: uniform over all tiles).")
+@click.option("--extra-until", type=float, default=None,
+              help="Draw --extra tiles only in this first share of the steps, then real tiles alone (e.g. 0.75).")
 @functools.partial(run_options, configs=SEG_PRESETS)
-def seg_cmd(extra: tuple[Path, ...], extra_ratio: float | None, data: Path, config: str, out: Path, **kw: Any) -> None:
+def seg_cmd(extra: tuple[Path, ...], extra_ratio: float | None, extra_until: float | None, data: Path, config: str,
+            out: Path, **kw: Any) -> None:
     """The downstream nucleus segmenter (HoVer-Net style) on the train split of --data (+ --extra tiles)."""
     _check_data(data)
     for path in extra:
@@ -102,7 +105,8 @@ def seg_cmd(extra: tuple[Path, ...], extra_ratio: float | None, data: Path, conf
         raise HistoSmithError(f"--extra-ratio {extra_ratio}: needs --extra and a value in [0, 1]")
     from histosmith.segmentation.train import train_segmenter
 
-    _report(train_segmenter(data, out, config, _options(**kw), list(extra), extra_ratio), out)
+    _report(train_segmenter(data, out, config, _options(**kw), list(extra), extra_ratio, extra_until=extra_until),
+            out)
 
 
 main = entry_point(cli)

@@ -3,7 +3,9 @@
 Real tiles come from the ``train`` split of their dataset (the held-out ``val`` split is never read
 here); an extra dataset contributes all its tiles (generated sets have no split). Without an extra
 ratio the union is sampled uniformly (the usual "train on real + synthetic"); with one, that share of
-every batch comes from the extra tiles.
+every batch comes from the extra tiles. With an ``extra_until`` fraction the extra tiles are drawn only
+in that first share of the optimiser steps and the rest trains on real tiles alone (pre-training on
+the mixture, fine-tuning on real data: the synthetic domain is left behind before the end).
 """
 
 from __future__ import annotations
@@ -76,9 +78,14 @@ class TrainingTiles:
     def n_extra(self) -> int:
         return 0 if self.extra is None else len(self.extra)
 
-    def batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """Model inputs (B, 3+1+K+1, H, W) of a batch with random dihedral flips (see ``TileStore.inputs``)."""
-        if self.real is None or self.extra is None:
+    def batch(self, rng: np.random.Generator, size: int, real_only: bool = False) -> np.ndarray:
+        """Model inputs (B, 3+1+K+1, H, W) of a batch with random dihedral flips (see ``TileStore.inputs``).
+
+        ``real_only``: draw from the real tiles alone (the fine-tuning phase of ``extra_until``).
+        """
+        if real_only and self.real is None:
+            raise HistoSmithError("real-only batches need real tiles")
+        if real_only or self.real is None or self.extra is None:
             store = self.real if self.real is not None else self.extra
             return store.inputs(rng.integers(0, len(store), size), rng.integers(0, 8, size)).numpy()
         if self.extra_ratio is None:

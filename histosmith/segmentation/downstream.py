@@ -5,7 +5,8 @@ scored on the held-out (``val``) tiles of the real dataset only. Arms:
 
 * ``real``            the ``train`` split of the real dataset;
 * ``real+synthetic``  the same real tiles plus every synthetic tile (uniform over the union unless an
-                      extra ratio fixes each batch's synthetic share);
+                      extra ratio fixes each batch's synthetic share; with ``extra_until`` only in that
+                      first share of the steps, then real tiles alone);
 * ``synthetic``       synthetic tiles only.
 
 With several real fractions the real arms are repeated on nested, seeded subsets of the real training
@@ -49,6 +50,7 @@ class DownstreamPlan:
     real_fractions: tuple[float, ...] = (1.0,)
     config: str = "small"
     extra_ratio: float | None = None
+    extra_until: float | None = None  # real+synthetic: synthetic tiles only in this first share of the steps
     batch_size: int | None = None
     n_boot: int = 1000
     allow_unknown_provenance: bool = False
@@ -104,6 +106,8 @@ def validate(plan: DownstreamPlan, out: Path) -> None:
         raise HistoSmithError(f"--config: unknown segmenter config {plan.config!r}; choose from {list(SEG_PRESETS)}")
     if plan.extra_ratio is not None and not 0 < plan.extra_ratio < 1:
         raise HistoSmithError(f"--extra-ratio must lie in (0, 1), got {plan.extra_ratio}")
+    if plan.extra_until is not None and not 0 < plan.extra_until <= 1:
+        raise HistoSmithError(f"--extra-until must lie in (0, 1], got {plan.extra_until}")
     if plan.jobs < 1:
         raise HistoSmithError(f"--jobs must be at least 1, got {plan.jobs}")
     if plan.n_boot < 100:
@@ -159,21 +163,24 @@ def _train(plan: DownstreamPlan, run: Run, run_dir: Path, show_progress: bool) -
         data, extra = plan.synthetic[0], list(plan.synthetic[1:])
     else:
         data, extra = plan.real, list(plan.synthetic) if run.arm == "real+synthetic" else []
+    mixed = run.arm == "real+synthetic"
+    extra_ratio, extra_until = (plan.extra_ratio, plan.extra_until) if mixed else (None, None)
     resume = (run_dir / CHECKPOINT_FILE).exists()
     if resume:  # a run left by an interrupted experiment: reuse it only if it is the same run
         ckpt = load_checkpoint(run_dir, "seg")
         expected = {"data": str(data), "extra": [str(p) for p in extra], "seed": run.seed, "steps": plan.budget,
-                    "batch_size": plan.batch_size or seg_train_config(plan.config).batch_size}
+                    "batch_size": plan.batch_size or seg_train_config(plan.config).batch_size,
+                    "extra_ratio": extra_ratio, "extra_until": extra_until}
         found = {"data": ckpt["data"]["data"], "extra": list(ckpt["data"]["extra"]), "seed": int(ckpt["seed"]),
-                 "steps": ckpt["train_config"]["max_steps"], "batch_size": ckpt["train_config"]["batch_size"]}
+                 "steps": ckpt["train_config"]["max_steps"], "batch_size": ckpt["train_config"]["batch_size"],
+                 "extra_ratio": ckpt["data"].get("extra_ratio"), "extra_until": ckpt["data"].get("extra_until")}
         if found != expected:
             raise HistoSmithError(f"{run_dir}: left by an experiment with other settings ({found}); delete "
                                   f"{run_dir.parent.parent} to start over")
     opts = RunOptions(seed=run.seed, device=plan.device, max_steps=plan.budget, batch_size=plan.batch_size,
                       resume=resume, show_progress=show_progress)
-    train_segmenter(data, run_dir, plan.config, opts, extra=extra,
-                    extra_ratio=plan.extra_ratio if run.arm == "real+synthetic" else None,
-                    real_fraction=run.fraction if run.arm != "synthetic" else 1.0)
+    train_segmenter(data, run_dir, plan.config, opts, extra=extra, extra_ratio=extra_ratio,
+                    real_fraction=run.fraction if run.arm != "synthetic" else 1.0, extra_until=extra_until)
 
 
 def _init_worker(threads: int) -> None:
@@ -246,7 +253,8 @@ def run_downstream(plan: DownstreamPlan, out: Path, show_progress: bool = True) 
         "real": str(plan.real), "synthetic": [str(p) for p in plan.synthetic],
         "arms": list(plan.arms), "seeds": list(range(plan.seeds)), "steps": plan.budget, "config": plan.config,
         "batch_size": plan.batch_size or seg_train_config(plan.config).batch_size,
-        "threads_per_run": threads, "extra_ratio": plan.extra_ratio, "real_fractions": list(plan.real_fractions),
+        "threads_per_run": threads, "extra_ratio": plan.extra_ratio,
+        "extra_until": plan.extra_until, "real_fractions": list(plan.real_fractions),
         "bootstrap": plan.n_boot,
         "class_names": class_names,
         "eval": {"dataset": str(plan.real), "split": EVAL_SPLIT, "n_tiles": len(images)},

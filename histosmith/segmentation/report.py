@@ -59,7 +59,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"(batch {report['batch_size']}) per run,"
         f" seeds {', '.join(map(str, report['seeds']))}; scored on the {report['eval']['n_tiles']} held-out real tiles"
         f" (split `{report['eval']['split']}` of `{report['eval']['dataset']}`) only. Training tiles: "
-        f"{report['train_tiles']['real']} real (split `train`), {report['train_tiles']['synthetic']} synthetic.", "",
+        f"{report['train_tiles']['real']} real (split `train`), {report['train_tiles']['synthetic']} synthetic."
+        + _mixing(report), "",
     ]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
@@ -138,6 +139,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title("learning curve with and without synthetic data", fontsize=9)
         ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def _mixing(report: dict[str, Any]) -> str:
+    """How the real+synthetic arm draws its batches, in words."""
+    ratio, until = report.get("extra_ratio"), report.get("extra_until")
+    share = f"{ratio:.0%} of each batch synthetic" if ratio is not None else "batches drawn uniformly over the union"
+    if until is None:
+        return f" real+synthetic: {share}."
+    return (f" real+synthetic: {share} in the first {until:.0%} of the steps, real tiles alone after that"
+            f" (step {round(until * report['steps'])} on).")
 
 
 def write_report(report: dict[str, Any], directory: Path) -> None:

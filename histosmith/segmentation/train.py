@@ -42,6 +42,7 @@ class SegData:
     extra: tuple[str, ...] = ()
     extra_ratio: float | None = None
     real_fraction: float = 1.0
+    extra_until: float | None = None  # extra tiles only in this first share of the steps (None: throughout)
 
 
 def seg_losses(model: Segmenter, x: torch.Tensor, cfg: SegTrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -102,7 +103,8 @@ class SegStage:
         cfg = self.train_cfg
         rng = np.random.default_rng(step_seed(self.seed, step))
         torch.manual_seed(step_seed(self.seed, step, 1))
-        x = torch.from_numpy(self.tiles.batch(rng, cfg.batch_size)).to(self.device)
+        real_only = self.what.extra_until is not None and step >= round(self.what.extra_until * cfg.max_steps)
+        x = torch.from_numpy(self.tiles.batch(rng, cfg.batch_size, real_only)).to(self.device)
         self.model.train()
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with ctx:
@@ -125,11 +127,24 @@ class SegStage:
                 "model": self.model.state_dict(), "ema": None, "optimizer": self.optimizer.state_dict()}
 
 
+def check_extra_until(what: SegData) -> None:
+    if what.extra_until is None:
+        return
+    if not what.extra:
+        raise HistoSmithError("--extra-until needs --extra tiles to leave behind")
+    if not 0 < what.extra_until <= 1:
+        raise HistoSmithError(f"--extra-until must lie in (0, 1], got {what.extra_until}")
+
+
 def train_segmenter(data: Path, out: Path, config: str = "small", opts: RunOptions = RunOptions(),
                     extra: list[Path] | None = None, extra_ratio: float | None = None,
-                    real_fraction: float = 1.0) -> LoopResult:
-    """Train (or resume) a segmenter on the ``train`` split of ``data`` plus every tile of ``extra``."""
-    what = SegData(str(data), tuple(str(p) for p in extra or ()), extra_ratio, real_fraction)
+                    real_fraction: float = 1.0, extra_until: float | None = None) -> LoopResult:
+    """Train (or resume) a segmenter on the ``train`` split of ``data`` plus every tile of ``extra``.
+
+    ``extra_until``: the ``extra`` tiles are drawn only in that first share of the steps, then real ones alone.
+    """
+    what = SegData(str(data), tuple(str(p) for p in extra or ()), extra_ratio, real_fraction, extra_until)
+    check_extra_until(what)
     return train_stage(KIND, out, opts, lambda ctx: SegStage(ctx, what, config))
 
 

@@ -60,6 +60,20 @@ def test_learning_curve_over_real_fractions(synthetic_dir, other_synthetic, tmp_
     assert full == len(dataset_digests(synthetic_dir, "train")) and half == round(0.5 * full)
 
 
+def test_extra_until_is_reported_and_runs_of_other_settings_are_not_reused(synthetic_dir, other_synthetic,
+                                                                          tmp_path):
+    from histosmith.errors import HistoSmithError
+
+    plan = _plan(synthetic_dir, other_synthetic, arms=("real", "real+synthetic"), seeds=1, extra_until=0.5)
+    report = run_downstream(plan, tmp_path / "a", show_progress=False)
+    assert report["extra_until"] == 0.5
+    assert "real tiles alone after that (step 2 on)" in (tmp_path / "a" / "downstream.md").read_text()
+    shutil.copytree(tmp_path / "a" / "runs", tmp_path / "b.partial" / "runs")
+    with pytest.raises(HistoSmithError, match="other settings"):
+        run_downstream(_plan(synthetic_dir, other_synthetic, arms=("real", "real+synthetic"), seeds=1),
+                       tmp_path / "b", show_progress=False)
+
+
 def _one_error_line(r):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "step/s" not in ln and "tile/s" not in ln]
     assert r.returncode == 2, r.stderr[-2000:]
@@ -121,6 +135,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(synthetic_dir, other_synthet
         ([other_synthetic], ("--arms", "real,magic"), "unknown arm 'magic'"),
         ([], (), "--synthetic"),
         ([other_synthetic], ("--real-fraction", "0,1"), "--real-fraction"),
+        ([other_synthetic], ("--extra-until", "0"), "--extra-until"),
     ]
     for synthetic, extra, expected in cases:
         line = _one_error_line(_downstream(synthetic_dir, synthetic, out, *extra))

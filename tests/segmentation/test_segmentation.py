@@ -111,6 +111,33 @@ def test_hs_train_seg_cli_with_extra_data(synthetic_dir, tmp_path):
     assert ckpt["data"]["extra_ratio"] == 0.5 and ckpt["step"] == 3
     r = run_cli("hs-train", "seg", "--data", str(synthetic_dir), "--extra-ratio", "0.5", "--out", str(tmp_path / "s"))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --extra-ratio")
+    for args, expected in ((("--extra-until", "0.5"), "needs --extra"),
+                           (("--extra", str(synthetic_dir), "--extra-until", "1.5"), "(0, 1]")):
+        r = run_cli("hs-train", "seg", "--data", str(synthetic_dir), *args, "--out", str(tmp_path / "t"))
+        assert r.returncode == 2 and expected in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+        assert not (tmp_path / "t").exists()
+
+
+def test_extra_until_draws_real_tiles_only_after_the_cutoff(synthetic_dir, tmp_path, monkeypatch):
+    from histosmith.segmentation.data import TrainingTiles
+    from histosmith.training.data import TileStore
+
+    real, extra = TileStore.load(synthetic_dir, "train", False), TileStore.load(synthetic_dir, "val", False)
+    extra.images[:] = 255  # marks every extra tile: white, which no real tile is
+    white = extra.inputs(np.array([0]), np.array([0])).numpy()[0, :3]
+    tiles = TrainingTiles(real, extra, 0.9)
+    mixed, real_only = (tiles.batch(np.random.default_rng(1), 64, only) for only in (False, True))
+    n_white = [sum(np.array_equal(x[:3], white) for x in batch) for batch in (mixed, real_only)]
+    assert n_white[0] > 40 and n_white[1] == 0, n_white
+
+    seen = []
+    batch = TrainingTiles.batch
+    monkeypatch.setattr(TrainingTiles, "batch", lambda self, rng, size, real_only=False:
+                        seen.append(real_only) or batch(self, rng, size, real_only))
+    opts = RunOptions(seed=0, device="cpu", max_steps=8, show_progress=False)
+    train_segmenter(synthetic_dir, tmp_path / "r", "tiny", opts, extra=[synthetic_dir], extra_until=0.5)
+    assert seen == [False] * 4 + [True] * 4
+    assert load_checkpoint(tmp_path / "r", "seg")["data"]["extra_until"] == 0.5
 
 
 def test_dihedral_is_undone():
