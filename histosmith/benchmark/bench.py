@@ -33,7 +33,7 @@ from histosmith.benchmark.contenders import (
     torch_peer,
 )
 from histosmith.benchmark.flops import count_flops
-from histosmith.benchmark.probes import conv_probe
+from histosmith.benchmark.probes import conv_probe, ort_conv_probe
 from histosmith.benchmark.profile import profile_ops
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime import conditions as cond
@@ -211,7 +211,8 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
     tables = DDIMScheduler(info.schedule).set_timesteps(opts.steps)
     contenders = _contenders(export, manifest, tables, opts)
     threads = opts.threads or len(os.sched_getaffinity(0))
-    probes = [asdict(conv_probe("fp32", threads=opts.threads)), asdict(conv_probe("bf16", threads=opts.threads))]
+    probes = [asdict(probe(dtype, threads=opts.threads)) for probe, dtype in
+              ((conv_probe, "fp32"), (conv_probe, "bf16"), (ort_conv_probe, "fp32"), (ort_conv_probe, "int8"))]
     rows: list[dict[str, Any]] = []
     flops: dict[int, dict[str, int]] = {}
     profiles: dict[str, Any] = {}

@@ -45,9 +45,15 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines += ["", "FLOPs per guided U-Net call (counted from unet.onnx: Conv + MatMul + Gemm):", ""]
     lines += [f"* batch {b}: {f['total'] / 1e9:.2f} GFLOP (Conv {f['Conv'] / 1e9:.2f}, MatMul {f['MatMul'] / 1e9:.2f})"
               for b, f in result["flops_per_guided_call"].items()]
-    lines += ["", "This machine's limit, measured in the same run (torch/oneDNN 3x3 convolution):", ""]
+    lines += ["", "This machine's limit, measured in the same run (one 3x3 convolution; torch/oneDNN unless marked):",
+              ""]
     lines += [f"* {p['dtype']}: {p['gflops_per_s']:.0f} GFLOP/s median, {p['best_gflops_per_s']:.0f} best "
               f"({p['shape']})" for p in result["probes"]]
+    rate = {p["dtype"]: p["gflops_per_s"] for p in result["probes"]}
+    if "ort-int8" in rate and "ort-fp32" in rate:
+        lines += ["", f"INT8 / fp32 on ONNX Runtime for that convolution: {rate['ort-int8'] / rate['ort-fp32']:.2f}x "
+                  "(what a fully quantised convolution gains here; the U-Net's speed-up is lower by its float "
+                  "blocks and its non-convolution time)."]
     for name, prof in result["profiles"].items():
         lines += ["", f"ONNX Runtime profile of {name} at batch {prof['batch']} (kernel time per op type):", "",
                   "| op | ms per call | share |", "|---|---|---|"]

@@ -25,6 +25,20 @@ def test_flops_are_counted_from_the_graph(tmp_path):
     assert flops["Gemm"] + flops["MatMul"] == 2 * 3 * 5 * 128
 
 
+def test_ort_convolution_probes_run_the_int8_recipe(monkeypatch):
+    import histosmith.calibration.quantize as q
+    from histosmith.benchmark import probes
+
+    quantised, original = [], q.quantize  # the probe imports the quantiser at call time
+    monkeypatch.setattr(q, "quantize", lambda *a, **k: quantised.append(a[2]) or original(*a, **k))
+    fp32 = probes.ort_conv_probe("fp32", batch=1, channels=8, size=8, repeats=2, threads=1)
+    int8 = probes.ort_conv_probe("int8", batch=1, channels=8, size=8, repeats=2, threads=1)
+    assert (fp32.dtype, int8.dtype) == ("ort-fp32", "ort-int8") and fp32.gflops_per_s > 0 and int8.gflops_per_s > 0
+    assert len(quantised) == 1 and quantised[0].target == "cpu"
+    with pytest.raises(ValueError, match="unknown probe dtype"):
+        probes.ort_conv_probe("bf16")
+
+
 def test_hs_bench_writes_json_markdown_and_png(tiny_export, tiny_runs, tmp_path):
     out = tmp_path / "bench"
     r = run_cli("hs-bench", "--export", str(tiny_export), "--batches", "1,2", "--steps", "2", "--repeats", "1",
@@ -38,7 +52,8 @@ def test_hs_bench_writes_json_markdown_and_png(tiny_export, tiny_runs, tmp_path)
             "torch-bf16-autocast"} <= names
     assert any(n.startswith("unet.pt") for n in names)
     assert len(result["rows"]) == 2 * len(names)
-    assert {p["dtype"] for p in result["probes"]} == {"fp32", "bf16"}
+    assert {p["dtype"] for p in result["probes"]} == {"fp32", "bf16", "ort-fp32", "ort-int8"}
+    assert "INT8 / fp32 on ONNX Runtime for that convolution" in (out / "bench.md").read_text()
     assert all(p["gflops_per_s"] > 0 for p in result["probes"])
     assert result["flops_per_guided_call"]["2"]["total"] == pytest.approx(
         2 * result["flops_per_guided_call"]["1"]["total"], rel=1e-6)
