@@ -9,6 +9,9 @@ results=${DOWNSTREAM_RESULTS:-docs/results/downstream}
 n=${DOWNSTREAM_N:-300}
 guidance=${DOWNSTREAM_GUIDANCE:-4}
 steps=${DOWNSTREAM_STEPS:+--steps $DOWNSTREAM_STEPS}  # segmenter optimiser steps (default: the config's 800)
+# how real+synthetic batches are drawn (default: uniform over the union, throughout); e.g. DOWNSTREAM_EXTRA_RATIO=0.5
+# DOWNSTREAM_EXTRA_UNTIL=0.5: half of each batch synthetic in the first half of the steps, real tiles alone after
+mixing="${DOWNSTREAM_EXTRA_RATIO:+--extra-ratio $DOWNSTREAM_EXTRA_RATIO} ${DOWNSTREAM_EXTRA_UNTIL:+--extra-until $DOWNSTREAM_EXTRA_UNTIL}"
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 start=$(date +%s)
 stamp() { echo "   [$(( $(date +%s) - start ))s]"; }
@@ -25,11 +28,11 @@ if [ -f "$out/synthetic/generation.json" ]; then resume=--resume; else resume=; 
   --out "$out/synthetic" $resume
 stamp
 
-echo "== 2/2 segmenters on real / real+synthetic (/ synthetic) tiles, 3 seeds, held-out real tiles =="
+echo "== 2/2 segmenters on real / real+synthetic (/ synthetic) tiles, ${DOWNSTREAM_SEEDS:-3} seeds, held-out real tiles =="
 rm -rf "$out/eval"
 "$bin/hs-eval" downstream --real "$demo/data" --synthetic "$out/synthetic" \
-  --arms "${DOWNSTREAM_ARMS:-real,real+synthetic,synthetic}" --seeds 3 --jobs "${DOWNSTREAM_JOBS:-2}" \
-  $steps --out "$out/eval"
+  --arms "${DOWNSTREAM_ARMS:-real,real+synthetic,synthetic}" --seeds "${DOWNSTREAM_SEEDS:-3}" \
+  --jobs "${DOWNSTREAM_JOBS:-2}" $steps $mixing --out "$out/eval"
 stamp
 
 mkdir -p "$results"
