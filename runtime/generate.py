@@ -30,7 +30,7 @@ from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
-from histosmith.runtime.qc import PairCheck, QCTiles, qc_result, sample_with_qc
+from histosmith.runtime.qc import AreaLimits, PairCheck, QCTiles, qc_result, sample_with_qc
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
@@ -51,6 +51,12 @@ class GenerationPlan:
     postprocess: PostprocessConfig = PostprocessConfig()
     qc: float | None = None  # relative count tolerance (at least 1 nucleus); None: no QC (histosmith.runtime.qc)
     qc_attempts: int = 3
+    qc_max_area: AreaLimits | None = None  # the size check (histosmith.runtime.qc); None: off
+
+    @property
+    def qc_on(self) -> bool:
+        """Whether a check of the plan itself is on (the pair check is passed to ``generate`` separately)."""
+        return self.qc is not None or self.qc_max_area is not None
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
@@ -73,6 +79,8 @@ def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: Cond
                check: PairCheck | None = None) -> dict[str, Any]:
     """``generation.json``: everything that determines the output bytes; a resumed run must match it."""
     qc = {"qc": plan.qc} if plan.qc is not None else {}
+    if plan.qc_max_area is not None:
+        qc |= plan.qc_max_area.record()
     if check is not None:
         qc |= check.record()
     return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
@@ -184,7 +192,8 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     spec = info.spec
     n = len(conditions)
     record = run_record(session, plan, conditions, check)
-    qc_on = plan.qc is not None or check is not None
+    qc_on = plan.qc_on or check is not None
+    max_area = plan.qc_max_area.vector(list(spec.class_names)) if plan.qc_max_area is not None else None
     shard_size = record["shard_size"]
     low, high = session.batch_limits()
     if not low <= plan.batch <= high:
@@ -218,13 +227,15 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
                 tiles = QCTiles(*sample(index, 0), attempts=None, passed=None)
             else:
                 tiles = sample_with_qc(sample, index, conditions.counts[index], spec.n_classes, info.count_margin,
-                                       plan.qc, plan.qc_attempts, check)
+                                       plan.qc, plan.qc_attempts, check, max_area)
             for b, (image, labels) in enumerate(zip(tiles.images, tiles.labels, strict=True)):
                 row = tile_row(info, conditions, plan.seed, int(index[b]))
                 if tiles.attempts is not None and tiles.passed is not None:
                     row.update({"qc_attempts": int(tiles.attempts[b]), "qc_pass": int(tiles.passed[b])})
                 if tiles.score is not None:
                     row["qc_pq"] = f"{tiles.score[b]:.4f}"
+                if tiles.oversized is not None:
+                    row["qc_oversized"] = int(tiles.oversized[b])
                 if tiles.first is not None:  # what the tile held before QC (hs-eval control: r before QC)
                     row.update({f"qc_first_{c}": int(v) for c, v in zip(spec.class_names, tiles.first[b], strict=True)})
                 if tiles.agrees is not None and not tiles.agrees[b]:

@@ -35,15 +35,16 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: float) -> None:
+        qc_min_pq: float | None, marker_depth: float, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, marker_depth)
-    if (qc is not None or qc_segmenter is not None) and ray_address is not None:
+                                  qc_min_pq, marker_depth, qc_max_area)
+    qc_flags = [f for f, v in (("--qc", qc), ("--qc-segmenter", qc_segmenter), ("--qc-max-area", qc_max_area))
+                if v is not None]
+    if qc_flags and ray_address is not None:
         from histosmith.errors import HistoSmithError
 
-        raise HistoSmithError(f"{'--qc' if qc is not None else '--qc-segmenter'}: not available with --ray yet "
-                              "(the Ray workers sample each tile once)")
+        raise HistoSmithError(f"{qc_flags[0]}: not available with --ray yet (the Ray workers sample each tile once)")
     check = open_pair_check("hs-generate", qc_segmenter, qc_min_pq)
     from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate

@@ -37,12 +37,16 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--qc", type=click.FloatRange(0, 10), default=None,
                      help="Resample a tile unless every class count is within max(1 nucleus, QC x requested)."),
         click.option("--qc-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
-                     help="Samples per tile at most with --qc / --qc-segmenter (the best is kept when none passes)."),
+                     help="Samples per tile at most with --qc / --qc-segmenter / --qc-max-area (the best is kept "
+                          "when none passes)."),
         click.option("--qc-segmenter", type=click.Path(path_type=Path), default=None,
                      help="hs-train seg run: keep a tile only when this segmenter's instances on the image agree "
                           "with the generated label (PQ >= --qc-min-pq); failing tiles go to rejected.csv."),
         click.option("--qc-min-pq", type=click.FloatRange(0, 1), default=None,
                      help="Least per-tile PQ for --qc-segmenter  [default: 0.5]"),
+        click.option("--qc-max-area", default=None, metavar="CLASS=PX,... | REAL_DATASET",
+                     help="Resample a tile holding a nucleus larger than its class's limit: pixels per class, or a "
+                          "real dataset whose nuclei's 99th-percentile area per class (train split) is the limit."),
         click.option("--marker-depth", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
                      help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when "
                           "it rises this much above the saddle to its neighbour (lower splits more)."),
@@ -56,7 +60,8 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
                   guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
                   qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
-                  qc_min_pq: float | None = None, marker_depth: float = 0.4) -> tuple[Any, Any]:
+                  qc_min_pq: float | None = None, marker_depth: float = 0.4,
+                  qc_max_area: str | None = None) -> tuple[Any, Any]:
     """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
     from histosmith.errors import HistoSmithError
 
@@ -65,11 +70,13 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
     from histosmith.runtime.postprocess import PostprocessConfig
+    from histosmith.runtime.qc import AreaLimits
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
     plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size,
-                          qc=qc, qc_attempts=qc_attempts, postprocess=PostprocessConfig(h=marker_depth))
+                          qc=qc, qc_attempts=qc_attempts, postprocess=PostprocessConfig(h=marker_depth),
+                          qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None)
     check_output_dir(out, resume)
     return request, plan
 
@@ -97,6 +104,9 @@ def echo_result(result: Any, summary: Any) -> None:
     if qc:
         click.echo(f"QC: {qc['passed']} of {qc['tiles']} tiles passed, {qc['mean_attempts']:.2f} samples "
                    "per tile on average")
+        if "oversized_nuclei" in qc:
+            click.echo(f"QC: {qc['tiles_with_oversized']} tiles kept with {qc['oversized_nuclei']} nuclei above "
+                       "their class's --qc-max-area (the best of their attempts)")
         if "rejected" in qc:
             click.echo(f"QC: segmenter PQ {qc['mean_pq']:.3f} on average; {qc['rejected']} tiles it disagreed with "
                        f"left out of the dataset (rows in rejected.csv), {qc['kept']} kept")

@@ -22,10 +22,10 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: float) -> None:
+        qc_min_pq: float | None, marker_depth: float, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, marker_depth)
+                                  qc_min_pq, marker_depth, qc_max_area)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():

@@ -44,6 +44,17 @@ def instance_classes(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> np.nd
     return out
 
 
+def nucleus_areas(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area (pixels) and class (majority vote) of every nucleus of one (H, W, 2) label tile -> two (M,) arrays;
+    nuclei voted into no class are left out. The area is the pixel count, as ``regionprops`` reports it."""
+    inst = np.asarray(labels[..., 0])
+    classes = instance_classes(inst, np.asarray(labels[..., 1]), n_classes)
+    areas = np.bincount(inst.ravel().astype(np.int64), minlength=len(classes))[: len(classes)]
+    keep = (areas > 0) & (classes > 0)
+    keep[0] = False
+    return areas[keep].astype(np.int64), classes[keep].astype(np.int64)
+
+
 def count_nuclei(labels: np.ndarray, n_classes: int, margin: int = 0) -> np.ndarray:
     """Nuclei per class in one (H, W, 2) label tile -> int64 (K,).
 

@@ -145,3 +145,93 @@ def test_pair_check_combines_with_counts_prefers_agreeing_attempts_and_is_batch_
     once = sample_with_qc(_fake_sampler([]), np.array([1]), requested[:1], 1, 0, tol=None, attempts=1,
                           check=_EvenCheck())
     assert once.agrees.tolist() == [False] and once.passed.tolist() == [False]  # rejected by the generation loop
+
+
+def _sized_sampler(calls):
+    """Tile i at attempt a holds one class-1 nucleus of 1, 5 or 9 pixels: 1 + 4 * ((i + a) % 3)."""
+
+    def sample(indices, attempt):
+        calls.append((tuple(int(i) for i in indices), attempt))
+        images, labels = [], []
+        for i in indices:
+            lab = np.zeros((8, 8, 2), np.int32)
+            lab.reshape(-1, 2)[: 1 + 4 * ((int(i) + attempt) % 3)] = (1, 1)
+            images.append(np.full((8, 8, 3), int(i) * 10 + attempt, np.uint8))
+            labels.append(lab)
+        return images, labels
+
+    return sample
+
+
+def test_size_check_resamples_oversized_tiles_batch_independent_and_keeps_the_fewest():
+    requested = np.array([[1], [1], [1]])
+    limit = np.array([6.0])  # 1 and 5 px pass, 9 px is oversized
+    got = sample_with_qc(_sized_sampler([]), np.arange(3), requested, 1, 0, tol=None, attempts=2, max_area=limit)
+    assert got.attempts.tolist() == [1, 1, 2] and got.passed.all() and got.oversized.tolist() == [0, 0, 0]
+    assert [int(img[0, 0, 0]) for img in got.images] == [0, 10, 21]  # tile 2: 9 px at attempt 0, 1 px at 1
+    split = [sample_with_qc(_sized_sampler([]), np.array([k]), requested[k:k + 1], 1, 0, None, 2, max_area=limit)
+             for k in range(3)]
+    assert [int(s.images[0][0, 0, 0]) for s in split] == [0, 10, 21]
+    once = sample_with_qc(_sized_sampler([]), np.array([2]), requested[:1], 1, 0, tol=0.0, attempts=1, max_area=limit)
+    assert once.passed.tolist() == [False] and once.oversized.tolist() == [1]  # right count, too large
+    off = sample_with_qc(_sized_sampler([]), np.arange(3), requested, 1, 0, tol=0.0, attempts=2)
+    assert off.oversized is None and off.passed.all()  # no size check: the 9 px nucleus passes on counts
+
+
+def test_area_limits_from_pairs_or_from_a_real_dataset(synthetic_dir, tmp_path):
+    from skimage.measure import regionprops
+
+    from histosmith.data.labels import instance_classes
+    from histosmith.data.reader import Dataset
+    from histosmith.runtime.qc import AreaLimits
+
+    given = AreaLimits.parse("epithelial=120, neutrophil=40")
+    names = Dataset.open(synthetic_dir).meta.class_names
+    vector = given.vector(names)
+    assert vector[names.index("epithelial")] == 120 and vector[names.index("neutrophil")] == 40
+    assert np.isinf(vector).sum() == len(names) - 2
+    measured = AreaLimits.parse(str(synthetic_dir))
+    ds = Dataset.open(synthetic_dir)
+    train = [r.get("split") == "train" for r in ds.patch_info()]
+    areas = {k: [] for k in range(1, len(names) + 1)}
+    index = 0
+    for _, _, labels in ds.iter_shards():
+        for lab in labels:
+            if train[index]:
+                cls = instance_classes(lab[..., 0], lab[..., 1], len(names))
+                for region in regionprops(lab[..., 0]):  # hs-eval realism's definition of an area
+                    if cls[region.label]:
+                        areas[int(cls[region.label])].append(region.area)
+            index += 1
+    expected = [np.percentile(areas[k + 1], 99) for k in range(len(names))]
+    assert np.allclose(measured.vector(names), expected)
+    assert "99th percentile" in measured.record()["qc_max_area_source"]
+    for text, message in (("epithelial=0", "pixels > 0"), ("epithelial=x", "pixels > 0"),
+                          ("epithelial=5,epithelial=6", "twice"), (str(tmp_path), "no meta.json")):
+        with pytest.raises(HistoSmithError, match=message):
+            AreaLimits.parse(text)
+    with pytest.raises(HistoSmithError, match="unknown class 'blob'"):
+        AreaLimits.parse("blob=5").vector(names)
+
+
+def test_hs_sample_with_size_check_records_it_and_resumes(tiny_runs, tmp_path):
+    args = ["hs-sample", "--checkpoint", str(tiny_runs["ldm"]), "--n", "4", "--from-dataset", "--steps", "2",
+            "--batch", "2", "--shard-size", "2", "--qc-max-area", "epithelial=4,neutrophil=4", "--qc-attempts", "2"]
+    res = run_cli(*args, "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert record["qc_max_area"] == {"epithelial": 4.0, "neutrophil": 4.0} and record["qc_attempts"] == 2
+    import csv
+
+    rows = [r for k in (0, 1) for r in csv.DictReader((tmp_path / "a" / f"shard-0000{k}" / "patch_info.csv").open())]
+    assert all(int(r["qc_oversized"]) >= 0 for r in rows)
+    assert record["qc_result"]["oversized_nuclei"] == sum(int(r["qc_oversized"]) for r in rows)
+    assert run_cli(*args, "--out", str(tmp_path / "b")).returncode == 0
+    shutil.rmtree(tmp_path / "b" / "shard-00001")
+    assert run_cli(*args, "--resume", "--out", str(tmp_path / "b")).returncode == 0
+    for f in ("shard-00001/patch_info.csv", "shard-00001/images.npy", "shard-00001/labels.npy"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    other = run_cli(*args[:-4], "--qc-max-area", "epithelial=9", "--resume", "--out", str(tmp_path / "b"))
+    assert other.returncode == 2 and other.stderr.startswith("error: ")
+    bad = run_cli(*args[:-4], "--qc-max-area", "blob=3", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 2 and "unknown class 'blob'" in bad.stderr and not (tmp_path / "c").exists()
