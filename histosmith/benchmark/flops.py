@@ -32,24 +32,32 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return shapes
 
 
-def count_flops(path: Path, batch: int) -> dict[str, int]:
-    """FLOPs per op type (``Conv``, ``MatMul``, ``Gemm``) and ``total`` for one call at ``batch``."""
+def node_flops(path: Path, batch: int) -> list[tuple[onnx.NodeProto, int]]:
+    """Every ``Conv`` / ``MatMul`` / ``Gemm`` node of the graph and its FLOPs for one call at ``batch``."""
     model = _concrete(onnx.load(str(path)), batch)
     shapes = _shapes(model)
-    flops = {"Conv": 0, "MatMul": 0, "Gemm": 0}
+    out_nodes = []
     for node in model.graph.node:
-        if node.op_type not in flops:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
             continue
         out = shapes.get(node.output[0])
         if not out or 0 in out:
             raise ValueError(f"{path}: no static shape for {node.output[0]} at batch {batch}")
         if node.op_type == "Conv":
             w = shapes[node.input[1]]  # (C_out, C_in/groups, k_h, k_w)
-            flops["Conv"] += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+            out_nodes.append((node, 2 * int(np.prod(out)) * int(np.prod(w[1:]))))
         else:
             a = shapes[node.input[0]]
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             inner = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
-            flops[node.op_type] += 2 * int(np.prod(out)) * int(inner)
+            out_nodes.append((node, 2 * int(np.prod(out)) * int(inner)))
+    return out_nodes
+
+
+def count_flops(path: Path, batch: int) -> dict[str, int]:
+    """FLOPs per op type (``Conv``, ``MatMul``, ``Gemm``) and ``total`` for one call at ``batch``."""
+    flops = {"Conv": 0, "MatMul": 0, "Gemm": 0}
+    for node, n in node_flops(path, batch):
+        flops[node.op_type] += n
     flops["total"] = sum(flops.values())
     return flops
