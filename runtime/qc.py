@@ -87,24 +87,15 @@ class AreaLimits:
             raise file_error(path, "--qc-max-area: neither class=pixels pairs nor a dataset (no meta.json)")
         ds = Dataset.open(path)
         names, n_classes = ds.meta.class_names, ds.meta.n_classes
-        splits = [r.get("split") for r in ds.patch_info()]
-        wanted = [s == "train" for s in splits] if "train" in splits else [True] * len(splits)
-        areas: list[np.ndarray] = []
-        classes: list[np.ndarray] = []
-        index = 0
-        for _, _, labels in ds.iter_shards():
-            for b in range(len(labels)):
-                if wanted[index]:
-                    a, c = nucleus_areas(labels[b], n_classes)
-                    areas.append(a)
-                    classes.append(c)
-                index += 1
-        area, cls_of = np.concatenate(areas or [np.zeros(0)]), np.concatenate(classes or [np.zeros(0, int)])
+        has_train = any(r.get("split") == "train" for r in ds.patch_info())
+        measured = [nucleus_areas(label, n_classes) for _, _, _, label in ds.tiles("train" if has_train else None)]
+        area = np.concatenate([a for a, _ in measured] or [np.zeros(0)])
+        cls_of = np.concatenate([c for _, c in measured] or [np.zeros(0, int)])
         missing = [n for k, n in enumerate(names) if not (cls_of == k + 1).any()]
         if missing:
             raise HistoSmithError(f"{path}: no {', '.join(missing)} nuclei to measure a --qc-max-area limit from")
         limits = tuple((n, float(np.percentile(area[cls_of == k + 1], quantile))) for k, n in enumerate(names))
-        split = "train split" if "train" in splits else "all tiles"
+        split = "train split" if has_train else "all tiles"
         return cls(limits, f"{path} ({split}), {quantile:g}th percentile per class")
 
     def vector(self, class_names: list[str]) -> np.ndarray:

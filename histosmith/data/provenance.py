@@ -59,16 +59,9 @@ def dataset_provenance(root: Path) -> list[dict[str, Any]] | None:
 
 def dataset_digests(root: Path, split: str | None) -> dict[str, str]:
     """Digest -> tile name of the tiles of ``split`` (all tiles when None) of a dataset."""
-    ds = Dataset.open(root)
-    rows = ds.patch_info()
     out: dict[str, str] = {}
-    i = 0
-    for _, imgs, _ in ds.iter_shards():
-        for img in imgs:
-            row = rows[i] if i < len(rows) else {}
-            if split is None or row.get("split", split) == split:
-                out[tile_digest(np.asarray(img))] = str(row.get("patch_info", i))
-            i += 1
+    for i, row, img, _ in Dataset.open(root).tiles(split):
+        out[tile_digest(np.asarray(img))] = str(row.get("patch_info", i))
     return out
 
 

@@ -126,6 +126,18 @@ class Dataset:
                     raise file_error(shard.path / LABELS_FILE, problem)
             yield shard, images, labels
 
+    def tiles(self, split: str | None = None) -> Iterator[tuple[int, dict[str, str], np.ndarray, np.ndarray]]:
+        """Yield (tile index, patch_info row, image, label) of the tiles of ``split`` (every tile when None; a
+        tile whose row has no ``split`` belongs to every split)."""
+        rows = self.patch_info()
+        i = 0
+        for _, images, labels in self.iter_shards():
+            for image, label in zip(images, labels, strict=True):
+                row = rows[i] if i < len(rows) else {}
+                if split is None or row.get("split", split) == split:
+                    yield i, row, image, label
+                i += 1
+
     def counts(self) -> np.ndarray | None:
         """Counts from every shard's counts.csv as (N, K), or None when any shard lacks one."""
         parts = [s.counts(self.meta.class_names) for s in self.shards]

@@ -24,18 +24,11 @@ def score_labels(class_names: list[str], truth: list[np.ndarray] | np.ndarray, p
 
 def load_split(data: Path, split: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """uint8 images (N, H, W, 3), labels (N, H, W, 2) and tile names of one split (all tiles when None)."""
-    ds = Dataset.open(data)
-    rows = ds.patch_info()
     images, labels, names = [], [], []
-    i = 0
-    for _, imgs, labs in ds.iter_shards():
-        for img, lab in zip(imgs, labs, strict=True):
-            row = rows[i]
-            if split is None or row.get("split", split) == split:
-                images.append(np.asarray(img))
-                labels.append(np.asarray(lab))
-                names.append(str(row.get("patch_info", i)))
-            i += 1
+    for i, row, img, lab in Dataset.open(data).tiles(split):
+        images.append(np.asarray(img))
+        labels.append(np.asarray(lab))
+        names.append(str(row.get("patch_info", i)))
     if not images:
         raise HistoSmithError(f"{data}: no tiles in split {split!r}")
     return np.stack(images), np.stack(labels), names
