@@ -235,3 +235,17 @@ def test_hs_sample_with_size_check_records_it_and_resumes(tiny_runs, tmp_path):
     assert other.returncode == 2 and other.stderr.startswith("error: ")
     bad = run_cli(*args[:-4], "--qc-max-area", "blob=3", "--out", str(tmp_path / "c"))
     assert bad.returncode == 2 and "unknown class 'blob'" in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_qc_max_area_bad_values_are_one_error_line_before_anything_runs(tmp_path):
+    cases = [(("hs-sample", "--checkpoint", "nowhere"), ("--qc-max-area", "epithelial=0"), "pixels > 0"),
+             (("hs-sample", "--checkpoint", "nowhere"), ("--qc-max-area", "a=2,a=3"), "twice"),
+             (("hs-sample", "--checkpoint", "nowhere"), ("--qc-max-area", str(tmp_path / "none")), "no meta.json"),
+             (("hs-generate", "--engine", "nowhere.onnx", "--ray"), ("--qc-max-area", "a=3"),
+              "--qc-max-area: not available with --ray")]
+    for command, option, expected in cases:
+        res = run_cli(*command, *option, "--out", str(tmp_path / "o"))
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+        assert expected in lines[0], (expected, lines[0])
+        assert not (tmp_path / "o").exists()
