@@ -5,7 +5,7 @@ its mask, and mean hematoxylin optical density of its pixels (colour deconvoluti
 H&E-DAB stain matrix, ``rgb2hed``). Per tile: nuclei per class with the dataset's one count definition.
 Real and generated distributions are compared with the 1-D Wasserstein distance; the report also gives
 median area ratio (generated / real) and the share of generated nuclei larger than the real 99th percentile
-area of their class.
+area of their class, and the median area ratio per tissue (a size miss is often one tissue's).
 """
 
 from __future__ import annotations
@@ -32,17 +32,21 @@ FEATURES = ("area", "eccentricity", "solidity", "hematoxylin_od")
 
 @dataclass
 class NucleusTable:
-    """Per-nucleus features (one list per feature) with each nucleus's class index (1..K)."""
+    """Per-nucleus features (one list per feature) with each nucleus's class index (1..K) and tile tissue."""
 
     classes: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=lambda: {f: [] for f in FEATURES})
+    tissues: list[str] = field(default_factory=list)
 
-    def of(self, cls: int, feature: str) -> np.ndarray:
-        c = np.asarray(self.classes)
-        return np.asarray(self.values[feature], float)[c == cls]
+    def of(self, cls: int, feature: str, tissue: str | None = None) -> np.ndarray:
+        keep = np.asarray(self.classes) == cls
+        if tissue is not None:
+            keep &= np.asarray(self.tissues) == tissue
+        return np.asarray(self.values[feature], float)[keep]
 
 
-def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, table: NucleusTable) -> None:
+def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, table: NucleusTable,
+                     tissue: str = "") -> None:
     """Append the features of every nucleus of one tile ((H, W, 3) uint8, (H, W, 2) labels) to ``table``."""
     inst = np.asarray(labels[..., 0])
     if not inst.any():
@@ -54,6 +58,7 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, tabl
         if cls == 0:
             continue
         table.classes.append(cls)
+        table.tissues.append(tissue)
         table.values["area"].append(float(region.area))
         table.values["eccentricity"].append(float(region.eccentricity))
         table.values["solidity"].append(float(region.solidity))
@@ -71,11 +76,14 @@ def collect(dataset: Dataset, max_tiles: int) -> tuple[NucleusTable, np.ndarray]
     table = NucleusTable()
     chosen = spread(len(dataset), max_tiles)
     keep = set(chosen.tolist())
+    tissues = [row.get("tissue", "") for row in dataset.patch_info()]
+    if len(tissues) != len(dataset):  # no per-tile tissue recorded
+        tissues = [""] * len(dataset)
     index = 0
     for _, images, labels in dataset.iter_shards():
         for b in range(len(images)):
             if index in keep:
-                nucleus_features(images[b], labels[b], dataset.meta.n_classes, table)
+                nucleus_features(images[b], labels[b], dataset.meta.n_classes, table, tissues[index])
             index += 1
     return table, tile_counts(dataset)[chosen]
 
@@ -124,10 +132,22 @@ def compare(real: Dataset, generated: Dataset, max_tiles: int = 500) -> tuple[di
             "wasserstein": float(wasserstein_distance(real_counts[:, c], gen_counts[:, c]))
             if len(real_counts) and len(gen_counts) else None}
         classes.append(entry)
-    return {"class_names": names, "real": str(real.root), "generated": str(generated.root),
-            "n_tiles": {"real": len(real_counts), "generated": len(gen_counts)},
-            "n_nuclei": {"real": len(real_nuclei.classes), "generated": len(gen_nuclei.classes)},
-            "classes": classes}, Samples(real_nuclei, gen_nuclei, real_counts, gen_counts)
+    report = {"class_names": names, "real": str(real.root), "generated": str(generated.root),
+              "n_tiles": {"real": len(real_counts), "generated": len(gen_counts)},
+              "n_nuclei": {"real": len(real_nuclei.classes), "generated": len(gen_nuclei.classes)},
+              "classes": classes, "area_by_tissue": area_by_tissue(names, real_nuclei, gen_nuclei)}
+    return report, Samples(real_nuclei, gen_nuclei, real_counts, gen_counts)
+
+
+def area_by_tissue(names: list[str], real: NucleusTable, generated: NucleusTable) -> list[dict[str, Any]]:
+    """Median nucleus area per (tissue, class), real and generated, for the tissues both sets name."""
+    rows = []
+    for tissue in sorted(set(real.tissues) & set(generated.tissues) - {""}):
+        for c, name in enumerate(names):
+            r, g = real.of(c + 1, "area", tissue), generated.of(c + 1, "area", tissue)
+            rows.append({"tissue": tissue, "class": name, "real": _stats(r), "generated": _stats(g),
+                         "median_area_ratio": float(np.median(g) / np.median(r)) if len(r) and len(g) else None})
+    return rows
 
 
 def _num(v: float | None, fmt: str = ".2f") -> str:
@@ -145,6 +165,10 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{_num(cp['wasserstein'], '.3f'):>10}")
         lines.append(f"{e['class']:<14}median area gen/real {_num(e['median_area_ratio'])}, "
                      f"generated above real p99 area {_num(e['share_above_real_p99_area'], '.1%')}")
+    for row in report.get("area_by_tissue", []):
+        lines.append(f"{row['class']:<14}in {row['tissue']}: median area {_num(row['real']['median'], '.1f')} real "
+                     f"(n {row['real']['n']}), {_num(row['generated']['median'], '.1f')} generated "
+                     f"(n {row['generated']['n']}), gen/real {_num(row['median_area_ratio'])}")
     if "kid" in report:
         lines.append(format_kid(report["kid"]))
     return "\n".join(lines)

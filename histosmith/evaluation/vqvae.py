@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histosmith.data.labels import nucleus_areas
 from histosmith.evaluation.conic import ConicAccumulator
 from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
 from histosmith.training.data import TileStore
@@ -26,6 +27,8 @@ class VQReport:
     perplexity: float
     codes_used: int
     codebook_size: int
+    # median area of the re-derived nuclei / of the true ones, per class: does the round trip keep sizes?
+    median_area_ratio: dict[str, float | None]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,7 +40,8 @@ class VQReport:
                 ("codebook perplexity", f"{self.perplexity:.1f} of {self.codebook_size}"),
                 ("codes used", f"{self.codes_used} of {self.codebook_size}")]
         rows += [(f"IoU {k}", f"{v:.4f}") for k, v in self.class_iou.items()]
-        return "\n".join(f"{k:<22}{v}" for k, v in rows)
+        rows += [(f"area ratio {k}", "n/a" if v is None else f"{v:.3f}") for k, v in self.median_area_ratio.items()]
+        return "\n".join(f"{k:<26}{v}" for k, v in rows)
 
 
 @torch.no_grad()
@@ -57,6 +61,8 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     sq_err, n_px, dist_err = 0.0, 0, 0.0
     code_hist = np.zeros(model.cfg.codebook_size)
     acc = ConicAccumulator(names[1:])
+    areas: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
+    area_classes: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
     for start in range(0, len(store), batch_size):
         index = np.arange(start, min(start + batch_size, len(store)))
         x = store.inputs(index)
@@ -75,7 +81,12 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
             union[c] += (p | t).sum()
         for i, tile in enumerate(index):
             truth = np.stack([store.instances[tile], true_cls[i]], axis=-1).astype(np.int32)
-            acc.add(truth, labels_from_maps(dist[i], pred_cls[i], k1 - 1, post))
+            rederived = labels_from_maps(dist[i], pred_cls[i], k1 - 1, post)
+            acc.add(truth, rederived)
+            for key, lab in (("true", truth), ("rederived", rederived)):
+                a, c = nucleus_areas(lab, k1 - 1)
+                areas[key].append(a)
+                area_classes[key].append(c)
     mse = sq_err / max(n_px, 1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     result = acc.result()
@@ -91,4 +102,16 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         perplexity=float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
         codes_used=int((code_hist > 0).sum()),
         codebook_size=model.cfg.codebook_size,
+        median_area_ratio=_median_area_ratio(names[1:], areas, area_classes),
     )
+
+
+def _median_area_ratio(names: list[str], areas: dict[str, list[np.ndarray]],
+                       classes: dict[str, list[np.ndarray]]) -> dict[str, float | None]:
+    a = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in areas.items()}
+    c = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in classes.items()}
+    out: dict[str, float | None] = {}
+    for k, name in enumerate(names, start=1):
+        true, rederived = a["true"][c["true"] == k], a["rederived"][c["rederived"] == k]
+        out[name] = float(np.median(rederived) / np.median(true)) if len(true) and len(rederived) else None
+    return out

@@ -75,3 +75,27 @@ def test_tiles_are_spread_over_the_dataset():
     assert spread(10, 3).tolist() == [0, 4, 9]  # first, middle, last: both tissues of a two-tissue set
     assert spread(2, 5).tolist() == [0, 1]
     assert spread(0, 5).tolist() == []
+
+
+def _with_tissues(path, tissues):
+    rows = "".join(f"t{i},{t}\n" for i, t in enumerate(tissues))
+    (path / "patch_info.csv").write_text("patch_info,tissue\n" + rows)
+    return path
+
+
+def test_median_area_per_tissue_finds_the_tissue_that_misses(tmp_path):
+    tile = _tile()
+    big_image, big = _tile()
+    big[2:16, 2:16] = (1, 1)  # class-1 nucleus grown to 14x14, in tissue "y" only
+    real = _with_tissues(_dataset(tmp_path / "real", [tile, tile]), ["x", "y"])
+    gen = _with_tissues(_dataset(tmp_path / "gen", [tile, (big_image, big)]), ["x", "y"])
+    report, _ = compare(Dataset.open(real), Dataset.open(gen))
+    rows = {(r["tissue"], r["class"]): r for r in report["area_by_tissue"]}
+    assert sorted(rows) == [("x", "a"), ("x", "b"), ("y", "a"), ("y", "b")]
+    assert rows["x", "a"]["median_area_ratio"] == pytest.approx(1.0)
+    assert rows["y", "a"]["median_area_ratio"] == pytest.approx(196 / 64)
+    assert rows["y", "b"]["median_area_ratio"] == pytest.approx(1.0)
+    assert rows["y", "a"]["real"]["n"] == 1 and rows["y", "a"]["generated"]["median"] == 196
+    # without a tissue column there is no breakdown
+    plain, _ = compare(Dataset.open(_dataset(tmp_path / "p", [tile])), Dataset.open(_dataset(tmp_path / "q", [tile])))
+    assert plain["area_by_tissue"] == []

@@ -124,6 +124,16 @@ def test_vqvae_evaluation_report(tiny_runs):
     report = evaluate_vqvae(tiny_runs["vq"], tiny_runs["data"])
     assert report.n_tiles > 0 and np.isfinite(report.psnr) and 0 <= report.miou <= 1
     assert 1 <= report.perplexity <= report.codebook_size and report.codes_used >= 1
+    assert set(report.median_area_ratio) == {"epithelial", "lymphocyte", "neutrophil"}
+
+
+def test_round_trip_area_ratio_is_per_class():
+    from histosmith.evaluation.vqvae import _median_area_ratio
+
+    areas = {"true": [np.array([10, 20, 30]), np.array([40])], "rederived": [np.array([12, 18, 60])]}
+    classes = {"true": [np.array([1, 1, 2]), np.array([2])], "rederived": [np.array([1, 1, 2])]}
+    ratio = _median_area_ratio(["a", "b", "c"], areas, classes)
+    assert ratio == {"a": pytest.approx(15 / 15), "b": pytest.approx(60 / 35), "c": None}
 
 
 def test_hs_sample_writes_a_dataset_with_reports(tiny_runs, tmp_path):
