@@ -47,13 +47,15 @@ class EngineOptions:
     """How to run a verified engine. ``precision``: torch (.pt2) engines only, the program's own (another is
     refused). ``cuda_graph``: CUDA graphs of the torch loop per batch bucket, or ONNX Runtime's on the
     CUDA / TensorRT providers. ``batch``: the run's ``--batch``; buckets are sized for it (no padding of
-    full batches)."""
+    full batches). ``compile``: torch (.pt2) engines only, ``torch.compile`` the programs (inductor, weights
+    frozen); every batch then runs padded to the one bucket of ``batch``, so it compiles once."""
 
     device: str = "auto"
     threads: int | None = None
     precision: TorchPrecision = "auto"
     cuda_graph: bool = True
     batch: int | None = None
+    compile: bool = False
 
 
 @dataclass
@@ -72,7 +74,9 @@ class EngineSession:
 
     @property
     def model_id(self) -> str:
-        return f"{self.variant.entry} sha256:{self.manifest.files[self.variant.entry][:16]}"
+        # compiled kernels round differently from eager ones: a resumed run must use the same
+        compiled = " (torch.compile)" if self.options.compile else ""
+        return f"{self.variant.entry} sha256:{self.manifest.files[self.variant.entry][:16]}{compiled}"
 
     def path(self, name: str) -> Path:
         return self.manifest.path_of(self.directory, name)
@@ -122,6 +126,8 @@ def open_engine(engine: Path, options: EngineOptions = EngineOptions()) -> Engin
         manifest.verify_file(directory, name)
     if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt"):
         raise HistoSmithError(f"--device {options.device}: ONNX Runtime takes cpu, cuda or tensorrt")
+    if options.compile and fmt != "torch":
+        raise HistoSmithError(f"--compile concerns torch (.pt2) engines; {engine.name} is {fmt}")
     if options.precision != "auto" and fmt != "torch":
         raise HistoSmithError(f"--precision {options.precision} concerns torch (.pt2) engines; the precision of "
                               f"{engine.name} is fixed ({variant.precision})")
@@ -159,8 +165,12 @@ def _load_backend(session: EngineSession, tables: DDIMTables) -> Backend:
 
         dev = torch_device(opts.device)
         on_gpu = dev.startswith("cuda")
+        if opts.compile:  # one batch shape, one compilation
+            buckets = BatchBuckets((buckets.largest,))
         return TorchBackend.from_files(session.path(variant.guided_unet), decoder, tables, dev, variant.precision,
-                                       opts.cuda_graph and on_gpu, buckets, pad=on_gpu or not manifest.batch.dynamic)
+                                       opts.cuda_graph and on_gpu, buckets,
+                                       pad=on_gpu or not manifest.batch.dynamic or opts.compile,
+                                       compile_modules=opts.compile)
     from histosmith.runtime.backends.tensorrt_backend import TensorRTBackend
 
     if opts.batch and buckets.padding(min(opts.batch, buckets.largest)):

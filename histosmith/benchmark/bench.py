@@ -59,6 +59,8 @@ class BenchOptions:
     checkpoint: Path | None = None  # peers: the training run (default: the export's source checkpoint)
     profile: bool = True
     show_progress: bool = True
+    compile: bool = False  # torch (.pt2) engines also measured as hs-generate --compile runs them
+    gate: bool = False  # every runtime engine through the quality gate against fp32 unet.onnx
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -185,7 +187,10 @@ def measure(contender: Contender, inputs: BatchInputs, info, tables, opts: Bench
 
 
 def _contenders(export: Path, manifest: Manifest, tables, opts: BenchOptions) -> list[Contender]:  # noqa: ANN001
-    out = [runtime_engine(p, tables, opts.threads) for p in cpu_engines(export, manifest, opts.engines)]
+    paths = cpu_engines(export, manifest, opts.engines)
+    out = [runtime_engine(p, tables, opts.threads) for p in paths]
+    if opts.compile:
+        out += [runtime_engine(p, tables, opts.threads, compile_engine=True) for p in paths if p.suffix == ".pt2"]
     if opts.peers:
         checkpoint = opts.checkpoint or Path(manifest.source.checkpoint)
         if not checkpoint.exists():
@@ -239,6 +244,12 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
                 profiles[c.name] = {"batch": batch, "top_ops": profile_ops(path, feeds, opts.threads)}
     bar.close()
     _derive(rows, probes, opts.steps)
+    gate = None
+    if opts.gate:
+        from histosmith.benchmark.gate import gate_engines
+
+        gate = gate_engines(export, [(c.name, c.path, c.compiled) for c in contenders if c.path is not None], info,
+                            opts.threads)
     return {
         "export": str(export),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
@@ -250,6 +261,7 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
         "probes": probes,
         "rows": rows,
         "profiles": profiles,
+        "gate": gate,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

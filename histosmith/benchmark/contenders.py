@@ -48,6 +48,8 @@ class Contender:
     kind: str  # "engine" (the runtime, as hs-generate runs it) | "peer"
     precision: str
     prepare: Callable[[BatchInputs], Calls]
+    path: Path | None = None  # engines: the U-Net file
+    compiled: bool = False  # engines: loaded with --compile
 
 
 class FunctionBackend:
@@ -75,16 +77,26 @@ class FunctionBackend:
         return Decoded(image, distance, semantic, x)
 
 
-def runtime_engine(path: Path, tables: DDIMTables, threads: int | None) -> Contender:
-    """An engine file of the export, loaded exactly as ``hs-generate --engine`` loads it."""
+def runtime_engine(path: Path, tables: DDIMTables, threads: int | None, compile_engine: bool = False) -> Contender:
+    """An engine file of the export, loaded exactly as ``hs-generate --engine [--compile]`` loads it (compiled
+    programs specialise on one batch shape: one session per batch size)."""
     from histosmith.runtime.engine import EngineOptions, open_engine
 
-    session = open_engine(path, EngineOptions(device="cpu", threads=threads))
-    backend = session.backend(tables)
-    precision = session.variant.precision
+    sessions: dict[int, Any] = {}
+
+    def backend_for(batch: int) -> Any:  # noqa: ANN401
+        key = batch if compile_engine else 0
+        if key not in sessions:
+            sessions[key] = open_engine(path, EngineOptions(device="cpu", threads=threads, compile=compile_engine,
+                                                            batch=batch if compile_engine else None))
+        return sessions[key].backend(tables)
+
+    first = backend_for(1)
+    precision = next(iter(sessions.values())).variant.precision
 
     def prepare(inp: BatchInputs) -> Calls:
         batch = len(inp.latent)
+        backend = backend_for(batch)
         if hasattr(backend, "run_unet"):  # ONNX Runtime: the bound buffers hs-generate uses
             buf = backend.buffers(batch)
             buf.latent[:], buf.timestep[:], buf.condition[:], buf.guidance[:] = (inp.latent, inp.timestep,
@@ -94,6 +106,7 @@ def runtime_engine(path: Path, tables: DDIMTables, threads: int | None) -> Conte
 
         args = [torch.from_numpy(a) for a in (inp.latent, inp.timestep, inp.condition, inp.guidance)]
         args[0] = args[0].to(backend.dtype)  # as the backend's loop feeds its program
+        args[2:] = [a.to(backend.dtype) for a in args[2:]]
 
         def unet() -> Any:
             with torch.inference_mode():
@@ -105,7 +118,7 @@ def runtime_engine(path: Path, tables: DDIMTables, threads: int | None) -> Conte
 
         return Calls(unet, decoder, backend)
 
-    return Contender(f"{path.name} ({backend.name})", "engine", precision, prepare)
+    return Contender(f"{path.name} ({first.name})", "engine", precision, prepare, path, compile_engine)
 
 
 def torch_peer(checkpoint: Path, tables: DDIMTables, bf16: bool, threads: int | None) -> Contender:

@@ -58,8 +58,39 @@ def markdown(result: dict[str, Any], command: str) -> str:
         lines += ["", f"ONNX Runtime profile of {name} at batch {prof['batch']} (kernel time per op type):", "",
                   "| op | ms per call | share |", "|---|---|---|"]
         lines += [f"| {p['op']} | {p['ms_per_call']:.2f} | {p['share']:.0%} |" for p in prof["top_ops"]]
+    if result.get("gate"):
+        lines += gate_markdown(result)
     lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
+
+
+def gate_markdown(result: dict[str, Any]) -> list[str]:
+    """The gate table and, per batch, the fastest runtime engine that passes it."""
+    from histosmith.benchmark.gate import best_at_gate
+
+    gate, th = result["gate"], result["gate"]["thresholds"]
+    lines = ["", f"Quality gate of every runtime engine against {gate['reference']}: {th['tiles']} tiles, "
+             f"{th['steps']} steps, guidance {th['guidance']:g}, same noise; each engine with its own decoder, as "
+             f"hs-generate runs it. Pass: class-mask agreement >= {th['class_agreement']:.0%}, same instance count "
+             f"on >= {th['same_instance_count']:.0%} of tiles, count-control r within {th['control_r_delta']} per "
+             "class.", "",
+             "| engine | class-mask agreement | same instance count | max abs(dr) | image PSNR dB | passed |",
+             "|---|---|---|---|---|---|"]
+    for name, g in gate["results"].items():
+        verdict = "yes" if g["passed"] else "NO: " + "; ".join(g["failures"])
+        lines.append(f"| {name} | {g['class_agreement']:.4f} | {g['same_instance_count']:.3f} | "
+                     f"{g['control_r_delta']:.3f} | {g['image_psnr_db']:.1f} | {verdict} |")
+    lines.append("")
+    for batch in sorted({r["batch"] for r in result["rows"]}):
+        best = best_at_gate(result["rows"], gate, batch)
+        if best is None:
+            lines.append(f"* batch {batch}: no runtime engine passes the gate")
+            continue
+        lines.append(f"* batch {batch}: fastest runtime engine at the gate: {best['contender']}, "
+                     f"{best['unet_ms_p50']:.1f} ms per guided call — {_x(best['unet_speedup_vs_torch_fp32'])} torch "
+                     f"eager fp32, {_x(best['unet_speedup_vs_torch_bf16'])} torch bf16 autocast, "
+                     f"{_x(best['unet_speedup_vs_ort_fp32'])} ONNX Runtime fp32")
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -32,9 +32,14 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Training run for --peers (default: the export's source checkpoint).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="ONNX Runtime per-operator profile.")
+@click.option("--compile", "compile_engines", is_flag=True,
+              help="Also measure every torch (.pt2) engine as hs-generate --compile runs it.")
+@click.option("--gate", is_flag=True,
+              help="Run every engine through hs-calibrate's quality gate against fp32 unet.onnx (64 tiles, 50 steps) "
+                   "and name the fastest engine that passes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for bench.json/.md/.png.")
 def cli(export: Path, engines: str, batches: str, steps: int, repeats: int, threads: int | None, peers: bool,
-        checkpoint: Path | None, profile: bool, out: Path) -> None:
+        checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, out: Path) -> None:
     batch_sizes = _ints(batches, "--batches")
     for name, value in (("--steps", steps), ("--repeats", repeats), ("--threads", threads or 1)):
         if value < 1:
@@ -48,7 +53,7 @@ def cli(export: Path, engines: str, batches: str, steps: int, repeats: int, thre
     from histosmith.benchmark.report import write_results
 
     opts = BenchOptions(tuple(e.strip() for e in engines.split(",") if e.strip()), batch_sizes, steps, repeats,
-                        threads, peers, checkpoint, profile)
+                        threads, peers, checkpoint, profile, compile=compile_engines, gate=gate)
     result = run_bench(export, opts)
     command = "hs-bench " + " ".join(sys.argv[1:])
     paths = write_results(out, result, command)

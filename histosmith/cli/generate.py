@@ -25,12 +25,17 @@ from histosmith.extras import require
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="CUDA graphs: torch (.pt2) engines capture the whole loop per batch bucket; ONNX Runtime's "
                    "CUDA / TensorRT providers capture each step.")
+@click.option("--compile", "compile_engine", is_flag=True,
+              help="torch (.pt2) engines: torch.compile the programs (inductor, weights frozen; needs a C++ compiler). "
+                   "Compiles once, for the --batch shape (about a minute), then runs faster on CPUs; a run "
+                   "resumes only with the same choice.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Generate on a Ray cluster: shards made by an actor pool (a new local Ray instance without "
                    "ADDRESS; 'auto' or host:port joins a running cluster). Same bytes as without --ray.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
 @generation_options
-def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_graph: bool, ray_address: str | None,
+def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_graph: bool, compile_engine: bool,
+        ray_address: str | None,
         ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
@@ -41,16 +46,19 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
                                   qc_min_pq, marker_depth, qc_max_area)
     qc_flags = [f for f, v in (("--qc", qc), ("--qc-segmenter", qc_segmenter), ("--qc-max-area", qc_max_area))
                 if v is not None]
-    if qc_flags and ray_address is not None:
+    if ray_address is not None and (qc_flags or compile_engine):
         from histosmith.errors import HistoSmithError
 
+        if compile_engine:
+            raise HistoSmithError("--compile: not available with --ray yet (the Ray workers load the engine as it is)")
         raise HistoSmithError(f"{qc_flags[0]}: not available with --ray yet (the Ray workers sample each tile once)")
     check = open_pair_check("hs-generate", qc_segmenter, qc_min_pq)
     from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report
 
-    session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch))  # verified once
+    session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch,
+                                                compile=compile_engine))  # verified once
     try:
         if check is not None:
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)

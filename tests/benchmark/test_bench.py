@@ -87,3 +87,37 @@ def test_default_engines_add_the_bf16_program_only_with_native_bf16(tiny_export,
     assert ("unet.bf16.pt2" in names) == native_bf16
     assert [p.name for p in bench.cpu_engines(tiny_export, Manifest.load(tiny_export), ("unet.onnx",))] == \
         ["unet.onnx"]
+
+
+def test_hs_bench_gates_every_engine_and_names_the_fastest_that_passes(tiny_export, tmp_path):
+    out = tmp_path / "bench"
+    r = run_cli("hs-bench", "--export", str(tiny_export), "--engines", "unet.onnx,unet.pt2", "--batches", "2",
+                "--steps", "2", "--repeats", "1", "--threads", "1", "--no-profile", "--compile", "--gate",
+                "--out", str(out), timeout=900)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "bench.json").read_text())
+    names = [row["contender"] for row in result["rows"]]
+    assert names == ["unet.onnx (onnxruntime-cpu)", "unet.pt2 (torch)", "unet.pt2 (torch-compiled)"]
+    gate = result["gate"]
+    assert list(gate["results"]) == names and gate["thresholds"]["tiles"] == 64
+    reference = gate["results"]["unet.onnx (onnxruntime-cpu)"]
+    assert reference["passed"] and reference["class_agreement"] == 1.0 and reference["same_instance_count"] == 1.0
+    for g in gate["results"].values():  # the tiny fp32 programs follow the fp32 graph closely
+        assert g["class_agreement"] > 0.9 and (g["image_psnr_db"] is None or g["image_psnr_db"] > 20)  # None: equal
+    text = (out / "bench.md").read_text()
+    assert "Quality gate of every runtime engine" in text and "* batch 2: fastest runtime engine at the gate:" in text
+
+
+def test_fastest_engine_at_the_gate_skips_failures_and_peers():
+    from histosmith.benchmark.gate import best_at_gate
+
+    rows = [{"contender": "fast", "kind": "engine", "batch": 16, "unet_ms_p50": 10.0},
+            {"contender": "ok", "kind": "engine", "batch": 16, "unet_ms_p50": 20.0},
+            {"contender": "slow", "kind": "engine", "batch": 16, "unet_ms_p50": 30.0},
+            {"contender": "peer", "kind": "peer", "batch": 16, "unet_ms_p50": 1.0},
+            {"contender": "ok", "kind": "engine", "batch": 1, "unet_ms_p50": 2.0}]
+    gate = {"results": {"fast": {"passed": False}, "ok": {"passed": True}, "slow": {"passed": True},
+                        "peer": {"passed": True}}}
+    assert best_at_gate(rows, gate, 16)["contender"] == "ok"
+    assert best_at_gate(rows, gate, 1)["contender"] == "ok"
+    assert best_at_gate(rows, {"results": {}}, 16) is None

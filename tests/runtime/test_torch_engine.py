@@ -141,3 +141,27 @@ def test_bad_torch_engines_give_one_error_line(tiny_export, tmp_path):
     other = _replace_program(tiny_export, "unet.pt2", pinned, tmp_path / "b")
     assert "pinned to a device" in _one_error_line(_generate(other / "unet.pt2", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_compiled_program_matches_eager_and_is_part_of_the_run_record(tiny_export, tmp_path):
+    """hs-generate --compile: the same tiles within the bf16-vs-fp32 tolerances, a batch not a multiple of
+    --batch runs padded (one compiled shape), and a resume must keep the choice (kernels round differently)."""
+    eager = _generate(tiny_export / "unet.pt2", tmp_path / "eager", "--n", "6")
+    assert eager.returncode == 0, eager.stderr[-2000:]
+    out = tmp_path / "compiled"
+    got = _generate(tiny_export / "unet.pt2", out, "--n", "6", "--compile")
+    assert got.returncode == 0, got.stderr[-2000:]
+    a, b = (np.load(tmp_path / d / "shard-00000" / "labels.npy") for d in ("eager", "compiled"))
+    assert len(b) == 6 and (a[..., 1] == b[..., 1]).mean() >= CLASS_AGREEMENT
+    x, y = (np.load(tmp_path / d / "shard-00000" / "images.npy").astype(int) for d in ("eager", "compiled"))
+    assert np.abs(x - y).mean() <= IMAGE_MEAN_ABS
+    assert json.loads((out / "generation.json").read_text())["model"].endswith("(torch.compile)")
+    line = _one_error_line(_generate(tiny_export / "unet.pt2", out, "--n", "6", "--resume"))
+    assert "--resume with different settings (model)" in line
+
+
+def test_compile_is_refused_where_it_does_not_apply(tiny_export, tmp_path):
+    line = _one_error_line(_generate(tiny_export / "unet.onnx", tmp_path / "a", "--compile"))
+    assert "--compile concerns torch (.pt2) engines" in line and not (tmp_path / "a").exists()
+    line = _one_error_line(_generate(tiny_export / "unet.pt2", tmp_path / "b", "--compile", "--ray"))
+    assert "--compile: not available with --ray" in line and not (tmp_path / "b").exists()
