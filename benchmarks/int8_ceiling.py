@@ -28,13 +28,13 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histosmith.benchmark.bench import timed
 from histosmith.data.atomic import write_json_atomic, write_text_atomic
 
 Feeds = dict[str, np.ndarray]
@@ -49,14 +49,9 @@ def feeds(batch: int, cond_dim: int, seed: int = 0) -> Feeds:
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    fn()  # two more warm-ups than hs-bench's one: compiled graphs settle over their first calls
+    fn()
+    return 1e3 * statistics.median(timed(fn, repeats))
 
 
 def ort_runner(path: Path, threads: int) -> Callable[[Feeds], Callable[[], Any]]:
