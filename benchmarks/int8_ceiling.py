@@ -8,6 +8,7 @@ with *every* convolution and matmul quantised — accuracy ignored — in one pr
   graph of ``hs-calibrate``'s CPU recipe (u8 activations, s8 per-channel weights), from the activation ranges
   ``hs-calibrate`` cached (``--ranges``) or, without them, from a few random inputs (speed does not depend
   on the ranges);
+* OpenVINO (when installed) on the same all-INT8 graph and, in bf16, on ``unet.onnx``;
 * torch: the exported programs ``unet.pt2`` / ``unet.bf16.pt2`` eager and under ``torch.compile``
   (inductor, weights frozen), and, when ``torchao`` is installed, its PT2E INT8 recipe for x86 (every
   convolution and linear quantised, oneDNN INT8 kernels through inductor).
@@ -22,6 +23,7 @@ Guided U-Net call (conditional + null branch in one graph) per batch; medians ov
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shlex
@@ -55,12 +57,28 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def ort_runner(path: Path, threads: int) -> Callable[[Feeds], Callable[[], Any]]:
+    """Each contender's session lives only while it is timed: idle runtimes' thread pools must not compete."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda f: (lambda: session.run(None, f))
+    def make(f: Feeds) -> Callable[[], Any]:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda: session.run(None, f)
+    return make
+
+
+def openvino_runner(path: Path, threads: int, precision: str) -> Callable[[Feeds], Callable[[], Any]]:
+    """OpenVINO's CPU plugin on an ONNX graph as is (a Q/DQ graph runs in INT8; ``bf16``: its precision hint)."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+
+    def make(f: Feeds) -> Callable[[], Any]:
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        return lambda: request.infer(f)
+    return make
 
 
 def all_int8(unet: Path, ranges: Path | None, out: Path, cond_dim: int) -> Path:
@@ -195,11 +213,22 @@ def main() -> None:
             runners["ONNX Runtime INT8, gated (unet.int8.onnx)"] = ort_runner(args.export / "unet.int8.onnx",
                                                                             args.threads)
         runners["ONNX Runtime INT8, all quantised"] = ort_runner(quantised, args.threads)
+        try:
+            import openvino  # noqa: F401
+
+            runners["OpenVINO bf16 (unet.onnx)"] = openvino_runner(args.export / "unet.onnx", args.threads, "bf16")
+            runners["OpenVINO INT8, all quantised"] = openvino_runner(quantised, args.threads, "int8")
+        except ImportError:
+            print("OpenVINO is not installed (pip install -e '.[openvino]'): its contenders are left out",
+                  file=sys.stderr)
         runners |= torch_runners(args.export, args.threads, use_torchao)
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             f = feeds(batch, cond_dim)
-            times = {name: median_ms(make(f), args.repeats) for name, make in runners.items()}
+            times = {}
+            for name, make in runners.items():
+                times[name] = median_ms(make(f), args.repeats)
+                gc.collect()  # the timed session goes before the next one starts
             ort_fp32 = times["ONNX Runtime fp32 (unet.onnx)"]
             torch_fp32 = next((v for k, v in times.items() if k.startswith("torch eager fp32")), None)
             for name, ms in times.items():
