@@ -82,17 +82,17 @@ def runtime_engine(path: Path, tables: DDIMTables, threads: int | None, compile_
     programs specialise on one batch shape: one session per batch size)."""
     from histosmith.runtime.engine import EngineOptions, open_engine
 
-    sessions: dict[int, Any] = {}
+    sessions: dict[int | None, Any] = {}
 
     def backend_for(batch: int) -> Any:  # noqa: ANN401
-        key = batch if compile_engine else 0
+        key = batch if compile_engine else None  # uncompiled: one session serves every batch size
         if key not in sessions:
             sessions[key] = open_engine(path, EngineOptions(device="cpu", threads=threads, compile=compile_engine,
-                                                            batch=batch if compile_engine else None))
+                                                            batch=key))
         return sessions[key].backend(tables)
 
     first = backend_for(1)
-    precision = next(iter(sessions.values())).variant.precision
+    precision = sessions[1 if compile_engine else None].variant.precision
 
     def prepare(inp: BatchInputs) -> Calls:
         batch = len(inp.latent)
