@@ -27,7 +27,7 @@ from histosmith.extras import require
                    "CUDA / TensorRT providers capture each step.")
 @click.option("--compile", "compile_engine", is_flag=True,
               help="torch (.pt2) engines: torch.compile the programs (inductor, weights frozen; needs a C++ compiler). "
-                   "Compiles once, for the --batch shape (about a minute), then runs faster on CPUs; a run "
+                   "Compiles once, for the --batch shape, when the run starts; a run "
                    "resumes only with the same choice.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Generate on a Ray cluster: shards made by an actor pool (a new local Ray instance without "
