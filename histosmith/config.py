@@ -109,6 +109,13 @@ class LDMTrainConfig:
     cond_drop: float = 0.1  # classifier-free guidance: the condition is replaced by the learned null
     ema_decay: float = 0.999
     min_snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023); None: plain MSE
+    # Decoded-map term: for samples with t < map_max_t the predicted x0 goes through the frozen autoencoder's
+    # decoder and its distance map (L1) and class map (``map_classes``) are scored against the tile's labels
+    # (0: off; benchmarks/map_term.py measures what it does to nucleus sizes and counts).
+    map_weight: float = 0.0
+    map_start: int = 0  # step from which the term is on (it costs about half a step more)
+    map_max_t: int = 500
+    map_classes: Literal["autoencoder", "ce", "tversky", "none"] = "autoencoder"  # autoencoder: its own mix
     log_every: int = 50
     checkpoint_every: int = 500
 

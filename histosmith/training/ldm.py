@@ -3,7 +3,9 @@
 Latents of every training tile under all 8 flips/rotations are encoded once (pre-quantisation, as LDM
 does with VQ first stages) and cached beside the run, keyed by the autoencoder checkpoint's hash.
 They are scaled to unit variance (``latent_scale``). The condition is replaced by the learned null
-with probability ``cond_drop`` (classifier-free guidance). eps-prediction by default.
+with probability ``cond_drop`` (classifier-free guidance). eps-prediction by default. Optionally, from step
+``map_start``, the decoded-map term scores the autoencoder's decoding of the predicted x0 against the tile's labels
+(:meth:`LDMStage.map_loss`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from histosmith.runtime.schedule import ScheduleConfig, alphas_cumprod
 from histosmith.training import distributed
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_state, resolve
 from histosmith.training.common import check_dataset_matches, optimiser_step
-from histosmith.training.data import TileStore
+from histosmith.training.data import TileStore, split_input
 from histosmith.training.loop import LoopResult, step_seed
+from histosmith.training.losses import label_map_terms
 from histosmith.training.trainer import RunContext, RunOptions, dataset_summary, train_stage
 from histosmith.training.vqvae import load_vqvae
 
@@ -126,7 +129,8 @@ class LDMStage:
         self.train_cfg = cfg = override(train_cfg, max_steps=opts.max_steps)
         self.max_steps, self.log_every, self.checkpoint_every = cfg.max_steps, cfg.log_every, cfg.checkpoint_every
         self.seed, self.device, self.amp = ctx.seed, ctx.device, ctx.amp
-        store = TileStore.load(data, "train", opts.show_progress)
+        self.store = store = TileStore.load(data, "train", opts.show_progress)
+        self.vq.requires_grad_(False).eval()  # frozen; the decoded-map term backpropagates through it
         # Every tile either stage saw: the generator's provenance, checked by hs-eval downstream for leakage.
         self.training_data = collect_records(self.vq_ckpt.get("training_data"),
                                              training_record(data, "train", store.images, "ldm"))
@@ -168,15 +172,56 @@ class LDMStage:
         part = self.part
         index, t, x_t, target, keep = index[part], t[part], x_t[part], target[part], keep[part]
         self.model.train()
-        ctx = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
-        with ctx:
+        with self.autocast():
             pred = self.forward(x_t, t, self.conditions[index], keep)
         per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
         loss = (self.loss_weight[t] * per_sample).mean()
+        terms = {}
+        if cfg.map_weight > 0 and step >= cfg.map_start:
+            low = t < cfg.map_max_t
+            terms["map"] = self.map_loss(x_t[low], pred[low].float(), t[low], index[low])
+            loss = loss + cfg.map_weight * terms["map"] * low.float().mean()  # per sample of the batch, like MSE
         optimiser_step(self.optimizer, self.params, loss, step, cfg.lr, cfg.warmup_steps, cfg.max_steps,
                        cfg.grad_clip)
         self.ema.update(self.model, step)
-        return {"loss": loss.detach()}
+        return {"loss": loss.detach()} | {k: v.detach() for k, v in terms.items()}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def map_loss(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The decoded-map term: L1 on the distance map (+ ``map_classes``: a cross-entropy or Tversky term on the
+        class map) of the predicted x0.
+
+        The predicted x0 is unscaled, snapped to the codebook with a straight-through gradient (the runtime
+        decodes snapped latents) and decoded by the frozen autoencoder; targets are the tile's labels under the
+        latent's flip. Only samples below ``map_max_t`` are scored: at high noise the predicted x0 is the blurred
+        mean of many tiles, and asking its decoded maps to match one tile's labels would be unfair. The aim: the
+        eps loss alone leaves the nuclei of sampled tiles too small or merged (``hs-eval realism``'s area
+        ratios); this term scores their outlines directly.
+        """
+        if len(t) == 0:
+            return torch.zeros((), device=x_t.device)
+        a = self.a_bar[t][:, None, None, None]
+        if self.schedule.prediction == "eps":
+            x0 = (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+        else:
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * pred
+        z = x0 / self.latent_scale
+        zq = z + (self.vq.quantizer.quantize(z.detach()) - z).detach()
+        with self.autocast():
+            out = self.vq.decoder(zq)
+        flat = index.cpu().numpy()
+        _, dist, classes = split_input(self.store.inputs(flat // 8, flat % 8).to(x_t.device))  # latent order
+        vq = self.vq_ckpt["train_config"]  # the autoencoder's own loss settings
+        terms = label_map_terms(out.distance, out.logits, dist, classes, vq["tversky_alpha"], vq["tversky_beta"])
+        mode = self.train_cfg.map_classes
+        if mode == "autoencoder":  # every term weighted as the autoencoder was trained
+            return (vq["distance_weight"] * terms["distance"] + vq["ce_weight"] * terms["ce"]
+                    + vq["tversky_weight"] * terms["tversky"])
+        return terms["distance"] + (terms[mode] if mode != "none" else 0.0)
 
     def log_extras(self) -> dict[str, float]:
         return {}

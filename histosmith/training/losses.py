@@ -51,6 +51,16 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, beta:
     return (1 - index).mean()
 
 
+def label_map_terms(distance: torch.Tensor, logits: torch.Tensor, target_distance: torch.Tensor,
+                    target_classes: torch.Tensor, tversky_alpha: float, tversky_beta: float) -> dict[str, torch.Tensor]:
+    """How far decoded label maps are from the true ones: L1 on the distance map, cross-entropy and Tversky
+    loss on the class map (in float32). Stage 1 trains on them; stage 2's decoded-map term reuses them."""
+    distance, logits = distance.float(), logits.float()
+    return {"distance": (distance - target_distance).abs().mean(),
+            "ce": F.cross_entropy(logits, target_classes),
+            "tversky": tversky_loss(logits, target_classes, tversky_alpha, tversky_beta)}
+
+
 def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())
 

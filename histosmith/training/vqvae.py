@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from histosmith.config import VQConfig, VQTrainConfig, from_dict, override, preset, to_dict, vq_config
 from histosmith.data.provenance import training_record
@@ -21,7 +20,7 @@ from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, loa
 from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import TileStore, split_input
 from histosmith.training.loop import LoopResult, step_seed
-from histosmith.training.losses import hinge_d_loss, hinge_g_loss, ssim, tversky_loss
+from histosmith.training.losses import hinge_d_loss, hinge_g_loss, label_map_terms, ssim
 from histosmith.training.trainer import RunContext, RunOptions, dataset_summary, train_stage
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,7 @@ def vq_losses(model: VQAutoencoder, x: torch.Tensor, cfg: VQTrainConfig) -> tupl
         "l1": (image - rgb).abs().mean(),
         "mse": (image - rgb).pow(2).mean(),
         "ssim": 1 - ssim(image, rgb),
-        "distance": (distance - dist).abs().mean(),
-        "ce": F.cross_entropy(logits, classes),
-        "tversky": tversky_loss(logits, classes, cfg.tversky_alpha, cfg.tversky_beta),
+        **label_map_terms(distance, logits, dist, classes, cfg.tversky_alpha, cfg.tversky_beta),
         "commit": commitment.float(),
     }
     loss = (cfg.l1_weight * terms["l1"] + cfg.mse_weight * terms["mse"] + cfg.ssim_weight * terms["ssim"]

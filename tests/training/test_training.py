@@ -164,3 +164,79 @@ def test_patchgan_switches_on_after_warm_up(synthetic_dir, tmp_path, monkeypatch
     assert ckpt["discriminator"] is not None and ckpt["discriminator_optimizer"] is not None
     train_vqvae(synthetic_dir, tmp_path / "gan", "tiny", RunOptions(max_steps=6, resume=True, show_progress=False))
     assert load_checkpoint(tmp_path / "gan")["step"] == 6
+
+
+def _tiny_with_map_term(monkeypatch, **changes):
+    import dataclasses
+
+    from histosmith import config
+
+    tiny = config.preset("tiny")
+    ldm_train = dataclasses.replace(tiny.ldm_train, map_weight=1.0, map_max_t=1000, log_every=1, **changes)
+    monkeypatch.setitem(config._PRESETS, "tiny", dataclasses.replace(tiny, ldm_train=ldm_train))
+
+
+def test_map_term_trains_the_unet_only_and_resumes_exactly(tiny_runs, synthetic_dir, tmp_path, monkeypatch):
+    _tiny_with_map_term(monkeypatch, map_start=2)
+    opts = RunOptions(seed=1, device="cpu", max_steps=6, show_progress=False)
+    train_ldm(synthetic_dir, tiny_runs["vq"], tmp_path / "a", "tiny", opts)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "log.csv", newline="")))
+    assert [r.get("map", "") == "" for r in rows] == [True, True, False, False, False, False]  # on from step 2
+    assert all(float(r["map"]) > 0 for r in rows[2:])
+    ckpt = load_checkpoint(tmp_path / "a")
+    assert ckpt["train_config"]["map_weight"] == 1.0
+    frozen, _ = load_vqvae(tiny_runs["vq"])  # the embedded autoencoder is the stage-1 one, untouched
+    for k, v in frozen.state_dict().items():
+        assert torch.equal(v, ckpt["vqvae"]["model"][k]), k
+    train_ldm(synthetic_dir, tiny_runs["vq"], tmp_path / "b", "tiny",
+              RunOptions(**{**opts.__dict__, "stop_at_step": 3}))
+    train_ldm(synthetic_dir, tiny_runs["vq"], tmp_path / "b", "tiny", RunOptions(**{**opts.__dict__, "resume": True}))
+    again = list(csv.DictReader(open(tmp_path / "b" / "log.csv", newline="")))
+    assert [(r["step"], r["loss"], r["map"]) for r in again] == [(r["step"], r["loss"], r["map"]) for r in rows]
+
+
+@pytest.mark.parametrize("mode", ["autoencoder", "ce", "tversky", "none"])
+def test_map_term_scores_the_decoded_latent_against_its_own_flip(mode, tiny_runs, synthetic_dir, tmp_path,
+                                                                 monkeypatch):
+    """With a perfect noise prediction the term is the autoencoder's own round-trip error on that tile, under
+    the latent's flip: checked against labels flipped here, not by the training code."""
+    import torch.nn.functional as F
+
+    from histosmith.training.data import dihedral
+    from histosmith.training.ldm import LDMStage
+    from histosmith.training.losses import tversky_loss
+
+    _tiny_with_map_term(monkeypatch, map_classes=mode)
+    opts = RunOptions(seed=0, device="cpu", precision="fp32", max_steps=1, show_progress=False)
+    captured = {}
+    original = LDMStage.__init__
+
+    def keep(self, ctx, *args, **kw):
+        original(self, ctx, *args, **kw)
+        captured["stage"] = self
+
+    monkeypatch.setattr(LDMStage, "__init__", keep)
+    train_ldm(synthetic_dir, tiny_runs["vq"], tmp_path / "run", "tiny", opts)
+    stage = captured["stage"]
+    tile, flip = 2, 5
+    index = torch.tensor([tile * 8 + flip])
+    t = torch.tensor([0])
+    noise = torch.randn((1, *stage.latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+    a = stage.a_bar[t][:, None, None, None]
+    x_t = a.sqrt() * stage.latents[index] + (1 - a).sqrt() * noise
+    got = stage.map_loss(x_t, noise, t, index)
+    with torch.no_grad():
+        out = stage.vq.decode(stage.latents[index] / stage.latent_scale, quantize=True)
+
+    def error(k):
+        dist = torch.from_numpy(dihedral(stage.store.distances[tile].astype(np.float32), k).copy())
+        classes = torch.from_numpy(dihedral(stage.store.classes[tile].astype(np.int64), k).copy())
+        vq = load_checkpoint(tiny_runs["vq"])["train_config"]
+        l1 = (out.distance[0, 0] - dist).abs().mean()
+        ce = F.cross_entropy(out.logits, classes[None])
+        tv = tversky_loss(out.logits, classes[None], vq["tversky_alpha"], vq["tversky_beta"])
+        return float({"autoencoder": vq["distance_weight"] * l1 + vq["ce_weight"] * ce + vq["tversky_weight"] * tv,
+                      "ce": l1 + ce, "tversky": l1 + tv, "none": l1}[mode])
+
+    assert float(got) == pytest.approx(error(flip), rel=1e-3, abs=1e-4)
+    assert float(got) != pytest.approx(error(0), rel=1e-3, abs=1e-4)  # the check tells flips apart
