@@ -86,20 +86,21 @@ def markdown(result: dict) -> str:
     tissues = sorted({r["tissue"] for a in result["arms"] for r in a["by_tissue"]})
     head = ["arm", *[f"area {c}" for c in names], *[f"> p99 {c}" for c in names],
             *[f"area {c} in {t}" for t in tissues for c in names], *[f"MAE {c}" for c in names],
-            *[f"r {c}" for c in names]]
+            *[f"r {c}" for c in names], *[f"mean {c} measured / asked" for c in names]]
     lines = [f"`{result['command']}`", "",
              f"{result['n']} tiles per arm (`hs-sample --from-dataset --seed 0 --guidance {result['guidance']}`) "
              f"against {result['real']}; fine-tunes of {result['steps']} steps from `{result['run']}` (step "
              f"{result['start_step']}). Area: median nucleus area generated / real (bar: within ±15 %); > p99: "
-             "share of generated nuclei above the real 99th percentile of their class (bar: < 2 %); MAE and r: "
-             "counts against the requests.", "",
+             "share of generated nuclei above the real 99th percentile of their class (bar: < 2 %); MAE, r and "
+             "means: counts against the requests.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in result["arms"]:
         tissue = {(r["tissue"], r["class"]): r["median_area_ratio"] for r in a["by_tissue"]}
         cells = [a["label"], *[_f(a["median_area_ratio"][c]) for c in names],
                  *[f"{100 * a['share_above_real_p99_area'][c]:.1f} %" for c in names],
                  *[_f(tissue.get((t, c))) for t in tissues for c in names],
-                 *[_f(a["count_mae"][c]) for c in names], *[_f(a["count_r"][c], 3) for c in names]]
+                 *[_f(a["count_mae"][c]) for c in names], *[_f(a["count_r"][c], 3) for c in names],
+                 *[f"{m:.2f} / {q:.2f}" for m, q in zip(a["measured_mean"], a["requested_mean"], strict=True)]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
