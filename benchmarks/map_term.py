@@ -42,6 +42,7 @@ ARMS = (  # (label, training-config changes; None: the run as it was)
     ("autoencoder's mix", {"map_weight": 2.0, "map_classes": "autoencoder", "map_max_t": 500}),
     ("autoencoder's mix, t < 250", {"map_weight": 2.0, "map_classes": "autoencoder", "map_max_t": 250}),
     ("autoencoder's mix, weight 1", {"map_weight": 1.0, "map_classes": "autoencoder", "map_max_t": 500}),
+    ("autoencoder's mix, weight 0.5", {"map_weight": 0.5, "map_classes": "autoencoder", "map_max_t": 500}),
 )
 
 
