@@ -164,13 +164,16 @@ def _program_errors(label: str, module: torch.nn.Module, program_path: Path, spe
 
 
 BUILD_FILES = ("build_engines.sh", "timing.cache")  # written beside an export by hs-export --trt
+# hs-calibrate's report on the INT8 variant it adds to the export (calibration/calibrate.py: REPORT)
+CALIBRATION_FILES = ("calibration.json", "calibration.md", "calibration.png")
 
 
 def check_export_out(out: Path, force: bool) -> None:
     """``out`` must be new, empty, or an hs-export directory (replaced only with ``force``). Reads only.
 
     An export directory is recognised by its manifest and by holding nothing else than the files the
-    manifest lists, TensorRT build files and engines: ``--force`` never deletes anything else.
+    manifest lists, TensorRT build files and engines, and hs-calibrate's report: ``--force`` never deletes
+    anything else.
     """
     if out.exists() and not out.is_dir():
         raise file_error(out, "exists and is not a directory")
@@ -181,7 +184,8 @@ def check_export_out(out: Path, force: bool) -> None:
     except (HistoSmithError, KeyError, TypeError):
         raise file_error(out, "exists, is not empty and is not an hs-export directory; choose a new --out "
                               "(--force replaces only an earlier export)") from None
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in listed | {MANIFEST_FILE, *BUILD_FILES}
+    known = listed | {MANIFEST_FILE, *BUILD_FILES, *CALIBRATION_FILES}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in known
                      and not (p.is_file() and p.suffix in (".plan", ".engine")))
     if foreign:
         raise file_error(out, f"holds files that are not part of the export ({', '.join(foreign[:5])}); "

@@ -30,7 +30,12 @@ train() {  # stage, run dir, minutes, extra args...
 
 echo "== 2/7 stage 1: VQ autoencoder (reference preset) =="
 train vqvae "$out/vqvae" "$vq_minutes"; stamp
-"$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"; stamp
+"$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"
+# The watershed's marker depth for this autoencoder: the smallest h that re-derives the held-out tiles' instances
+# from their reconstructions as well as the best (PQ and mPQ+); every later step turns maps into labels with it.
+marker=${REFERENCE_MARKER_DEPTH:-$("$bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended_marker_depth"])' \
+  "$out/vqvae_eval.json")}
+echo "   marker depth $marker"; stamp
 
 echo "== 3/7 stage 2: conditional latent U-Net with count tokens (reference preset) =="
 train ldm "$out/ldm" "$ldm_minutes" --vqvae "$out/vqvae"; stamp
@@ -39,8 +44,9 @@ echo "== 4/7 export (ONNX fp32/fp16, torch.export programs) =="
 "$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"; stamp
 
 echo "== 5/7 guidance scale: the control sweep at 1.5, 3 and 5, the best worst-class r wins =="
+rm -rf "$out/guidance"  # a sweep of other settings (marker depth) is not resumed
 "$bin/hs-eval" guidance --engine "$out/export/unet.onnx" --scales "${REFERENCE_SCALES:-1.5,3,5}" --levels 4 \
-  --tiles-per-level 2 --steps 25 --out "$out/guidance"
+  --tiles-per-level 2 --steps 25 --marker-depth "$marker" --out "$out/guidance"
 guidance=${REFERENCE_GUIDANCE:-$("$bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended"])' \
   "$out/guidance/guidance.json")}
 echo "   guidance $guidance"; stamp
@@ -48,13 +54,13 @@ echo "   guidance $guidance"; stamp
 echo "== 6/7 count control at guidance $guidance: per-class sweep, tissue classifier, QC =="
 rm -rf "$out/control"
 "$bin/hs-eval" control --engine "$out/export/unet.onnx" --data "$out/data" --levels 6 --tiles-per-level 4 \
-  --steps 50 --guidance "$guidance" --qc 0.2 --qc-attempts 4 --out "$out/control"; stamp
+  --steps 50 --guidance "$guidance" --qc 0.2 --qc-attempts 4 --marker-depth "$marker" --out "$out/control"; stamp
 
-echo "== 7/7 realism: 200 tiles drawn like the training tiles vs the real tiles; KID on a real-only segmenter =="
+echo "== 7/7 realism: 500 tiles drawn like the training tiles vs the real tiles; KID on a real-only segmenter =="
 [ -f "$out/seg/checkpoint.pt" ] || "$bin/hs-train" seg --data "$out/data" --config small --out "$out/seg"
 rm -rf "$out/samples"
-"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 200 --from-dataset --seed 0 --guidance "$guidance" \
-  --out "$out/samples"
+"$bin/hs-generate" --engine "$out/export/unet.onnx" --n 500 --from-dataset --seed 0 --guidance "$guidance" \
+  --marker-depth "$marker" --out "$out/samples"
 rm -rf "$out/realism"
 "$bin/hs-eval" realism --real "$out/data" --generated "$out/samples" --segmenter "$out/seg" --out "$out/realism"
 stamp

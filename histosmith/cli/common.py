@@ -18,6 +18,15 @@ EXIT_INTERRUPTED = 130
 SEED = click.IntRange(0, 2**63 - 1)  # every --seed: numpy's SeedSequence and torch take non-negative seeds
 
 
+def marker_depth_option(f: Callable) -> Callable:
+    """``--marker-depth``: the watershed's h, for every command that turns generated maps into labels."""
+    return click.option(
+        "--marker-depth", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
+        help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when it rises "
+             "this much above the saddle to its neighbour (lower splits more; hs-eval vqvae recommends one for "
+             "an autoencoder).")(f)
+
+
 class _ClickEchoHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning: " if record.levelno >= logging.WARNING else ""

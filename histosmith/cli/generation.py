@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from histosmith.cli.common import SEED
+from histosmith.cli.common import SEED, marker_depth_option
 
 
 def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,9 +47,7 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--qc-max-area", default=None, metavar="CLASS=PX,... | REAL_DATASET",
                      help="Resample a tile holding a nucleus larger than its class's limit: pixels per class, or a "
                           "real dataset whose nuclei's 99th-percentile area per class (train split) is the limit."),
-        click.option("--marker-depth", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
-                     help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when "
-                          "it rises this much above the saddle to its neighbour (lower splits more)."),
+        marker_depth_option,
     ]
     for option in reversed(options):
         f = option(f)

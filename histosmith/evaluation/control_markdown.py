@@ -119,6 +119,11 @@ def qc_lines(qc: dict[str, Any] | None) -> list[str]:
     return lines + [""]
 
 
+def _marker_depth(report: dict[str, Any]) -> str:
+    h = report.get("sampling", {}).get("marker_depth")  # absent from reports written before it was recorded
+    return "" if h is None else f"; watershed marker depth {h:g}"
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The human-readable report; extrapolation rows carry the word in every table."""
     lines = ["# Count control", ""]
@@ -130,7 +135,7 @@ def format_markdown(report: dict[str, Any]) -> str:
               f"largest count among the training tiles of that tissue, then at 1.25x and 1.5x of that maximum "
               f"(EXTRAPOLATION); a class that never occurs in a tissue's training tiles is not swept there. While "
               f"one class is swept the others are held at the training median of the tissue. Counting margin "
-              f"{report['count_margin']} px.", "",
+              f"{report['count_margin']} px{_marker_depth(report)}.", "",
               "| tissue | " + " | ".join(f"{c}: trained range (median)" for c in names) + " |",
               "|---" * (len(names) + 1) + "|"]
     for tissue, maxima in report["training_max_per_tissue"].items():

@@ -109,7 +109,8 @@ def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDe
     report |= {"command": command, "model": session.model_id, "design": {
         "levels": design.levels, "tiles_per_level": design.tiles_per_level,
         "extrapolation": list(design.extrapolation)},
-        "sampling": {"seed": plan.seed, "steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance}}
+        "sampling": {"seed": plan.seed, "steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance,
+                     "marker_depth": plan.postprocess.h}}
     if plan.qc is not None:
         report["qc"] = {"tolerance": plan.qc, "attempts": plan.qc_attempts,
                         "rule": "|measured - requested| <= max(1, tolerance x requested) for every class"} | qc

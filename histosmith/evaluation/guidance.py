@@ -68,7 +68,8 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}`", "",
              f"The same sweep at every scale ({result['design']['levels']} levels per class within each tissue's "
              f"trained range, {result['design']['tiles_per_level']} tiles per level, {result['steps']} DDIM "
-             "steps, fixed seeds); in-range tiles only. Recommended: the highest worst-class r.", "",
+             f"steps, fixed seeds, watershed marker depth {result.get('marker_depth', 0.4):g}); in-range tiles only. "
+             "Recommended: the highest worst-class r.", "",
              "| guidance | " + " | ".join(f"r {n}" for n in names) + " | worst r | "
              + " | ".join(f"MAE {n}" for n in names) + " |",
              "|---" * (2 * len(names) + 2) + "|"]
@@ -123,6 +124,7 @@ def compare_guidance(session: GeneratorSession, scales: list[float], plan: Gener
         names = report["class_names"]
         rows.append(summarise(scale, report))
     result = {"command": command, "model": session.model_id, "class_names": names, "steps": plan.steps,
+              "marker_depth": plan.postprocess.h,
               "design": {"levels": design.levels, "tiles_per_level": design.tiles_per_level},
               "criterion": "highest worst-class in-range r; ties: lower mean MAE",
               "scales": rows, "recommended": recommend(rows)}

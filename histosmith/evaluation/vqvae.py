@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,10 @@ class VQReport:
     codebook_size: int
     # median area of the re-derived nuclei / of the true ones, per class: does the round trip keep sizes?
     median_area_ratio: dict[str, float | None]
+    # the watershed's marker depth h swept on the reconstructed maps (what the runtime post-processes):
+    # [{"h", "pq", "mpq_plus"}], and the value chosen by :func:`recommend_marker_depth`
+    marker_depths: list[dict[str, float]] = field(default_factory=list)
+    recommended_marker_depth: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,12 +45,37 @@ class VQReport:
                 ("codes used", f"{self.codes_used} of {self.codebook_size}")]
         rows += [(f"IoU {k}", f"{v:.4f}") for k, v in self.class_iou.items()]
         rows += [(f"area ratio {k}", "n/a" if v is None else f"{v:.3f}") for k, v in self.median_area_ratio.items()]
+        rows += [(f"marker depth {e['h']:g}", f"PQ {e['pq']:.4f}  mPQ+ {e['mpq_plus']:.4f}")
+                 for e in self.marker_depths]
+        if self.recommended_marker_depth is not None:
+            rows.append(("recommended marker depth", f"{self.recommended_marker_depth:g}"))
         return "\n".join(f"{k:<26}{v}" for k, v in rows)
+
+
+MARKER_DEPTHS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+MARKER_TOLERANCE = 0.005  # PQ and mPQ+ within this of their best count as equally good
+
+
+def recommend_marker_depth(rows: list[dict[str, float]], tolerance: float = MARKER_TOLERANCE) -> float:
+    """The smallest marker depth whose round-trip PQ and mPQ+ are both within ``tolerance`` of their best.
+
+    Among values that re-derive the real tiles' instances equally well, the smallest splits touching nuclei
+    most: on generated maps the dominant instance error is two nuclei merged into one
+    (benchmarks/postprocess_h.py), so ties go to the value that splits.
+    """
+    if not rows:
+        raise ValueError("no marker depths were evaluated")
+    best_pq, best_mpq = max(r["pq"] for r in rows), max(r["mpq_plus"] for r in rows)
+    good = [r["h"] for r in rows if r["pq"] >= best_pq - tolerance and r["mpq_plus"] >= best_mpq - tolerance]
+    return min(good) if good else max(rows, key=lambda r: r["pq"])["h"]
 
 
 @torch.no_grad()
 def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batch_size: int = 32,
-                   post: PostprocessConfig = PostprocessConfig()) -> VQReport:
+                   post: PostprocessConfig = PostprocessConfig(),
+                   marker_depths: tuple[float, ...] = MARKER_DEPTHS) -> VQReport:
+    """Reconstruct ``split``'s tiles; ``post`` re-derives the instances the report's PQ and areas use, and every
+    value of ``marker_depths`` is tried on the same reconstructed maps (the recommended ``--marker-depth``)."""
     model, ckpt = load_vqvae(checkpoint)
     names = ["background", *ckpt["dataset"]["class_names"]]
     from histosmith.training.common import check_dataset_matches
@@ -61,6 +90,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     sq_err, n_px, dist_err = 0.0, 0, 0.0
     code_hist = np.zeros(model.cfg.codebook_size)
     acc = ConicAccumulator(names[1:])
+    sweep = {h: ConicAccumulator(names[1:]) for h in marker_depths}
     areas: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
     area_classes: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
     for start in range(0, len(store), batch_size):
@@ -83,6 +113,9 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
             truth = np.stack([store.instances[tile], true_cls[i]], axis=-1).astype(np.int32)
             rederived = labels_from_maps(dist[i], pred_cls[i], k1 - 1, post)
             acc.add(truth, rederived)
+            for h, acc_h in sweep.items():
+                acc_h.add(truth, rederived if h == post.h else
+                          labels_from_maps(dist[i], pred_cls[i], k1 - 1, replace(post, h=h)))
             for key, lab in (("true", truth), ("rederived", rederived)):
                 a, c = nucleus_areas(lab, k1 - 1)
                 areas[key].append(a)
@@ -91,6 +124,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     result = acc.result()
     p = code_hist / max(code_hist.sum(), 1)
+    depths = [{"h": h, "pq": r.pq, "mpq_plus": r.mpq_plus} for h, r in ((h, a.result()) for h, a in sweep.items())]
     return VQReport(
         n_tiles=len(store),
         psnr=float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
@@ -103,6 +137,8 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         codes_used=int((code_hist > 0).sum()),
         codebook_size=model.cfg.codebook_size,
         median_area_ratio=_median_area_ratio(names[1:], areas, area_classes),
+        marker_depths=depths,
+        recommended_marker_depth=recommend_marker_depth(depths) if depths else None,
     )
 
 

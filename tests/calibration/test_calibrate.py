@@ -76,6 +76,18 @@ def test_calibration_writes_qdq_graphs_and_records_them(calibrated):
     assert (calibrated / "calibration.md").exists() and (calibrated / "calibration.png").exists()
 
 
+def test_a_calibrated_export_is_reexported_from_its_cache(calibrated, tiny_runs, tmp_path):
+    """hs-calibrate's report is the export's own: re-running hs-export on it (as a rerun of `make reference`
+    does) reuses the export, INT8 variant included, instead of refusing the directory."""
+    from histosmith.export.exporter import ExportOptions, export_generator
+
+    exp = tmp_path / "exp"
+    shutil.copytree(calibrated, exp)
+    before = _snapshot(exp)
+    manifest, cached = export_generator(tiny_runs["ldm"], exp, ExportOptions(max_batch=64))
+    assert cached and any(v.precision == "int8" for v in manifest.variants) and _snapshot(exp) == before
+
+
 def test_reduce_range_only_without_vnni():
     assert not needs_reduce_range({"avx512f", "avx512_vnni"}, "x86_64")
     assert needs_reduce_range({"avx2", "avx512f"}, "x86_64")

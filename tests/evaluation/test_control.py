@@ -149,6 +149,7 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     tiles = Dataset.open(out / "tiles")
     assert len(tiles) == report["n_tiles"]
     assert "Tissue collapse" in (out / "control.md").read_text() and "tissue_collapse" not in report
+    assert report["sampling"]["marker_depth"] == 0.4 and "watershed marker depth 0.4" in (out / "control.md").read_text()
 
     # The same sweep with QC and a tissue classifier: before QC is the sweep above, tile for tile.
     qc_out = tmp_path / "ctl-qc"
@@ -186,6 +187,8 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     # ... but not with other settings
     res = run_cli(*args[:-4], "--qc-attempts", "3", "--data", str(tiny_runs["data"]))
     assert res.returncode == 2 and "other settings (qc_attempts)" in res.stderr
+    res = run_cli(*args, "--marker-depth", "0.3")  # another watershed: other labels, so no resume either
+    assert res.returncode == 2 and "other settings (postprocess)" in res.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -195,6 +198,7 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     (["--checkpoint", "nowhere", "--qc", "0.2", "--qc-attempts", "0"], "--qc-attempts 0"),
     (["--checkpoint", "nowhere", "--qc", "-1"], "--qc -1.0"),
     (["--checkpoint", "nowhere", "--data", "nowhere"], "--data nowhere: not a prepared dataset"),
+    (["--checkpoint", "nowhere", "--marker-depth", "0"], "--marker-depth"),
 ])
 def test_control_bad_input(tmp_path, args, needle):
     res = run_cli("hs-eval", "control", "--out", str(tmp_path / "o"), *args)

@@ -125,6 +125,35 @@ def test_vqvae_evaluation_report(tiny_runs):
     assert report.n_tiles > 0 and np.isfinite(report.psnr) and 0 <= report.miou <= 1
     assert 1 <= report.perplexity <= report.codebook_size and report.codes_used >= 1
     assert set(report.median_area_ratio) == {"epithelial", "lymphocyte", "neutrophil"}
+    from histosmith.evaluation.vqvae import MARKER_DEPTHS
+
+    # the marker-depth sweep runs on the same reconstructions: its row at the report's h is the report's PQ
+    assert [e["h"] for e in report.marker_depths] == list(MARKER_DEPTHS)
+    at_default = next(e for e in report.marker_depths if e["h"] == 0.4)
+    assert at_default["pq"] == report.pq and at_default["mpq_plus"] == report.mpq_plus
+    assert report.recommended_marker_depth in MARKER_DEPTHS
+    assert "recommended marker depth" in report.format_table()
+
+
+def test_marker_depth_recommendation():
+    from histosmith.evaluation.vqvae import recommend_marker_depth
+
+    rows = [{"h": 0.1, "pq": 0.86, "mpq_plus": 0.90}, {"h": 0.2, "pq": 0.910, "mpq_plus": 0.936},
+            {"h": 0.25, "pq": 0.915, "mpq_plus": 0.936}, {"h": 0.3, "pq": 0.917, "mpq_plus": 0.935},
+            {"h": 0.4, "pq": 0.913, "mpq_plus": 0.930}]
+    # 0.2 is 0.007 below the best PQ, 0.4 0.006 below the best mPQ+: 0.25 and 0.3 tie, the smaller wins
+    assert recommend_marker_depth(rows) == 0.25
+    assert recommend_marker_depth(rows, tolerance=0.01) == 0.2
+    assert recommend_marker_depth(rows, tolerance=0.0) == 0.3  # no value is best in both: the best PQ
+    with pytest.raises(ValueError):
+        recommend_marker_depth([])
+
+
+@pytest.mark.parametrize("value", ["0,0.4", "0.4,0.4", "a", "1.5"])
+def test_vqvae_cli_rejects_bad_marker_depths(tiny_runs, value):
+    line = _one_error_line(run_cli("hs-eval", "vqvae", "--checkpoint", str(tiny_runs["vq"]), "--data",
+                                   str(tiny_runs["data"]), "--marker-depths", value))
+    assert "--marker-depths" in line
 
 
 def test_round_trip_area_ratio_is_per_class():
