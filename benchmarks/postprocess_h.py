@@ -55,6 +55,24 @@ def generated_maps(engine: Path, data: Dataset, n: int, steps: int, guidance: fl
     return table.counts, images, distances, classes
 
 
+def touching(labels: list[np.ndarray], k: int) -> np.ndarray:
+    """(K, 2): per class, nuclei that touch another nucleus (8-neighbourhood) and all nuclei."""
+    out = np.zeros((k, 2), dtype=np.int64)
+    for lab in labels:
+        inst, cls = lab[..., 0], lab[..., 1]
+        touched = set()
+        for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:]), (inst[:-1, :-1], inst[1:, 1:]),
+                     (inst[:-1, 1:], inst[1:, :-1])):
+            meet = (a > 0) & (b > 0) & (a != b)
+            touched |= set(np.unique(a[meet]).tolist()) | set(np.unique(b[meet]).tolist())
+        ids, first = np.unique(inst.ravel(), return_index=True)
+        for i, c in zip(ids.tolist(), (cls.ravel()[first] - 1).tolist(), strict=True):
+            if i > 0 and 0 <= c < k:
+                out[c, 1] += 1
+                out[c, 0] += i in touched
+    return out
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 0 and np.std(y) > 0 else None
 
@@ -80,16 +98,19 @@ def main() -> None:
     chosen = set(spread(len(real), args.real_tiles).tolist())
     truth = [np.asarray(lab, np.int32) for i, lab in enumerate(lab for _, _, ls in real.iter_shards() for lab in ls)
              if i in chosen]
+    real_touch = touching(truth, k)
     requested, images, distances, classes = generated_maps(args.engine, real, args.n, args.steps, args.guidance,
                                                            args.batch)
     rows = []
     for h in tqdm(hs, desc="h", unit="value"):
         post = replace(PostprocessConfig(), h=h)
-        table, measured = NucleusTable(), []
+        table, measured, generated = NucleusTable(), [], []
         for image, dist, cls in zip(images, distances, classes, strict=True):
             labels = labels_from_maps(dist, cls, k, post)
+            generated.append(labels)
             measured.append(count_nuclei(labels, k, margin))
             nucleus_features(image, labels, k, table)
+        gen_touch = touching(generated, k)
         measured_arr = np.stack(measured)
         acc = ConicAccumulator(names, margin)
         for lab in truth:
@@ -103,7 +124,9 @@ def main() -> None:
                 "mae": float(np.abs(requested[:, c] - measured_arr[:, c]).mean()),
                 "median_area_ratio": float(np.median(area) / median[c]) if len(area) else None,
                 "share_above_real_p99_area": float((area > p99[c]).mean()) if len(area) else None,
-                "nuclei": len(area)}
+                "nuclei": len(area),
+                "share_touching": float(gen_touch[c, 0] / max(gen_touch[c, 1], 1)),
+                "real_share_touching": float(real_touch[c, 0] / max(real_touch[c, 1], 1))}
         rows.append(row)
     command = "python benchmarks/postprocess_h.py " + " ".join(sys.argv[1:])
     report = {"command": command, "engine": str(args.engine), "data": str(args.data), "n_generated": args.n,
@@ -124,6 +147,12 @@ def main() -> None:
         cells = [f"{fmt(e['r'], '.3f')} / {e['mae']:.2f} / {fmt(e['median_area_ratio'], '.2f')} / "
                  f"{fmt(e['share_above_real_p99_area'], '.1%')}" for e in row["classes"].values()]
         lines.append(f"| {row['h']:g} | {row['real_roundtrip_pq']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "Share of nuclei touching another nucleus (8-neighbourhood), generated at each h; real "
+              "(true labels): "
+              + ", ".join(f"{n} {rows[0]['classes'][n]['real_share_touching']:.1%}" for n in names) + ".", "",
+              "| h | " + " | ".join(names) + " |", "|---" * (1 + k) + "|"]
+    lines += [f"| {row['h']:g} | " + " | ".join(f"{e['share_touching']:.1%}" for e in row["classes"].values()) + " |"
+              for row in rows]
     write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
