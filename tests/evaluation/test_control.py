@@ -149,7 +149,8 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     tiles = Dataset.open(out / "tiles")
     assert len(tiles) == report["n_tiles"]
     assert "Tissue collapse" in (out / "control.md").read_text() and "tissue_collapse" not in report
-    assert report["sampling"]["marker_depth"] == 0.4 and "watershed marker depth 0.4" in (out / "control.md").read_text()
+    assert report["sampling"]["marker_depth"] == 0.4
+    assert "watershed marker depth 0.4" in (out / "control.md").read_text()
 
     # The same sweep with QC and a tissue classifier: before QC is the sweep above, tile for tile.
     qc_out = tmp_path / "ctl-qc"
