@@ -124,7 +124,10 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     result = acc.result()
     p = code_hist / max(code_hist.sum(), 1)
-    depths = [{"h": h, "pq": r.pq, "mpq_plus": r.mpq_plus} for h, r in ((h, a.result()) for h, a in sweep.items())]
+    depths = []
+    for h, acc_h in sweep.items():
+        swept = acc_h.result()
+        depths.append({"h": h, "pq": swept.pq, "mpq_plus": swept.mpq_plus})
     return VQReport(
         n_tiles=len(store),
         psnr=float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
