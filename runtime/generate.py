@@ -12,7 +12,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
-from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
+from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps
 from histosmith.runtime.qc import AreaLimits, PairCheck, QCTiles, qc_result, sample_with_qc
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
@@ -52,6 +53,10 @@ class GenerationPlan:
     qc: float | None = None  # relative count tolerance (at least 1 nucleus); None: no QC (histosmith.runtime.qc)
     qc_attempts: int = 3
     qc_max_area: AreaLimits | None = None  # the size check (histosmith.runtime.qc); None: off
+
+    def with_marker_depth(self, marker: MarkerDepth, class_names: Sequence[str]) -> GenerationPlan:
+        """The plan with ``--marker-depth`` resolved against the model's classes (an unknown class is refused)."""
+        return replace(self, postprocess=marker.config(class_names, self.postprocess.min_area))
 
     @property
     def qc_on(self) -> bool:
@@ -86,7 +91,7 @@ def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: Cond
     return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
             "guidance": plan.guidance, "shard_size": plan.shard_size or default_shard_size(session.info.tile_size),
             "conditions": conditions.label, "conditions_digest": conditions.digest(), "model": session.model_id,
-            "postprocess": asdict(plan.postprocess)} | (qc | {"qc_attempts": plan.qc_attempts} if qc else {})
+            "postprocess": plan.postprocess.record()} | (qc | {"qc_attempts": plan.qc_attempts} if qc else {})
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -4,12 +4,17 @@ DESIGN §3: foreground = class argmax != 0; markers = the h-maxima of the distan
 in the centre of every nucleus and falls to about 1/radius at its border, so two touching nuclei are
 two maxima separated by a deep valley, while the shallow secondary maxima of one irregular nucleus are
 merged); watershed on −distance within the foreground; fragments below ``min_area`` dropped; one class per
-instance by majority vote. Numpy, scipy and scikit-image, no torch: every backend shares it.
+instance by majority vote. The marker depth h may differ per class (``--marker-depth 0.25,neoplastic=0.1``):
+each pixel's dome is shaved by the depth of its class. Numpy, scipy and scikit-image, no torch: every backend
+shares it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +22,7 @@ from skimage.morphology import reconstruction
 from skimage.segmentation import watershed
 
 from histosmith.data.labels import instance_classes, relabel_sequential
+from histosmith.errors import HistoSmithError
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -25,6 +31,84 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 class PostprocessConfig:
     h: float = 0.4  # a maximum must rise this much above the saddle to its neighbour to seed a nucleus
     min_area: int = 3  # instances smaller than this many pixels are dropped
+    # One marker depth per class id 1..K, used on that class's pixels instead of ``h`` (empty: ``h`` everywhere).
+    class_h: tuple[float, ...] = ()
+
+    def depth(self, classes: np.ndarray, n_classes: int) -> float | np.ndarray:
+        """The marker depth at every pixel of a class-id map (one number when it is the same everywhere)."""
+        if not self.class_h:
+            return self.h
+        if len(self.class_h) != n_classes:
+            raise ValueError(f"class_h holds {len(self.class_h)} marker depths for {n_classes} classes")
+        return np.asarray((self.h, *self.class_h), dtype=np.float32)[classes]
+
+    def record(self) -> dict[str, Any]:
+        """As written to generation.json (``class_h`` only when set, so uniform runs read as before)."""
+        out = asdict(self) | {"class_h": list(self.class_h)}  # as JSON reads it back, for the resume check
+        if not self.class_h:
+            del out["class_h"]
+        return out
+
+
+@dataclass(frozen=True)
+class MarkerDepth:
+    """``--marker-depth``: one h for every class, or per class name, e.g. ``0.25,neoplastic=0.1`` (a class
+    not named takes the plain number; 0.4 when there is none). Resolved against a model's classes by
+    :meth:`config`."""
+
+    default: float = PostprocessConfig.h
+    per_class: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> MarkerDepth:
+        default, named = None, {}
+        for part in (p.strip() for p in str(text).split(",")):
+            if not part:
+                continue
+            name, sep, value = (x.strip() for x in part.rpartition("="))
+            h = _depth_value(value, part)
+            if not sep:
+                if default is not None:
+                    raise HistoSmithError(f"--marker-depth {text!r}: more than one depth for every class")
+                default = h
+            elif not name or name in named:
+                raise HistoSmithError(f"--marker-depth {part!r}: expected class=h, each class once")
+            else:
+                named[name] = h
+        if default is None and not named:
+            raise HistoSmithError("--marker-depth: no depth given")
+        return cls(PostprocessConfig.h if default is None else default, tuple(named.items()))
+
+    def config(self, class_names: Sequence[str], min_area: int = PostprocessConfig.min_area) -> PostprocessConfig:
+        """The post-processing for a model with these classes; a class name it does not have is refused."""
+        named = dict(self.per_class)
+        unknown = [n for n in named if n not in class_names]
+        if unknown:
+            raise HistoSmithError(f"--marker-depth: unknown class {unknown[0]!r}; the model's classes are "
+                                  f"{', '.join(class_names)}")
+        class_h = tuple(named.get(n, self.default) for n in class_names) if named else ()
+        return PostprocessConfig(h=self.default, min_area=min_area, class_h=class_h)
+
+    def __str__(self) -> str:
+        return ",".join([f"{self.default:g}", *(f"{n}={h:g}" for n, h in self.per_class)])
+
+
+def _depth_value(text: str, part: str) -> float:
+    try:
+        h = float(text)
+    except ValueError:
+        h = math.nan
+    if not 0 < h <= 1:
+        raise HistoSmithError(f"--marker-depth {part!r}: a depth is a number in (0, 1]")
+    return h
+
+
+def marker_depth_label(post: PostprocessConfig, class_names: Sequence[str]) -> float | str:
+    """The marker depth as reports record it: the number, or ``h,class=h,...`` when it differs per class."""
+    if not post.class_h:
+        return post.h
+    return str(MarkerDepth(post.h, tuple((n, h) for n, h in zip(class_names, post.class_h, strict=True)
+                                         if h != post.h)))
 
 
 def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -32,12 +116,12 @@ def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return reconstruction(np.minimum(seed, mask), mask, method="dilation", footprint=_EIGHT)
 
 
-def h_maxima_markers(distance: np.ndarray, h: float, eps: float = 1e-3) -> tuple[np.ndarray, int]:
+def h_maxima_markers(distance: np.ndarray, h: float | np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, int]:
     """Label the regional maxima of ``distance`` (zero outside nuclei) whose dynamic is at least ``h``.
 
     ``rec = R_f(f - h)`` shaves every dome of ``f`` by ``h``; the regional maxima of ``rec`` (pixels
     that ``R_rec(rec - eps)`` cannot reach) are the extended h-maxima: one connected marker per dome,
-    however many equal peaks the dome has.
+    however many equal peaks the dome has. ``h`` may be a map (one depth per pixel).
     """
     f = distance.astype(np.float32)
     rec = reconstruct_by_dilation(f - h, f)
@@ -53,7 +137,7 @@ def labels_from_maps(distance: np.ndarray, classes: np.ndarray, n_classes: int,
     if not foreground.any():
         return out
     masked = np.where(foreground, distance, 0).astype(np.float32)
-    markers, n_markers = h_maxima_markers(masked, cfg.h)
+    markers, n_markers = h_maxima_markers(masked, cfg.depth(classes, n_classes))
     # A foreground blob without a core still is a nucleus: it gets its own marker (its whole area).
     blobs, n_blobs = ndimage.label(foreground, structure=_EIGHT)
     has_marker = np.zeros(n_blobs + 1, dtype=bool)

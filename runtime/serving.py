@@ -28,7 +28,7 @@ from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.engine import EngineOptions, EngineSession, open_engine
 from histosmith.runtime.generate import decode_labels, to_uint8
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.postprocess import PostprocessConfig
+from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig
 from histosmith.runtime.schedule import DDIMScheduler, DDIMTables
 from histosmith.runtime.seeds import tile_noise
 
@@ -65,6 +65,7 @@ class ServeDefaults:
     guidance: float = 4.0
     eta: float = 0.0
     allow_extrapolation: bool = False
+    marker_depth: str = str(MarkerDepth())  # the watershed's --marker-depth text, resolved for the model's classes
 
 
 def _column(arrays: dict[str, np.ndarray], name: str, n: int, default: float | None = None) -> np.ndarray:
@@ -122,9 +123,8 @@ class TileRenderer:
     """One verified engine with one session (backend, buffers) per DDIM step count in use."""
 
     def __init__(self, engine: Path, max_batch: int, defaults: ServeDefaults = ServeDefaults(),
-                 device: str = "auto", threads: int | None = None,
-                 post: PostprocessConfig = PostprocessConfig()) -> None:
-        self.engine, self.post, self.defaults, self.max_batch = engine, post, defaults, max_batch
+                 device: str = "auto", threads: int | None = None) -> None:
+        self.engine, self.defaults, self.max_batch = engine, defaults, max_batch
         self._options = EngineOptions(device=device, threads=threads, batch=max_batch)
         first = open_engine(engine, self._options)  # every check before any weights load
         low, high = first.batch_limits()
@@ -132,6 +132,7 @@ class TileRenderer:
             raise HistoSmithError(f"--max-batch {max_batch} is outside what the exported graphs accept "
                                   f"({low}..{high})")
         self.info: GeneratorInfo = first.info
+        self.post: PostprocessConfig = MarkerDepth.parse(defaults.marker_depth).config(first.info.spec.class_names)
         self._sessions: dict[int, tuple[EngineSession, DDIMTables]] = {}
         self._sessions[defaults.steps] = (first, self._tables(defaults.steps))
         self.backend(defaults.steps)  # load now: configuration errors surface before serving

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from histosmith.errors import HistoSmithError
+from histosmith.runtime.postprocess import MarkerDepth
 from histosmith.runtime.serving import (
     IN_COUNTS,
     IN_GUIDANCE,
@@ -42,7 +43,8 @@ class TritonPythonModel:
         defaults = ServeDefaults(steps=int(_parameter(config, "steps", "50")),
                                  guidance=float(_parameter(config, "guidance", "4")),
                                  eta=float(_parameter(config, "eta", "0")),
-                                 allow_extrapolation=_parameter(config, "allow_extrapolation", "false") == "true")
+                                 allow_extrapolation=_parameter(config, "allow_extrapolation", "false") == "true",
+                                 marker_depth=_parameter(config, "marker_depth", str(MarkerDepth())))
         threads = int(_parameter(config, "threads", "0")) or None
         self.renderer = TileRenderer(version_dir / _parameter(config, "engine", "unet.onnx"),
                                      int(config["max_batch_size"]), defaults, threads=threads)

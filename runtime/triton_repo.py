@@ -61,7 +61,8 @@ def config_pbtxt(n_classes: int, tile_size: int, options: RepoOptions, engine: s
                _tensor(OUT_CLASS, "TYPE_INT32", (t, t)), _tensor(OUT_COUNTS, "TYPE_INT32", (n_classes,))]
     d = options.defaults
     params = {"engine": engine, "steps": str(d.steps), "guidance": repr(d.guidance), "eta": repr(d.eta),
-              "allow_extrapolation": "true" if d.allow_extrapolation else "false", "threads": str(options.threads)}
+              "allow_extrapolation": "true" if d.allow_extrapolation else "false", "threads": str(options.threads),
+              "marker_depth": d.marker_depth}
     parameters = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
     sep = ",\n"
     return (f'name: "{MODEL_NAME}"\nbackend: "python"\nmax_batch_size: {options.max_batch}\n'

@@ -31,9 +31,9 @@ train() {  # stage, run dir, minutes, extra args...
 echo "== 2/7 stage 1: VQ autoencoder (reference preset) =="
 train vqvae "$out/vqvae" "$vq_minutes"; stamp
 "$bin/hs-eval" vqvae --checkpoint "$out/vqvae" --data "$out/data" --json "$out/vqvae_eval.json"
-# The watershed's marker depth for this autoencoder: the smallest h that re-derives the held-out tiles' instances
-# from their reconstructions as well as the best (PQ and mPQ+); every later step turns maps into labels with it.
-marker=${REFERENCE_MARKER_DEPTH:-$("$bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended_marker_depth"])' \
+# The watershed's marker depth for this autoencoder, per class: the smallest h that re-derives the held-out tiles'
+# nuclei of that class from their reconstructions as well as the best; every later step turns maps into labels with it.
+marker=${REFERENCE_MARKER_DEPTH:-$("$bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended_marker_depth_spec"])' \
   "$out/vqvae_eval.json")}
 echo "   marker depth $marker"; stamp
 

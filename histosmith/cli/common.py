@@ -19,12 +19,22 @@ SEED = click.IntRange(0, 2**63 - 1)  # every --seed: numpy's SeedSequence and to
 
 
 def marker_depth_option(f: Callable) -> Callable:
-    """``--marker-depth``: the watershed's h, for every command that turns generated maps into labels."""
+    """``--marker-depth``: the watershed's h, for every command that turns generated maps into labels; the
+    command receives a :class:`histosmith.runtime.postprocess.MarkerDepth` (checked before any model loads)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> object:
+        from histosmith.runtime.postprocess import MarkerDepth
+
+        try:
+            return MarkerDepth.parse(value)
+        except HistoSmithError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--marker-depth").lstrip(": ")) from None
+
     return click.option(
-        "--marker-depth", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
+        "--marker-depth", default="0.4", show_default=True, callback=parse, metavar="H[,CLASS=H...]",
         help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when it rises "
-             "this much above the saddle to its neighbour (lower splits more; hs-eval vqvae recommends one for "
-             "an autoencoder).")(f)
+             "this much above the saddle to its neighbour (lower splits more). One number, optionally per class "
+             "(0.25,neoplastic=0.1); hs-eval vqvae recommends both for an autoencoder.")(f)
 
 
 class _ClickEchoHandler(logging.Handler):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from histosmith.cli.common import SEED, entry_point, marker_depth_option, output_path
+
+if TYPE_CHECKING:
+    from histosmith.runtime.postprocess import MarkerDepth
 
 
 @click.group(help="Evaluate datasets and models.")
@@ -203,7 +206,7 @@ def _open_generator(engine: Path | None, checkpoint: Path | None, device: str, t
 @marker_depth_option
 def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels: int, tiles_per_level: int,
                 seed: int, steps: int, guidance: float, batch: int, device: str, threads: int | None,
-                data: Path | None, qc: float | None, qc_attempts: int, marker_depth: float) -> None:
+                data: Path | None, qc: float | None, qc_attempts: int, marker_depth: MarkerDepth) -> None:
     """Count control: a per-class sweep of requested counts (per tissue's trained range, into the extrapolation
     region); with --data, tissue collapse; with --qc, the sweep before and after QC regeneration. An --out
     holding an earlier sweep with the same settings resumes it (and reuses its cached tissue classifier)."""
@@ -218,10 +221,7 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
     if (engine is None) == (checkpoint is None):
         raise HistoSmithError("give exactly one of --engine and --checkpoint")
     design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
-    from histosmith.runtime.postprocess import PostprocessConfig
-
-    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch, qc=qc, qc_attempts=qc_attempts,
-                          postprocess=PostprocessConfig(h=marker_depth))
+    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch, qc=qc, qc_attempts=qc_attempts)
     from histosmith.evaluation.control_markdown import format_markdown
     from histosmith.evaluation.control_report import check_control_out, run_control
 
@@ -229,6 +229,7 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
     if data is not None and not (data / META_FILE).is_file():
         raise HistoSmithError(f"--data {data}: not a prepared dataset (no meta.json)")
     session = _open_generator(engine, checkpoint, device, threads, batch)
+    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
     report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]), data=data,
                          resume=resume)
     click.echo(format_markdown(report))
@@ -252,7 +253,7 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
 @marker_depth_option
 def guidance_cmd(engine: Path | None, checkpoint: Path | None, scales: str, out: Path, levels: int,
                  tiles_per_level: int, seed: int, steps: int, batch: int, device: str, threads: int | None,
-                 marker_depth: float) -> None:
+                 marker_depth: MarkerDepth) -> None:
     """Which guidance scale follows the counts best? The control sweep at every scale, compared per class."""
     import shlex
     import sys
@@ -263,10 +264,9 @@ def guidance_cmd(engine: Path | None, checkpoint: Path | None, scales: str, out:
 
     values = parse_scales(scales)
     design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
-    from histosmith.runtime.postprocess import PostprocessConfig
-
-    plan = GenerationPlan(seed=seed, steps=steps, batch=batch, postprocess=PostprocessConfig(h=marker_depth))
     session = _open_generator(engine, checkpoint, device, threads, batch)
+    plan = GenerationPlan(seed=seed, steps=steps, batch=batch).with_marker_depth(marker_depth,
+                                                                                 session.info.spec.class_names)
     result = compare_guidance(session, values, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]))
     click.echo(format_markdown(result))
     click.echo(f"recommended guidance: {result['recommended']:g}; report: {out}/guidance.json, guidance.md, "

@@ -4,13 +4,16 @@ unless the engine is a torch ``.pt2`` program."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from histosmith.cli.common import entry_point
 from histosmith.cli.generation import echo_result, generation_options, open_pair_check, parse_request
 from histosmith.extras import require
+
+if TYPE_CHECKING:
+    from histosmith.runtime.postprocess import MarkerDepth
 
 
 @click.command(help="Generate labelled tiles with an exported engine (unet.onnx, unet.fp16.onnx, unet.pt2, unet.plan).")
@@ -40,10 +43,10 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: float, qc_max_area: str | None) -> None:
+        qc_min_pq: float | None, marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, marker_depth, qc_max_area)
+                                  qc_min_pq, qc_max_area=qc_max_area)
     qc_flags = [f for f, v in (("--qc", qc), ("--qc-segmenter", qc_segmenter), ("--qc-max-area", qc_max_area))
                 if v is not None]
     if ray_address is not None and (qc_flags or compile_engine):
@@ -62,6 +65,7 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
     try:
         if check is not None:
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
+        plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
             result = _generate_on_ray(engine, session, plan, conditions, out, resume, ray_address, ray_workers)

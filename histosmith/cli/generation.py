@@ -58,22 +58,22 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
                   guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
                   qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
-                  qc_min_pq: float | None = None, marker_depth: float = 0.4,
+                  qc_min_pq: float | None = None,
                   qc_max_area: str | None = None) -> tuple[Any, Any]:
-    """The condition request and the generation plan, checked (with ``--out``) before any model loads."""
+    """The condition request and the generation plan, checked (with ``--out``) before any model loads; the
+    plan's ``--marker-depth`` is bound once the model's classes are known (``plan.with_marker_depth``)."""
     from histosmith.errors import HistoSmithError
 
     if qc_min_pq is not None and qc_segmenter is None:
         raise HistoSmithError("--qc-min-pq: needs --qc-segmenter RUN (the segmenter whose PQ it bounds)")
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
-    from histosmith.runtime.postprocess import PostprocessConfig
     from histosmith.runtime.qc import AreaLimits
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
     plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size,
-                          qc=qc, qc_attempts=qc_attempts, postprocess=PostprocessConfig(h=marker_depth),
+                          qc=qc, qc_attempts=qc_attempts,
                           qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None)
     check_output_dir(out, resume)
     return request, plan

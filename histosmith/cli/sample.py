@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from histosmith.cli.common import entry_point
 from histosmith.cli.generation import echo_result, generation_options, open_pair_check, parse_request
+
+if TYPE_CHECKING:
+    from histosmith.runtime.postprocess import MarkerDepth
 
 
 @click.command(help="Sample labelled tiles from a trained generator with the torch reference sampler.")
@@ -22,10 +26,10 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
         shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: float, qc_max_area: str | None) -> None:
+        qc_min_pq: float | None, marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, marker_depth, qc_max_area)
+                                  qc_min_pq, qc_max_area=qc_max_area)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():
@@ -43,6 +47,7 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
     session = CheckpointSession(load_generator(checkpoint), str(dev), precision, cuda_graph, compile_modules, batch)
     if check is not None:
         check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
+    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
     conditions = request.resolve(session.info, plan.seed)
     result = generate(session, plan, conditions, out, resume=resume, check=check)
     echo_result(result, write_report(result, list(session.info.spec.class_names)))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
-from histosmith.cli.common import entry_point
+from histosmith.cli.common import entry_point, marker_depth_option
 from histosmith.errors import HistoSmithError
 from histosmith.extras import require
+
+if TYPE_CHECKING:
+    from histosmith.runtime.postprocess import MarkerDepth
 
 
 @click.command(help="Serve an hs-export directory through Triton Inference Server (HTTP, gRPC), model 'histosmith'.")
@@ -36,9 +40,11 @@ from histosmith.extras import require
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | tensorrt (ONNX Runtime providers).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--verbose", is_flag=True, help="Triton's log on stdout.")
+@marker_depth_option
 def cli(export_dir: Path | None, repo: Path | None, engine: str, host: str, port: int, grpc_port: int | None,
         metrics_port: int | None, max_batch: int, max_delay_ms: float, instances: int, steps: int, guidance: float,
-        eta: float, allow_extrapolation: bool, device: str, threads: int | None, verbose: bool) -> None:
+        eta: float, allow_extrapolation: bool, device: str, threads: int | None, verbose: bool,
+        marker_depth: MarkerDepth) -> None:
     require("hs-serve", "serve")
     from histosmith.runtime.serving import ServeDefaults, TileRenderer
     from histosmith.runtime.triton_server import ServerOptions, check_port_free, serve
@@ -54,11 +60,15 @@ def cli(export_dir: Path | None, repo: Path | None, engine: str, host: str, port
         check_port_free(host, p, what)
     options = ServerOptions(host, port, grpc_port, metrics_port, instances, max_delay_ms / 1000, verbose)
     if repo is not None:
+        if click.get_current_context().get_parameter_source("marker_depth") == ParameterSource.COMMANDLINE:
+            raise HistoSmithError("--marker-depth: a --repo model carries its own (parameter marker_depth in its "
+                                  "config.pbtxt)")
         _serve_repo(repo, options)
         return
     assert export_dir is not None
     path = export_dir / engine
-    renderer = TileRenderer(path, max_batch, ServeDefaults(steps, guidance, eta, allow_extrapolation), device, threads)
+    defaults = ServeDefaults(steps, guidance, eta, allow_extrapolation, str(marker_depth))
+    renderer = TileRenderer(path, max_batch, defaults, device, threads)
     click.echo(f"hs-serve: model 'histosmith' from {path} on http://{host}:{port} (gRPC {grpc_port}, "
                f"metrics {metrics_port}); Ctrl-C stops", err=True)
     serve(renderer, options)

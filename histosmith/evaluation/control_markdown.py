@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from histosmith.runtime.postprocess import MarkerDepth
+
 
 def num(v: Any, fmt: str = ".2f") -> str:
     """A number for a table: 'n/a' for None, never '-0.00'."""
@@ -121,7 +123,7 @@ def qc_lines(qc: dict[str, Any] | None) -> list[str]:
 
 def _marker_depth(report: dict[str, Any]) -> str:
     h = report.get("sampling", {}).get("marker_depth")  # absent from reports written before it was recorded
-    return "" if h is None else f"; watershed marker depth {h:g}"
+    return "" if h is None else f"; watershed marker depth {MarkerDepth.parse(str(h))}"
 
 
 def format_markdown(report: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from histosmith.evaluation.control import Sweep, SweepDesign, analyse, build_swe
 from histosmith.evaluation.control_markdown import format_markdown, num
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.generate import PLAN_FILE, GenerationPlan, check_output_dir, generate, run_record
+from histosmith.runtime.postprocess import marker_depth_label
 
 log = logging.getLogger(__name__)
 TILES_DIR = "tiles"
@@ -110,7 +111,7 @@ def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDe
         "levels": design.levels, "tiles_per_level": design.tiles_per_level,
         "extrapolation": list(design.extrapolation)},
         "sampling": {"seed": plan.seed, "steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance,
-                     "marker_depth": plan.postprocess.h}}
+                     "marker_depth": marker_depth_label(plan.postprocess, info.spec.class_names)}}
     if plan.qc is not None:
         report["qc"] = {"tolerance": plan.qc, "attempts": plan.qc_attempts,
                         "rule": "|measured - requested| <= max(1, tolerance x requested) for every class"} | qc

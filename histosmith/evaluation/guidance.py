@@ -22,6 +22,7 @@ from histosmith.evaluation.control import SweepDesign
 from histosmith.evaluation.control_report import check_control_out, run_control
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.generate import GenerationPlan
+from histosmith.runtime.postprocess import MarkerDepth, marker_depth_label
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,12 @@ def recommend(rows: list[dict[str, Any]]) -> float:
 
 def format_markdown(result: dict[str, Any]) -> str:
     names = result["class_names"]
+    depth = MarkerDepth.parse(str(result.get("marker_depth", 0.4)))  # a number, or h,class=h,...
     lines = ["# Guidance scale vs count control", "",
              f"Command: `{result['command']}`", "",
              f"The same sweep at every scale ({result['design']['levels']} levels per class within each tissue's "
              f"trained range, {result['design']['tiles_per_level']} tiles per level, {result['steps']} DDIM "
-             f"steps, fixed seeds, watershed marker depth {result.get('marker_depth', 0.4):g}); in-range tiles only. "
+             f"steps, fixed seeds, watershed marker depth {depth}); in-range tiles only. "
              "Recommended: the highest worst-class r.", "",
              "| guidance | " + " | ".join(f"r {n}" for n in names) + " | worst r | "
              + " | ".join(f"MAE {n}" for n in names) + " |",
@@ -124,7 +126,7 @@ def compare_guidance(session: GeneratorSession, scales: list[float], plan: Gener
         names = report["class_names"]
         rows.append(summarise(scale, report))
     result = {"command": command, "model": session.model_id, "class_names": names, "steps": plan.steps,
-              "marker_depth": plan.postprocess.h,
+              "marker_depth": marker_depth_label(plan.postprocess, session.info.spec.class_names),
               "design": {"levels": design.levels, "tiles_per_level": design.tiles_per_level},
               "criterion": "highest worst-class in-range r; ties: lower mean MAE",
               "scales": rows, "recommended": recommend(rows)}

@@ -10,7 +10,7 @@ import torch
 
 from histosmith.data.labels import nucleus_areas
 from histosmith.evaluation.conic import ConicAccumulator
-from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
+from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps
 from histosmith.training.data import TileStore
 from histosmith.training.vqvae import load_vqvae
 
@@ -30,9 +30,15 @@ class VQReport:
     # median area of the re-derived nuclei / of the true ones, per class: does the round trip keep sizes?
     median_area_ratio: dict[str, float | None]
     # the watershed's marker depth h swept on the reconstructed maps (what the runtime post-processes):
-    # [{"h", "pq", "mpq_plus"}], and the value chosen by :func:`recommend_marker_depth`
-    marker_depths: list[dict[str, float]] = field(default_factory=list)
+    # [{"h", "pq", "mpq_plus", "class_pq": {name: pq}}], and the value chosen by :func:`recommend_marker_depth`
+    marker_depths: list[dict] = field(default_factory=list)
     recommended_marker_depth: float | None = None
+    # per class, the smallest h whose PQ of that class is within the tolerance of its best
+    # (:func:`recommend_class_marker_depths`); the ``--marker-depth`` text that applies them, and the
+    # round trip's PQ / mPQ+ with it (``{"pq", "mpq_plus"}``)
+    recommended_class_marker_depths: dict[str, float] = field(default_factory=dict)
+    recommended_marker_depth_spec: str | None = None
+    class_marker_depths_result: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +55,11 @@ class VQReport:
                  for e in self.marker_depths]
         if self.recommended_marker_depth is not None:
             rows.append(("recommended marker depth", f"{self.recommended_marker_depth:g}"))
+        rows += [(f"  for {k} alone", f"{v:g}") for k, v in self.recommended_class_marker_depths.items()]
+        if self.recommended_marker_depth_spec is not None:
+            r = self.class_marker_depths_result
+            rows.append(("per-class marker depth", f"{self.recommended_marker_depth_spec}  (PQ {r['pq']:.4f}  "
+                                                   f"mPQ+ {r['mpq_plus']:.4f})"))
         return "\n".join(f"{k:<26}{v}" for k, v in rows)
 
 
@@ -70,6 +81,24 @@ def recommend_marker_depth(rows: list[dict[str, float]], tolerance: float = MARK
     return min(good) if good else max(rows, key=lambda r: r["pq"])["h"]
 
 
+def recommend_class_marker_depths(rows: list[dict], tolerance: float = MARKER_TOLERANCE) -> dict[str, float]:
+    """Per class, the smallest marker depth whose PQ of that class is within ``tolerance`` of its best.
+
+    The same rule as :func:`recommend_marker_depth`, class by class: a class whose touching nuclei the decoder
+    separates by clear valleys can be split harder without the irregular nuclei of another class fragmenting.
+    A class absent from the round trip (PQ ``nan`` everywhere) is left out.
+    """
+    if not rows:
+        raise ValueError("no marker depths were evaluated")
+    out = {}
+    for name in rows[0]["class_pq"]:
+        scored = [(r["h"], r["class_pq"][name]) for r in rows if np.isfinite(r["class_pq"][name])]
+        if scored:
+            best = max(q for _, q in scored)
+            out[name] = min(h for h, q in scored if q >= best - tolerance)
+    return out
+
+
 @torch.no_grad()
 def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batch_size: int = 32,
                    post: PostprocessConfig = PostprocessConfig(),
@@ -86,6 +115,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
                           str(data))
     store = TileStore.load(data, split, show_progress=False)
     k1 = len(names)
+    class_names = names[1:]
     inter, union = np.zeros(k1), np.zeros(k1)
     sq_err, n_px, dist_err = 0.0, 0, 0.0
     code_hist = np.zeros(model.cfg.codebook_size)
@@ -93,10 +123,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     sweep = {h: ConicAccumulator(names[1:]) for h in marker_depths}
     areas: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
     area_classes: dict[str, list[np.ndarray]] = {"true": [], "rederived": []}
-    for start in range(0, len(store), batch_size):
-        index = np.arange(start, min(start + batch_size, len(store)))
-        x = store.inputs(index)
-        out, codes, _ = model(x)
+    for index, out, codes in _reconstructions(model, store, batch_size):
         code_hist += np.bincount(codes.ravel().numpy(), minlength=len(code_hist))
         rgb = np.clip(np.round((out.image.numpy().transpose(0, 2, 3, 1) + 1) * 127.5), 0, 255)
         sq_err += float(((rgb - store.images[index].astype(np.float64)) ** 2).sum())
@@ -127,7 +154,15 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
     depths = []
     for h, acc_h in sweep.items():
         swept = acc_h.result()
-        depths.append({"h": h, "pq": swept.pq, "mpq_plus": swept.mpq_plus})
+        depths.append({"h": h, "pq": swept.pq, "mpq_plus": swept.mpq_plus,
+                       "class_pq": {n: v["pq"] for n, v in swept.per_class.items()}})
+    per_class = recommend_class_marker_depths(depths) if depths else {}
+    spec, spec_result = None, {}
+    if per_class:
+        overall = recommend_marker_depth(depths)
+        marker = MarkerDepth(overall, tuple((n, h) for n, h in per_class.items() if h != overall))
+        spec = str(marker)
+        spec_result = _round_trip(model, store, batch_size, marker.config(class_names, post.min_area), class_names)
     return VQReport(
         n_tiles=len(store),
         psnr=float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
@@ -142,7 +177,31 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         median_area_ratio=_median_area_ratio(names[1:], areas, area_classes),
         marker_depths=depths,
         recommended_marker_depth=recommend_marker_depth(depths) if depths else None,
+        recommended_class_marker_depths=per_class,
+        recommended_marker_depth_spec=spec,
+        class_marker_depths_result=spec_result,
     )
+
+
+def _reconstructions(model, store: TileStore, batch_size: int):
+    """(tile indices, decoder output, codes) per batch of ``store``."""
+    for start in range(0, len(store), batch_size):
+        index = np.arange(start, min(start + batch_size, len(store)))
+        out, codes, _ = model(store.inputs(index))
+        yield index, out, codes
+
+
+def _round_trip(model, store: TileStore, batch_size: int, post: PostprocessConfig,
+                class_names: list[str]) -> dict[str, float]:
+    """PQ and mPQ+ of the instances ``post`` re-derives from the reconstructed maps."""
+    acc = ConicAccumulator(class_names)
+    for index, out, _ in _reconstructions(model, store, batch_size):
+        dist, pred_cls = out.distance[:, 0].numpy(), out.logits.argmax(1).numpy()
+        for i, tile in enumerate(index):
+            truth = np.stack([store.instances[tile], store.classes[tile]], axis=-1).astype(np.int32)
+            acc.add(truth, labels_from_maps(dist[i], pred_cls[i], len(class_names), post))
+    result = acc.result()
+    return {"pq": result.pq, "mpq_plus": result.mpq_plus}
 
 
 def _median_area_ratio(names: list[str], areas: dict[str, list[np.ndarray]],

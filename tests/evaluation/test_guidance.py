@@ -37,7 +37,7 @@ def test_guidance_command_on_tiny_generator(tiny_runs, tmp_path):
     out = tmp_path / "g"
     args = ["hs-eval", "guidance", "--checkpoint", str(tiny_runs["ldm"]), "--device", "cpu", "--out", str(out),
             "--scales", "0.5,3", "--levels", "2", "--tiles-per-level", "1", "--steps", "2", "--batch", "8",
-            "--marker-depth", "0.3"]
+            "--marker-depth", "0.3,neutrophil=0.2"]  # per class: recorded as the text that reproduces it
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "guidance.json").read_text())
@@ -45,8 +45,10 @@ def test_guidance_command_on_tiny_generator(tiny_runs, tmp_path):
     assert result["recommended"] == recommend(result["scales"])
     for scale in ("g0.5", "g3"):  # each scale is a full control sweep with its own report
         sweep = json.loads((out / scale / "control.json").read_text())
-        assert sweep["sampling"]["guidance"] == float(scale[1:]) and sweep["sampling"]["marker_depth"] == 0.3
-    assert result["marker_depth"] == 0.3 and "watershed marker depth 0.3" in (out / "guidance.md").read_text()
+        assert sweep["sampling"]["guidance"] == float(scale[1:])
+        assert sweep["sampling"]["marker_depth"] == "0.3,neutrophil=0.2"
+    assert result["marker_depth"] == "0.3,neutrophil=0.2"
+    assert "watershed marker depth 0.3,neutrophil=0.2" in (out / "guidance.md").read_text()
     assert (out / "guidance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "recommended" in (out / "guidance.md").read_text()
     again = run_cli(*args)  # finished sweeps are resumed, not resampled: the same numbers

@@ -203,6 +203,18 @@ def test_cli_marker_depth_is_recorded_and_part_of_the_run(tiny_export, tmp_path)
     r = _gen_cli(engine, tmp_path / "0.4", "--from-dataset", "--marker-depth", "0.2", "--resume")
     assert "different settings" in _one_error_line(r)
     assert "--marker-depth" in _one_error_line(_gen_cli(engine, tmp_path / "x", "--marker-depth", "0"))
+    assert "--marker-depth" in _one_error_line(_gen_cli(engine, tmp_path / "x", "--marker-depth", "0.2,a=b"))
+    # per class: the named class's pixels use its own depth; recorded in generation.json, part of the run
+    names = list(runs["0.4"].meta.class_names)
+    out = tmp_path / "per-class"
+    r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", f"0.4,{names[0]}=0.05")
+    assert r.returncode == 0, r.stderr[-2000:]
+    post = json.loads((out / "generation.json").read_text())["postprocess"]
+    assert post["h"] == 0.4 and post["class_h"] == [0.05] + [0.4] * (len(names) - 1)
+    r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", "0.4", "--resume")
+    assert "different settings" in _one_error_line(r)
+    line = _one_error_line(_gen_cli(engine, tmp_path / "y", "--from-dataset", "--marker-depth", "0.4,nope=0.1"))
+    assert "unknown class 'nope'" in line and not (tmp_path / "y" / "generation.json").exists()
 
 
 def test_cli_bad_inputs(tiny_export, tmp_path):

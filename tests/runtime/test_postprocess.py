@@ -3,8 +3,9 @@ import pytest
 
 from histosmith.data.labels import distance_map
 from histosmith.data.reader import Dataset
+from histosmith.errors import HistoSmithError
 from histosmith.evaluation.conic import ConicAccumulator
-from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
+from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps, marker_depth_label
 
 
 def _recover(labels_list, n_classes, names):
@@ -65,3 +66,45 @@ def test_h_controls_merging_of_shallow_maxima(h):
     classes = (dist > 0).astype(np.int64)
     out = labels_from_maps(dist, classes, 1, PostprocessConfig(h=h, min_area=1))
     assert out[..., 0].max() == (2 if h < 0.25 else 1)
+
+
+def _two_shallow_nuclei():
+    """Two elongated nuclei (classes 1 and 2) whose distance maps have two peaks over a saddle 0.25 deep."""
+    dist = np.zeros((9, 13), np.float32)
+    profile = [0.3, 0.6, 1.0, 0.9, 0.8, 0.75, 0.8, 0.9, 1.0, 0.6, 0.3]
+    dist[2, 1:12] = dist[6, 1:12] = profile
+    classes = np.zeros(dist.shape, np.int64)
+    classes[2, 1:12], classes[6, 1:12] = 1, 2
+    return dist, classes
+
+
+def test_marker_depth_per_class_splits_one_class_and_keeps_the_other():
+    dist, classes = _two_shallow_nuclei()
+    for class_h, expect in (((0.2, 0.6), {1: 2, 2: 1}), ((0.6, 0.2), {1: 1, 2: 2}), ((), {1: 1, 2: 1})):
+        out = labels_from_maps(dist, classes, 2, PostprocessConfig(h=0.6, min_area=1, class_h=class_h))
+        for c, n in expect.items():
+            assert len(np.unique(out[..., 0][out[..., 1] == c])) == n, (class_h, c)
+    with pytest.raises(ValueError, match="2 classes"):
+        labels_from_maps(dist, classes, 2, PostprocessConfig(class_h=(0.2,)))
+
+
+def test_marker_depth_text():
+    assert MarkerDepth.parse("0.25") == MarkerDepth(0.25)
+    md = MarkerDepth.parse(" 0.25 , neoplastic = 0.1 ")
+    assert md == MarkerDepth(0.25, (("neoplastic", 0.1),)) and str(md) == "0.25,neoplastic=0.1"
+    assert MarkerDepth.parse(str(md)) == md
+    assert MarkerDepth.parse("b=0.2").default == PostprocessConfig.h  # an unnamed class keeps the default
+    cfg = md.config(["connective", "neoplastic"])
+    assert cfg == PostprocessConfig(h=0.25, class_h=(0.25, 0.1))
+    assert MarkerDepth(0.3).config(["a", "b"]) == PostprocessConfig(h=0.3)  # uniform: no per-class table
+    assert cfg.record()["class_h"] == [0.25, 0.1] and "class_h" not in PostprocessConfig().record()
+    assert marker_depth_label(cfg, ["connective", "neoplastic"]) == "0.25,neoplastic=0.1"
+    assert marker_depth_label(PostprocessConfig(h=0.3), ["a"]) == 0.3
+    with pytest.raises(HistoSmithError, match="unknown class 'x'; the model's classes are a, b"):
+        MarkerDepth.parse("0.2,x=0.1").config(["a", "b"])
+
+
+@pytest.mark.parametrize("text", ["", ",", "0", "1.5", "nan", "a=b", "0.2,0.3", "x=0.1,x=0.2", "=0.1", "x=0"])
+def test_marker_depth_text_refused(text):
+    with pytest.raises(HistoSmithError, match="--marker-depth"):
+        MarkerDepth.parse(text)

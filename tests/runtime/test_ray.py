@@ -13,7 +13,9 @@ from tests.conftest import run_cli
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
-ARGS = ["--n", "10", "--shard-size", "4", "--batch", "3", "--steps", "3", "--seed", "5", "--from-dataset"]
+# a marker depth other than the default: the workers must post-process as the single process does
+ARGS = ["--n", "10", "--shard-size", "4", "--batch", "3", "--steps", "3", "--seed", "5", "--from-dataset",
+        "--marker-depth", "0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +69,12 @@ def test_killed_worker_is_retried(cluster, single, tiny_export, tmp_path):
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.engine import open_engine
     from histosmith.runtime.generate import GenerationPlan, begin_output, run_record
+    from histosmith.runtime.postprocess import PostprocessConfig
     from histosmith.runtime.ray_generate import RayOptions, generate_on_ray
 
     engine = tiny_export / "unet.onnx"
     session = open_engine(engine)
-    plan = GenerationPlan(seed=5, steps=3, batch=3, shard_size=4)
+    plan = GenerationPlan(seed=5, steps=3, batch=3, shard_size=4, postprocess=PostprocessConfig(h=0.1))  # as ARGS
     conditions = ConditionRequest.from_options(10, None, None, None, True, False, False).resolve(session.info, 5)
     out = tmp_path / "ray"
     record = run_record(session, plan, conditions)

@@ -164,6 +164,21 @@ def test_batcher_puts_concurrent_requests_in_one_engine_batch(tiny_export):
     np.testing.assert_array_equal(alone.instance, tiles[2].instance)
 
 
+def test_renderer_takes_the_marker_depth(tiny_export):
+    """hs-serve --marker-depth (and the Ray workers, which render through the same class): per class as in
+    hs-generate; a class the model does not have is refused before anything is served."""
+    from histosmith.errors import HistoSmithError
+    from histosmith.runtime.postprocess import PostprocessConfig
+    from histosmith.runtime.serving import ServeDefaults, TileRenderer
+
+    names = _manifest(tiny_export)["class_names"]
+    defaults = ServeDefaults(steps=STEPS, marker_depth=f"0.3,{names[-1]}=0.1")
+    renderer = TileRenderer(tiny_export / "unet.onnx", 8, defaults, threads=1)
+    assert renderer.post == PostprocessConfig(h=0.3, class_h=(0.3,) * (len(names) - 1) + (0.1,))
+    with pytest.raises(HistoSmithError, match="unknown class 'nope'"):
+        TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS, marker_depth="0.3,nope=0.1"))
+
+
 def test_bad_requests_fail_alone_and_server_keeps_serving(server):
     url = server["url"]
     cond = _manifest(server["export"])

@@ -133,6 +133,21 @@ def test_vqvae_evaluation_report(tiny_runs):
     assert at_default["pq"] == report.pq and at_default["mpq_plus"] == report.mpq_plus
     assert report.recommended_marker_depth in MARKER_DEPTHS
     assert "recommended marker depth" in report.format_table()
+    names = ["epithelial", "lymphocyte", "neutrophil"]
+    assert all(set(e["class_pq"]) == set(names) for e in report.marker_depths)
+    assert set(report.recommended_class_marker_depths) <= set(names)
+    assert all(h in MARKER_DEPTHS for h in report.recommended_class_marker_depths.values())
+    # the text hs-generate takes, and the round trip with it (every class at its own depth)
+    from histosmith.runtime.postprocess import MarkerDepth
+
+    spec = MarkerDepth.parse(report.recommended_marker_depth_spec)
+    assert spec.default == report.recommended_marker_depth
+    assert dict(spec.per_class) == {n: h for n, h in report.recommended_class_marker_depths.items()
+                                    if h != spec.default}
+    assert 0 <= report.class_marker_depths_result["pq"] <= 1 and "per-class marker depth" in report.format_table()
+    if not spec.per_class:  # the same setting as the sweep's row at that depth
+        row = next(e for e in report.marker_depths if e["h"] == spec.default)
+        assert report.class_marker_depths_result["pq"] == row["pq"]
 
 
 def test_marker_depth_recommendation():
@@ -147,6 +162,18 @@ def test_marker_depth_recommendation():
     assert recommend_marker_depth(rows, tolerance=0.0) == 0.3  # no value is best in both: the best PQ
     with pytest.raises(ValueError):
         recommend_marker_depth([])
+
+
+def test_class_marker_depth_recommendation():
+    from histosmith.evaluation.vqvae import recommend_class_marker_depths
+
+    rows = [{"h": h, "class_pq": {"a": a, "b": b, "c": np.nan}}
+            for h, a, b in ((0.1, 0.800, 0.70), (0.2, 0.803, 0.74), (0.3, 0.802, 0.75), (0.4, 0.790, 0.76))]
+    # a is flat from 0.1 (0.003 below its best), b is best at 0.4 and 0.3 is 0.01 below; c never occurs
+    assert recommend_class_marker_depths(rows) == {"a": 0.1, "b": 0.4}
+    assert recommend_class_marker_depths(rows, tolerance=0.015) == {"a": 0.1, "b": 0.3}
+    with pytest.raises(ValueError):
+        recommend_class_marker_depths([])
 
 
 @pytest.mark.parametrize("value", ["0,0.4", "0.4,0.4", "a", "1.5"])
