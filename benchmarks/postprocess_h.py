@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from histosmith.evaluation.realism import NucleusTable, collect, nucleus_feature
 from histosmith.runtime import conditions as cond
 from histosmith.runtime.engine import EngineOptions, open_engine
 from histosmith.runtime.generate import to_uint8
-from histosmith.runtime.postprocess import PostprocessConfig, labels_from_maps
+from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps, marker_depth_label
 from histosmith.runtime.schedule import DDIMScheduler
 from histosmith.runtime.seeds import tile_noise
 
@@ -81,7 +80,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", type=Path, required=True, help="EXPORT/unet.onnx (or another engine)")
     ap.add_argument("--data", type=Path, required=True, help="The real dataset the generator was trained on.")
-    ap.add_argument("--h", default="0.1,0.15,0.2,0.25,0.3,0.4,0.5", help="Marker depths to compare.")
+    ap.add_argument("--h", default="0.1,0.15,0.2,0.25,0.3,0.4,0.5",
+                    help="Marker depths to compare: numbers (0.1,0.2), or --marker-depth texts separated by ';' "
+                         "(0.25;0.25,neoplastic=0.1).")
     ap.add_argument("--n", type=int, default=256, help="Generated tiles.")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=3.0)
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--real-tiles", type=int, default=500, help="Real tiles (spread over the dataset).")
     ap.add_argument("--out", type=Path, required=True, help="Writes OUT.json and OUT.md.")
     args = ap.parse_args()
-    hs = [float(v) for v in args.h.split(",")]
+    hs = [MarkerDepth.parse(v) for v in args.h.split(";" if ";" in args.h or "=" in args.h else ",")]
     real = Dataset.open(args.data)
     names, k, margin = list(real.meta.class_names), real.meta.n_classes, real.meta.count_margin
     real_nuclei, _ = collect(real, args.real_tiles)
@@ -103,7 +104,7 @@ def main() -> None:
                                                            args.batch)
     rows = []
     for h in tqdm(hs, desc="h", unit="value"):
-        post = replace(PostprocessConfig(), h=h)
+        post = h.config(names)
         table, measured, generated = NucleusTable(), [], []
         for image, dist, cls in zip(images, distances, classes, strict=True):
             labels = labels_from_maps(dist, cls, k, post)
@@ -116,7 +117,8 @@ def main() -> None:
         for lab in truth:
             acc.add(lab, labels_from_maps(distance_map(lab[..., 0]), lab[..., 1], k, post))
         gt = acc.result()
-        row = {"h": h, "real_roundtrip_pq": gt.pq, "real_roundtrip_mpq_plus": gt.mpq_plus, "classes": {}}
+        row = {"h": marker_depth_label(post, names), "real_roundtrip_pq": gt.pq,
+               "real_roundtrip_mpq_plus": gt.mpq_plus, "classes": {}}
         for c, name in enumerate(names):
             area = table.of(c + 1, "area")
             row["classes"][name] = {
@@ -124,7 +126,7 @@ def main() -> None:
                 "mae": float(np.abs(requested[:, c] - measured_arr[:, c]).mean()),
                 "median_area_ratio": float(np.median(area) / median[c]) if len(area) else None,
                 "share_above_real_p99_area": float((area > p99[c]).mean()) if len(area) else None,
-                "nuclei": len(area),
+                "nuclei": len(area), "real_roundtrip_pq": gt.per_class[name]["pq"],
                 "share_touching": float(gen_touch[c, 0] / max(gen_touch[c, 1], 1)),
                 "real_share_touching": float(real_touch[c, 0] / max(real_touch[c, 1], 1))}
         rows.append(row)
@@ -146,12 +148,12 @@ def main() -> None:
     for row in rows:
         cells = [f"{fmt(e['r'], '.3f')} / {e['mae']:.2f} / {fmt(e['median_area_ratio'], '.2f')} / "
                  f"{fmt(e['share_above_real_p99_area'], '.1%')}" for e in row["classes"].values()]
-        lines.append(f"| {row['h']:g} | {row['real_roundtrip_pq']:.3f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['h']} | {row['real_roundtrip_pq']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Share of nuclei touching another nucleus (8-neighbourhood), generated at each h; real "
               "(true labels): "
               + ", ".join(f"{n} {rows[0]['classes'][n]['real_share_touching']:.1%}" for n in names) + ".", "",
               "| h | " + " | ".join(names) + " |", "|---" * (1 + k) + "|"]
-    lines += [f"| {row['h']:g} | " + " | ".join(f"{e['share_touching']:.1%}" for e in row["classes"].values()) + " |"
+    lines += [f"| {row['h']} | " + " | ".join(f"{e['share_touching']:.1%}" for e in row["classes"].values()) + " |"
               for row in rows]
     write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

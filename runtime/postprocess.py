@@ -86,8 +86,9 @@ class MarkerDepth:
         if unknown:
             raise HistoSmithError(f"--marker-depth: unknown class {unknown[0]!r}; the model's classes are "
                                   f"{', '.join(class_names)}")
-        class_h = tuple(named.get(n, self.default) for n in class_names) if named else ()
-        return PostprocessConfig(h=self.default, min_area=min_area, class_h=class_h)
+        class_h = tuple(named.get(n, self.default) for n in class_names)
+        uniform = all(h == self.default for h in class_h)  # one depth everywhere: the plain config
+        return PostprocessConfig(h=self.default, min_area=min_area, class_h=() if uniform else class_h)
 
     def __str__(self) -> str:
         return ",".join([f"{self.default:g}", *(f"{n}={h:g}" for n, h in self.per_class)])

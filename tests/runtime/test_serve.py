@@ -236,6 +236,7 @@ def test_triton_repo_layout(tiny_export, tmp_path):
     assert 'backend: "python"' in config and "max_batch_size: 8" in config and "dynamic_batching" in config
     for name in ("counts", "tissue", "seed", "index", "steps", "guidance", "image", "instance", "class"):
         assert f'name: "{name}"' in config
+    assert 'key: "marker_depth" value: { string_value: "0.4" }' in config  # the watershed, editable there
     again = run_cli("hs-export", "--out", str(tiny_export), "--triton-repo", str(repo))
     assert again.returncode == 2 and "already exists" in again.stderr
 
@@ -261,3 +262,16 @@ def test_triton_repo_on_tritonserver(tiny_export, tmp_path):
                        steps=STEPS)["image"].shape[0] == 1
     finally:
         stop_server(proc)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--marker-depth", "0.2,x"], "--marker-depth"),  # bad text: refused before anything starts
+    (["--repo", "REPO", "--marker-depth", "0.2"], "a --repo model carries its own"),
+])
+def test_bad_marker_depth_is_one_error_line(tmp_path, args, needle):
+    args = [str(tmp_path) if a == "REPO" else a for a in args]
+    port = str(free_ports(3)[0])
+    result = run_cli("hs-serve", *([] if "--repo" in args else ["--export", str(tmp_path)]), *args, "--port", port,
+                     timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
