@@ -39,6 +39,8 @@ class VQReport:
     recommended_class_marker_depths: dict[str, float] = field(default_factory=dict)
     recommended_marker_depth_spec: str | None = None
     class_marker_depths_result: dict[str, float] = field(default_factory=dict)
+    # true nuclei per class in the evaluated tiles: how much a class's PQ, and its recommendation, rests on
+    class_nuclei: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +57,8 @@ class VQReport:
                  for e in self.marker_depths]
         if self.recommended_marker_depth is not None:
             rows.append(("recommended marker depth", f"{self.recommended_marker_depth:g}"))
-        rows += [(f"  for {k} alone", f"{v:g}") for k, v in self.recommended_class_marker_depths.items()]
+        rows += [(f"  for {k} alone", f"{v:g}  ({self.class_nuclei.get(k, 0)} true nuclei)")
+                 for k, v in self.recommended_class_marker_depths.items()]
         if self.recommended_marker_depth_spec is not None:
             r = self.class_marker_depths_result
             rows.append(("per-class marker depth", f"{self.recommended_marker_depth_spec}  (PQ {r['pq']:.4f}  "
@@ -178,6 +181,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         marker_depths=depths,
         recommended_marker_depth=recommend_marker_depth(depths) if depths else None,
         recommended_class_marker_depths=per_class,
+        class_nuclei=_class_nuclei(class_names, area_classes["true"]),
         recommended_marker_depth_spec=spec,
         class_marker_depths_result=spec_result,
     )
@@ -202,6 +206,11 @@ def _round_trip(model, store: TileStore, batch_size: int, post: PostprocessConfi
             acc.add(truth, labels_from_maps(dist[i], pred_cls[i], len(class_names), post))
     result = acc.result()
     return {"pq": result.pq, "mpq_plus": result.mpq_plus}
+
+
+def _class_nuclei(names: list[str], classes: list[np.ndarray]) -> dict[str, int]:
+    counts = np.bincount(np.concatenate(classes or [np.zeros(0, np.int64)]), minlength=len(names) + 1)
+    return {name: int(counts[k]) for k, name in enumerate(names, start=1)}
 
 
 def _median_area_ratio(names: list[str], areas: dict[str, list[np.ndarray]],

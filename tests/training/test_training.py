@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from histosmith.data.labels import count_nuclei
+from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.generator import load_generator
 from histosmith.training.checkpoint import load_checkpoint
@@ -137,6 +139,9 @@ def test_vqvae_evaluation_report(tiny_runs):
     assert all(set(e["class_pq"]) == set(names) for e in report.marker_depths)
     assert set(report.recommended_class_marker_depths) <= set(names)
     assert all(h in MARKER_DEPTHS for h in report.recommended_class_marker_depths.values())
+    truth = [lab for _, _, _, lab in Dataset.open(tiny_runs["data"]).tiles("val")]
+    assert report.class_nuclei == {n: sum(int(count_nuclei(lab, 3)[k]) for lab in truth)  # with no margin
+                                   for k, n in enumerate(names)}
     # the text hs-generate takes, and the round trip with it (every class at its own depth)
     from histosmith.runtime.postprocess import MarkerDepth
 
