@@ -213,6 +213,8 @@ def test_cli_marker_depth_is_recorded_and_part_of_the_run(tiny_export, tmp_path)
     assert post["h"] == 0.4 and post["class_h"] == [0.05] + [0.4] * (len(names) - 1)
     r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", "0.4", "--resume")
     assert "different settings" in _one_error_line(r)
+    r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", f"{names[0]}=0.05", "--resume")  # same settings
+    assert r.returncode == 0, r.stderr[-2000:]
     line = _one_error_line(_gen_cli(engine, tmp_path / "y", "--from-dataset", "--marker-depth", "0.4,nope=0.1"))
     assert "unknown class 'nope'" in line and not (tmp_path / "y" / "generation.json").exists()
 
