@@ -159,13 +159,17 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         swept = acc_h.result()
         depths.append({"h": h, "pq": swept.pq, "mpq_plus": swept.mpq_plus,
                        "class_pq": {n: v["pq"] for n, v in swept.per_class.items()}})
+    overall = recommend_marker_depth(depths) if depths else None
     per_class = recommend_class_marker_depths(depths) if depths else {}
     spec, spec_result = None, {}
     if per_class:
-        overall = recommend_marker_depth(depths)
         marker = MarkerDepth(overall, tuple((n, h) for n, h in per_class.items() if h != overall))
         spec = str(marker)
-        spec_result = _round_trip(model, store, batch_size, marker.config(class_names, post.min_area), class_names)
+        if marker.per_class:  # a second pass over the tiles, only for a setting the sweep did not try
+            spec_result = _round_trip(model, store, batch_size, marker.config(class_names, post.min_area),
+                                      class_names)
+        else:
+            spec_result = next({"pq": r["pq"], "mpq_plus": r["mpq_plus"]} for r in depths if r["h"] == overall)
     return VQReport(
         n_tiles=len(store),
         psnr=float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
@@ -179,7 +183,7 @@ def evaluate_vqvae(checkpoint: Path, data: Path, split: str | None = "val", batc
         codebook_size=model.cfg.codebook_size,
         median_area_ratio=_median_area_ratio(names[1:], areas, area_classes),
         marker_depths=depths,
-        recommended_marker_depth=recommend_marker_depth(depths) if depths else None,
+        recommended_marker_depth=overall,
         recommended_class_marker_depths=per_class,
         class_nuclei=_class_nuclei(class_names, area_classes["true"]),
         recommended_marker_depth_spec=spec,

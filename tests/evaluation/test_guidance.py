@@ -61,3 +61,12 @@ def test_guidance_bad_input(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --scales")
     res = run_cli("hs-eval", "guidance", "--checkpoint", "nowhere", "--out", str(tmp_path / "g"))
     assert res.returncode == 2 and "checkpoint not found" in res.stderr
+
+
+def test_marker_depth_for_a_class_the_model_lacks_is_one_error_line(tiny_runs, tmp_path):
+    out = tmp_path / "g"
+    res = run_cli("hs-eval", "guidance", "--checkpoint", str(tiny_runs["ldm"]), "--device", "cpu", "--out", str(out),
+                  "--marker-depth", "0.3,nope=0.1")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "unknown class 'nope'" in lines[0], res.stderr
+    assert not out.exists()
