@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="The real dataset the generator was trained on.")
     ap.add_argument("--h", default="0.1,0.15,0.2,0.25,0.3,0.4,0.5",
                     help="Marker depths to compare: numbers (0.1,0.2), or --marker-depth texts separated by ';' "
-                         "(0.25;0.25,neoplastic=0.1).")
+                         "(0.25;0.25,neoplastic=0.1;0.25,neoplastic>360).")
     ap.add_argument("--n", type=int, default=256, help="Generated tiles.")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=3.0)
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--real-tiles", type=int, default=500, help="Real tiles (spread over the dataset).")
     ap.add_argument("--out", type=Path, required=True, help="Writes OUT.json and OUT.md.")
     args = ap.parse_args()
-    hs = [MarkerDepth.parse(v) for v in args.h.split(";" if ";" in args.h or "=" in args.h else ",")]
+    hs = [MarkerDepth.parse(v) for v in args.h.split(";" if any(c in args.h for c in ";=>") else ",")]
     real = Dataset.open(args.data)
     names, k, margin = list(real.meta.class_names), real.meta.n_classes, real.meta.count_margin
     real_nuclei, _ = collect(real, args.real_tiles)

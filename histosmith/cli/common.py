@@ -31,10 +31,13 @@ def marker_depth_option(f: Callable) -> Callable:
             raise click.BadParameter(str(exc).removeprefix("--marker-depth").lstrip(": ")) from None
 
     return click.option(
-        "--marker-depth", default="0.4", show_default=True, callback=parse, metavar="H[,CLASS=H...]",
+        "--marker-depth", default="0.4", show_default=True, callback=parse,
+        metavar="H[,CLASS=H...][,CLASS>PX...,split=H]",
         help="Watershed marker depth h on the distance map: a maximum seeds its own nucleus only when it rises "
              "this much above the saddle to its neighbour (lower splits more). One number, optionally per class "
-             "(0.25,neoplastic=0.1); hs-eval vqvae recommends both for an autoencoder.")(f)
+             "(0.25,neoplastic=0.1); hs-eval vqvae recommends both for an autoencoder. CLASS>PX: a nucleus of "
+             "that class larger than PX pixels is seeded again at the depth split=H (default 0.1) and split "
+             "where that finds several domes (0.25,neoplastic>360).")(f)
 
 
 class _ClickEchoHandler(logging.Handler):

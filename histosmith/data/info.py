@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.data.labels import count_nuclei
+from histosmith.data.labels import count_nuclei, nucleus_areas
 from histosmith.data.reader import Dataset
 
 
@@ -19,6 +19,8 @@ class DatasetSummary:
     n_tiles: int
     tile_size: int
     class_counts: np.ndarray  # (K,) nuclei per class over the whole set
+    area_median: np.ndarray  # (K,) median nucleus area (pixels) per class; nan for a class without nuclei
+    area_p99: np.ndarray  # (K,) its 99th percentile: a natural limit for --marker-depth CLASS>PX and --qc-max-area
     tissue_tiles: dict[str, int]
     split_tiles: dict[str, int]
     source: str
@@ -42,7 +44,10 @@ class DatasetSummary:
                 "class_counts": {n: int(c) for n, c in zip(self.class_names, self.class_counts, strict=True)},
                 "class_shares": {n: round(float(s), 4) for n, s in zip(self.class_names, self.class_shares,
                                                                        strict=True)},
-                "imbalance_ratio": self.imbalance_ratio, "tissue_tiles": dict(self.tissue_tiles),
+                "imbalance_ratio": self.imbalance_ratio,
+                "area_median": {n: float(a) for n, a in zip(self.class_names, self.area_median, strict=True)},
+                "area_p99": {n: float(a) for n, a in zip(self.class_names, self.area_p99, strict=True)},
+                "tissue_tiles": dict(self.tissue_tiles),
                 "split_tiles": dict(self.split_tiles)}
 
     def format_table(self) -> str:
@@ -52,10 +57,12 @@ class DatasetSummary:
             f"source: {self.source}" if self.source else "",
             f"licence: {self.licence}" if self.licence else "",
             "",
-            f"{'class':<16}{'nuclei':>10}{'share':>9}{'per tile':>10}",
+            f"{'class':<16}{'nuclei':>10}{'share':>9}{'per tile':>10}{'area px: median':>17}{'p99':>7}",
         ]
-        for name, n, share in zip(self.class_names, self.class_counts, self.class_shares, strict=True):
-            lines.append(f"{name:<16}{int(n):>10}{share:>9.1%}{n / max(self.n_tiles, 1):>10.2f}")
+        for name, n, share, median, p99 in zip(self.class_names, self.class_counts, self.class_shares,
+                                               self.area_median, self.area_p99, strict=True):
+            lines.append(f"{name:<16}{int(n):>10}{share:>9.1%}{n / max(self.n_tiles, 1):>10.2f}{median:>17.0f}"
+                         f"{p99:>7.0f}")
         lines.append(f"{'total':<16}{int(self.class_counts.sum()):>10}")
         lines.append(f"imbalance ratio (most / least common class): {self.imbalance_ratio:.1f}")
         lines += ["", f"{'tissue':<16}{'tiles':>10}"]
@@ -77,10 +84,24 @@ def tile_counts(dataset: Dataset) -> np.ndarray:
     return counts
 
 
+def class_areas(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) median and 99th-percentile nucleus area (pixels) per class over every tile; nan for an absent class."""
+    k = dataset.meta.n_classes
+    measured = [nucleus_areas(np.asarray(lab), k) for _, _, labels in dataset.iter_shards() for lab in labels]
+    area = np.concatenate([a for a, _ in measured] or [np.zeros(0, np.int64)])
+    cls = np.concatenate([c for _, c in measured] or [np.zeros(0, np.int64)])
+    stats = np.full((k, 2), np.nan)
+    for c in range(k):
+        if (cls == c + 1).any():
+            stats[c] = np.percentile(area[cls == c + 1], (50, 99))
+    return stats[:, 0], stats[:, 1]
+
+
 def summarise(dataset: Dataset) -> DatasetSummary:
-    """Count nuclei per class (from counts.csv, or measured from labels) and tiles per tissue."""
+    """Count nuclei per class (from counts.csv, or measured from labels), their areas, and tiles per tissue."""
     meta = dataset.meta
     counts = tile_counts(dataset)
+    area_median, area_p99 = class_areas(dataset)
     rows = dataset.patch_info()
     tissues = [r.get("tissue", "") for r in rows]
     names = meta.tissue_names or sorted(set(tissues))
@@ -94,6 +115,8 @@ def summarise(dataset: Dataset) -> DatasetSummary:
         n_tiles=len(dataset),
         tile_size=meta.tile_size,
         class_counts=counts.sum(axis=0),
+        area_median=area_median,
+        area_p99=area_p99,
         tissue_tiles={n: tissues.count(n) for n in names},
         split_tiles=splits,
         source=meta.source,

@@ -19,7 +19,7 @@ def test_prepare_and_info(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "imbalance ratio" in r.stdout
     r = run_cli("hs-data", "info", str(out))
-    assert r.returncode == 0 and "epithelial" in r.stdout
+    assert r.returncode == 0 and "epithelial" in r.stdout and "area px: median" in r.stdout
     assert (out / "info.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -52,3 +52,19 @@ def test_failed_download_is_one_line(tmp_path):
     line = _one_error_line(run_cli("hs-data", "prepare", "--source", "example", "--out", str(tmp_path / "o"), env=env))
     assert "downloading histolytics" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_info_reports_nucleus_areas_per_class(tmp_path):
+    from histosmith.data.info import summarise
+    from histosmith.data.reader import Dataset
+
+    labels = np.zeros((2, 16, 16, 2), np.int32)
+    labels[0, 0:2, 0:2] = (1, 1)  # class a: areas 4 and 9; class b: 6; class c: none
+    labels[1, 5:8, 5:8] = (1, 1)
+    labels[1, 10:12, 0:3] = (2, 2)
+    d = write_conic_dir(tmp_path / "c", np.zeros((2, 16, 16, 3), np.uint8), labels, ["a", "b", "c"], ["x_1", "x_2"])
+    summary = summarise(Dataset.open(d))
+    assert np.allclose(summary.area_median[:2], [6.5, 6]) and np.allclose(summary.area_p99[:2], [8.95, 6])
+    assert np.isnan(summary.area_median[2]) and summary.to_dict()["area_p99"]["b"] == 6.0
+    row_c, = (line for line in summary.format_table().splitlines() if line.startswith("c "))
+    assert row_c.split()[-2:] == ["nan", "nan"]  # the absent class has no area

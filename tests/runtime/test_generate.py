@@ -217,6 +217,16 @@ def test_cli_marker_depth_is_recorded_and_part_of_the_run(tiny_export, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     line = _one_error_line(_gen_cli(engine, tmp_path / "y", "--from-dataset", "--marker-depth", "0.4,nope=0.1"))
     assert "unknown class 'nope'" in line and not (tmp_path / "y" / "generation.json").exists()
+    # area limits: oversized nuclei split at a shallower depth; part of the run as well
+    out = tmp_path / "split"
+    r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", f"0.4,{names[0]}>5,split=0.05")
+    assert r.returncode == 0, r.stderr[-2000:]
+    post = json.loads((out / "generation.json").read_text())["postprocess"]
+    assert post["split_area"] == [5.0] + [0.0] * (len(names) - 1) and post["split_h"] == 0.05
+    (_, img_c, _), = Dataset.open(out).iter_shards()
+    assert np.array_equal(img_a, img_c)
+    r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", f"0.4,{names[0]}>6,split=0.05", "--resume")
+    assert "different settings" in _one_error_line(r)
 
 
 def test_cli_bad_inputs(tiny_export, tmp_path):

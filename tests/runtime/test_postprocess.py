@@ -108,3 +108,50 @@ def test_marker_depth_text():
 def test_marker_depth_text_refused(text):
     with pytest.raises(HistoSmithError, match="--marker-depth"):
         MarkerDepth.parse(text)
+
+
+def test_oversized_nuclei_split_where_their_own_map_has_two_domes():
+    dist, classes = _two_shallow_nuclei()  # each nucleus: 11 pixels, two peaks over a saddle 0.25 deep
+    dome = np.zeros((5, 13), np.float32)  # a third one, class 1, 11 pixels with a single peak
+    dome[2, 1:12] = [0.3, 0.5, 0.6, 0.7, 0.8, 1.0, 0.8, 0.7, 0.6, 0.5, 0.3]
+    dist, classes = np.vstack([dist, dome]), np.vstack([classes, (dome > 0).astype(np.int64)])
+
+    def pieces(**split):
+        out = labels_from_maps(dist, classes, 2, PostprocessConfig(h=0.6, min_area=1, **split))
+        assert (out[..., 0] > 0).sum() == (classes > 0).sum()  # a split loses no pixel
+        return [len(np.unique(out[rows, :, 0][out[rows, :, 0] > 0])) for rows in (slice(0, 5), slice(5, 9),
+                                                                                  slice(9, 14))]
+
+    assert pieces() == [1, 1, 1]  # h 0.6 merges the two domes of each two-peaked nucleus
+    assert pieces(split_area=(10, 0), split_h=0.1) == [2, 1, 1]  # class 1 above 10 px: split; class 2 no limit
+    assert pieces(split_area=(10, 10), split_h=0.1) == [2, 2, 1]  # the single dome stays whole however large
+    assert pieces(split_area=(11, 11), split_h=0.1) == [1, 1, 1]  # not larger than the limit: kept
+    assert pieces(split_area=(10, 10), split_h=0.3) == [1, 1, 1]  # the saddle is shallower than the split depth
+    with pytest.raises(ValueError, match="2 classes"):
+        labels_from_maps(dist, classes, 2, PostprocessConfig(split_area=(10,)))
+
+
+def test_marker_depth_text_with_area_limits():
+    md = MarkerDepth.parse("0.25, neoplastic=0.2, neoplastic > 360, connective>191.5, split=0.05")
+    assert md == MarkerDepth(0.25, (("neoplastic", 0.2),), (("neoplastic", 360.0), ("connective", 191.5)), 0.05)
+    assert str(md) == "0.25,neoplastic=0.2,neoplastic>360,connective>191.5,split=0.05"
+    assert MarkerDepth.parse(str(md)) == md
+    names = ["neoplastic", "inflammatory", "connective"]
+    cfg = md.config(names)
+    assert cfg.split_area == (360.0, 0.0, 191.5) and cfg.split_h == 0.05
+    assert cfg.record()["split_area"] == [360.0, 0.0, 191.5] and "split_area" not in PostprocessConfig().record()
+    assert marker_depth_label(cfg, names) == str(md) and MarkerDepth.of(cfg, names) == md
+    assert MarkerDepth.parse("0.25,connective>100").config(names).split_h == 0.1  # the default split depth
+    assert marker_depth_label(MarkerDepth.parse("0.3,connective>100").config(names), names) == \
+        "0.3,connective>100,split=0.1"
+    with pytest.raises(HistoSmithError, match="unknown class 'x'"):
+        MarkerDepth.parse("0.2,x>10").config(names)
+    with pytest.raises(HistoSmithError, match="split=0.2 must be below the marker depth of neoplastic"):
+        MarkerDepth.parse("0.25,neoplastic=0.2,neoplastic>10,split=0.2").config(names)
+
+
+@pytest.mark.parametrize("text", ["0.2,split=0.1", "0.2,x>0", "0.2,x>nan", "0.2,x>inf", "0.2,>5", "0.2,x>5,x>6",
+                                  "0.2,x>5,split=0.1,split=0.05", "0.2,x>5,split=0"])
+def test_marker_depth_area_limits_refused(text):
+    with pytest.raises(HistoSmithError, match="--marker-depth"):
+        MarkerDepth.parse(text)
