@@ -65,7 +65,8 @@ class MarkerDepth:
     """``--marker-depth``: one h for every class, or per class name, e.g. ``0.25,neoplastic=0.1`` (a class
     not named takes the plain number; 0.4 when there is none); optionally with area limits that split oversized
     nuclei, e.g. ``0.25,neoplastic>360,split=0.1``: a nucleus of that class larger than 360 pixels is seeded again
-    at depth 0.1 (:func:`split_oversized`; ``split`` 0.1 when not given). Resolved against a model's classes by
+    at depth 0.1 (:func:`split_oversized`; ``split`` 0.1 when not given; a class whose own depth is no deeper
+    finds nothing more to split). Resolved against a model's classes by
     :meth:`config`."""
 
     default: float = PostprocessConfig.h
@@ -116,10 +117,6 @@ class MarkerDepth:
                                   f"{', '.join(class_names)}")
         class_h = tuple(named.get(n, self.default) for n in class_names)
         uniform = all(h == self.default for h in class_h)  # one depth everywhere: the plain config
-        shallow = [n for n, h in zip(class_names, class_h, strict=True) if n in limits and self.split_h >= h]
-        if shallow:
-            raise HistoSmithError(f"--marker-depth: split={self.split_h:g} must be below the marker depth of "
-                                  f"{shallow[0]} (a split seeds oversized nuclei at a shallower depth)")
         return PostprocessConfig(h=self.default, min_area=min_area, class_h=() if uniform else class_h,
                                  split_area=tuple(limits.get(n, 0.0) for n in class_names) if limits else (),
                                  split_h=self.split_h)

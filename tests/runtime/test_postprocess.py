@@ -146,8 +146,6 @@ def test_marker_depth_text_with_area_limits():
         "0.3,connective>100,split=0.1"
     with pytest.raises(HistoSmithError, match="unknown class 'x'"):
         MarkerDepth.parse("0.2,x>10").config(names)
-    with pytest.raises(HistoSmithError, match="split=0.2 must be below the marker depth of neoplastic"):
-        MarkerDepth.parse("0.25,neoplastic=0.2,neoplastic>10,split=0.2").config(names)
 
 
 @pytest.mark.parametrize("text", ["0.2,split=0.1", "0.2,x>0", "0.2,x>nan", "0.2,x>inf", "0.2,>5", "0.2,x>5,x>6",
