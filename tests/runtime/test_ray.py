@@ -13,9 +13,9 @@ from tests.conftest import run_cli
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
-# a marker depth other than the default: the workers must post-process as the single process does
+# a marker depth other than the default, with area limits: the workers must post-process as the single process does
 ARGS = ["--n", "10", "--shard-size", "4", "--batch", "3", "--steps", "3", "--seed", "5", "--from-dataset",
-        "--marker-depth", "0.1"]
+        "--marker-depth", "0.2,epithelial>20,lymphocyte>10,split=0.05"]
 
 
 @pytest.fixture(scope="module")

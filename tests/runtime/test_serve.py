@@ -175,6 +175,9 @@ def test_renderer_takes_the_marker_depth(tiny_export):
     defaults = ServeDefaults(steps=STEPS, marker_depth=f"0.3,{names[-1]}=0.1")
     renderer = TileRenderer(tiny_export / "unet.onnx", 8, defaults, threads=1)
     assert renderer.post == PostprocessConfig(h=0.3, class_h=(0.3,) * (len(names) - 1) + (0.1,))
+    split = TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS, marker_depth=f"0.3,{names[0]}>40"),
+                         threads=1)
+    assert split.post == PostprocessConfig(h=0.3, split_area=(40.0,) + (0.0,) * (len(names) - 1), split_h=0.1)
     with pytest.raises(HistoSmithError, match="unknown class 'nope'"):
         TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS, marker_depth="0.3,nope=0.1"))
 
