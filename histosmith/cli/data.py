@@ -45,7 +45,8 @@ def prepare_cmd(kind: str, path: Path | None, out: Path, tile_size: int | None, 
               help="PNG bar chart (default: DIRECTORY/info.png).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the summary here.")
 def info_cmd(directory: Path, plot: Path | None, json_path: Path | None) -> None:
-    """Per-class nucleus counts and shares, tiles per tissue, imbalance ratio, and a bar chart."""
+    """Per-class nucleus counts, shares and areas (median, 99th percentile), tiles per tissue, imbalance ratio, and
+    a bar chart."""
     if not directory.is_dir():
         from histosmith.errors import file_error
 

@@ -45,8 +45,8 @@ class DatasetSummary:
                 "class_shares": {n: round(float(s), 4) for n, s in zip(self.class_names, self.class_shares,
                                                                        strict=True)},
                 "imbalance_ratio": self.imbalance_ratio,
-                "area_median": {n: float(a) for n, a in zip(self.class_names, self.area_median, strict=True)},
-                "area_p99": {n: float(a) for n, a in zip(self.class_names, self.area_p99, strict=True)},
+                "area_median": _by_class(self.class_names, self.area_median),
+                "area_p99": _by_class(self.class_names, self.area_p99),
                 "tissue_tiles": dict(self.tissue_tiles),
                 "split_tiles": dict(self.split_tiles)}
 
@@ -70,6 +70,10 @@ class DatasetSummary:
         if self.split_tiles:
             lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.split_tiles.items())))
         return "\n".join(line for line in lines if line is not None)
+
+
+def _by_class(names: list[str], values: np.ndarray) -> dict[str, float | None]:
+    return {n: float(v) if np.isfinite(v) else None for n, v in zip(names, values, strict=True)}
 
 
 def tile_counts(dataset: Dataset) -> np.ndarray:
