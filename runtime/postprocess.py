@@ -134,21 +134,23 @@ class MarkerDepth:
         return ",".join([f"{self.default:g}", *(f"{n}={h:g}" for n, h in self.per_class), *split])
 
 
-def _depth_value(text: str, part: str) -> float:
+def float_or_nan(text: str) -> float:
+    """``text`` as a number; nan when it is none (so that one range check refuses both)."""
     try:
-        h = float(text)
+        return float(text)
     except ValueError:
-        h = math.nan
+        return math.nan
+
+
+def _depth_value(text: str, part: str) -> float:
+    h = float_or_nan(text)
     if not 0 < h <= 1:
         raise HistoSmithError(f"--marker-depth {part!r}: a depth is a number in (0, 1]")
     return h
 
 
 def _area_value(text: str, part: str) -> float:
-    try:
-        area = float(text)
-    except ValueError:
-        area = math.nan
+    area = float_or_nan(text)
     if not (math.isfinite(area) and area > 0):
         raise HistoSmithError(f"--marker-depth {part!r}: an area limit is a number of pixels above 0")
     return area

@@ -32,6 +32,7 @@ import numpy as np
 from histosmith.data.labels import count_nuclei, nucleus_areas
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError, file_error
+from histosmith.runtime.postprocess import float_or_nan
 
 AREA_QUANTILE = 99.0  # a dataset given to --qc-max-area limits each class to its nuclei's 99th percentile
 
@@ -68,10 +69,7 @@ class AreaLimits:
             limits = []
             for part in (p.strip() for p in text.split(",") if p.strip()):
                 name, _, value = part.partition("=")
-                try:
-                    area = float(value)
-                except ValueError:
-                    area = math.nan
+                area = float_or_nan(value)
                 if not (math.isfinite(area) and area > 0):
                     raise HistoSmithError(f"--qc-max-area {part!r}: expected class=pixels with pixels > 0")
                 limits.append((name.strip(), area))
