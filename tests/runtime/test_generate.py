@@ -227,6 +227,10 @@ def test_cli_marker_depth_is_recorded_and_part_of_the_run(tiny_export, tmp_path)
     assert np.array_equal(img_a, img_c)
     r = _gen_cli(engine, out, "--from-dataset", "--marker-depth", f"0.4,{names[0]}>6,split=0.05", "--resume")
     assert "different settings" in _one_error_line(r)
+    for bad in ("0.4,x>0", f"0.4,{names[0]}>5,{names[0]}>6", "0.4,split=0.05"):  # refused before a model loads
+        assert "--marker-depth" in _one_error_line(_gen_cli(engine, tmp_path / "z", "--marker-depth", bad))
+    line = _one_error_line(_gen_cli(engine, tmp_path / "z", "--from-dataset", "--marker-depth", "0.4,nope>10"))
+    assert "unknown class 'nope'" in line and not (tmp_path / "z" / "generation.json").exists()
 
 
 def test_cli_bad_inputs(tiny_export, tmp_path):
