@@ -224,7 +224,7 @@ def split_oversized(inst: np.ndarray, distance: np.ndarray, classes: np.ndarray,
         raise ValueError(f"split_area holds {len(cfg.split_area)} limits for {n_classes} classes")
     votes = instance_classes(inst, classes, n_classes)
     limit = np.asarray([np.inf] + [a if a > 0 else np.inf for a in cfg.split_area], dtype=np.float64)[votes]
-    big = np.flatnonzero((np.bincount(inst.ravel(), minlength=len(votes)) > limit) & (np.arange(len(votes)) > 0))
+    big = np.flatnonzero(np.bincount(inst.ravel(), minlength=len(votes)) > limit)  # background: class 0, no limit
     if not len(big):
         return inst
     out, next_id = inst.copy(), int(inst.max()) + 1
