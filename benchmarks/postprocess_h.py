@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from histosmith.data.atomic import write_json_atomic, write_text_atomic
-from histosmith.data.labels import count_nuclei, distance_map
+from histosmith.data.labels import count_nuclei, distance_map, instance_classes, touching_instances
 from histosmith.data.reader import Dataset
 from histosmith.evaluation.conic import ConicAccumulator
 from histosmith.evaluation.realism import NucleusTable, collect, nucleus_features, spread
@@ -77,17 +77,14 @@ def touching(labels: list[np.ndarray], k: int) -> np.ndarray:
     """(K, 2): per class, nuclei that touch another nucleus (8-neighbourhood) and all nuclei."""
     out = np.zeros((k, 2), dtype=np.int64)
     for lab in labels:
-        inst, cls = lab[..., 0], lab[..., 1]
-        touched = set()
-        for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:]), (inst[:-1, :-1], inst[1:, 1:]),
-                     (inst[:-1, 1:], inst[1:, :-1])):
-            meet = (a > 0) & (b > 0) & (a != b)
-            touched |= set(np.unique(a[meet]).tolist()) | set(np.unique(b[meet]).tolist())
-        ids, first = np.unique(inst.ravel(), return_index=True)
-        for i, c in zip(ids.tolist(), (cls.ravel()[first] - 1).tolist(), strict=True):
-            if i > 0 and 0 <= c < k:
-                out[c, 1] += 1
-                out[c, 0] += i in touched
+        inst = np.asarray(lab[..., 0])
+        classes = instance_classes(inst, np.asarray(lab[..., 1]), k)
+        present = np.bincount(inst.ravel().astype(np.int64), minlength=len(classes)) > 0
+        present[0] = False
+        touched = touching_instances(inst)
+        for c in range(k):
+            of_class = present & (classes == c + 1)
+            out[c] += (int(touched[of_class].sum()), int(of_class.sum()))
     return out
 
 

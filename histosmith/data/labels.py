@@ -55,6 +55,19 @@ def nucleus_areas(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.nd
     return areas[keep].astype(np.int64), classes[keep].astype(np.int64)
 
 
+def touching_instances(inst: np.ndarray) -> np.ndarray:
+    """Boolean (inst.max() + 1,): which instance ids share an 8-neighbourhood edge or corner with another
+    instance (two nuclei drawn against each other with no background between them); index 0 is False."""
+    inst = np.asarray(inst)
+    out = np.zeros(int(inst.max(initial=0)) + 1, dtype=bool)
+    for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:]),
+                 (inst[:-1, :-1], inst[1:, 1:]), (inst[:-1, 1:], inst[1:, :-1])):
+        meet = (a > 0) & (b > 0) & (a != b)
+        out[a[meet]] = True
+        out[b[meet]] = True
+    return out
+
+
 def count_nuclei(labels: np.ndarray, n_classes: int, margin: int = 0) -> np.ndarray:
     """Nuclei per class in one (H, W, 2) label tile -> int64 (K,).
 

@@ -5,7 +5,9 @@ its mask, and mean hematoxylin optical density of its pixels (colour deconvoluti
 H&E-DAB stain matrix, ``rgb2hed``). Per tile: nuclei per class with the dataset's one count definition.
 Real and generated distributions are compared with the 1-D Wasserstein distance; the report also gives
 median area ratio (generated / real) and the share of generated nuclei larger than the real 99th percentile
-area of their class, and the median area ratio per tissue (a size miss is often one tissue's).
+area of their class, the median area ratio per tissue (a size miss is often one tissue's), and per class the
+share of nuclei that touch another nucleus (a generator that draws nuclei in clumps, or a watershed that leaves
+them merged, moves it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from skimage.color import rgb2hed
 from skimage.measure import regionprops
 
 from histosmith.data.info import tile_counts
-from histosmith.data.labels import instance_classes
+from histosmith.data.labels import instance_classes, touching_instances
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.evaluation.kid import format_kid
@@ -32,17 +34,27 @@ FEATURES = ("area", "eccentricity", "solidity", "hematoxylin_od")
 
 @dataclass
 class NucleusTable:
-    """Per-nucleus features (one list per feature) with each nucleus's class index (1..K) and tile tissue."""
+    """Per-nucleus features (one list per feature) with each nucleus's class index (1..K), tile tissue and
+    whether it touches another nucleus."""
 
     classes: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=lambda: {f: [] for f in FEATURES})
     tissues: list[str] = field(default_factory=list)
+    touching: list[bool] = field(default_factory=list)
 
-    def of(self, cls: int, feature: str, tissue: str | None = None) -> np.ndarray:
+    def _keep(self, cls: int, tissue: str | None) -> np.ndarray:
         keep = np.asarray(self.classes) == cls
         if tissue is not None:
             keep &= np.asarray(self.tissues) == tissue
-        return np.asarray(self.values[feature], float)[keep]
+        return keep
+
+    def of(self, cls: int, feature: str, tissue: str | None = None) -> np.ndarray:
+        return np.asarray(self.values[feature], float)[self._keep(cls, tissue)]
+
+    def share_touching(self, cls: int) -> float | None:
+        """Share of the class's nuclei that touch another nucleus; None when the class has none."""
+        touching = np.asarray(self.touching, bool)[self._keep(cls, None)]
+        return float(touching.mean()) if len(touching) else None
 
 
 def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, table: NucleusTable,
@@ -52,6 +64,7 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, tabl
     if not inst.any():
         return
     classes = instance_classes(inst, np.asarray(labels[..., 1]), n_classes)
+    touching = touching_instances(inst)
     hematoxylin = rgb2hed(np.asarray(image))[..., 0]  # optical density of the hematoxylin stain
     for region in regionprops(inst, intensity_image=hematoxylin):
         cls = int(classes[region.label])
@@ -59,6 +72,7 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray, n_classes: int, tabl
             continue
         table.classes.append(cls)
         table.tissues.append(tissue)
+        table.touching.append(bool(touching[region.label]))
         table.values["area"].append(float(region.area))
         table.values["eccentricity"].append(float(region.eccentricity))
         table.values["solidity"].append(float(region.solidity))
@@ -126,6 +140,8 @@ def compare(real: Dataset, generated: Dataset, max_tiles: int = 500) -> tuple[di
             entry["share_above_real_p99_area"] = float((g_area > np.percentile(r_area, 99)).mean())
         else:
             entry["median_area_ratio"] = entry["share_above_real_p99_area"] = None
+        entry["share_touching"] = {"real": real_nuclei.share_touching(c + 1),
+                                   "generated": gen_nuclei.share_touching(c + 1)}
         entry["counts_per_tile"] = {
             "real_mean": float(real_counts[:, c].mean()) if len(real_counts) else None,
             "generated_mean": float(gen_counts[:, c].mean()) if len(gen_counts) else None,
@@ -165,6 +181,9 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{_num(cp['wasserstein'], '.3f'):>10}")
         lines.append(f"{e['class']:<14}median area gen/real {_num(e['median_area_ratio'])}, "
                      f"generated above real p99 area {_num(e['share_above_real_p99_area'], '.1%')}")
+        t = e["share_touching"]
+        lines.append(f"{e['class']:<14}touching another nucleus: real {_num(t['real'], '.1%')}, "
+                     f"generated {_num(t['generated'], '.1%')}")
     for row in report.get("area_by_tissue", []):
         lines.append(f"{row['class']:<14}in {row['tissue']}: median area {_num(row['real']['median'], '.1f')} real "
                      f"(n {row['real']['n']}), {_num(row['generated']['median'], '.1f')} generated "

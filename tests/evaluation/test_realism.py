@@ -55,6 +55,17 @@ def test_identical_sets_have_zero_distance_and_bigger_nuclei_show(tmp_path):
     assert a["features"]["area"]["wasserstein"] == pytest.approx(196 - 64)
 
 
+def test_share_of_touching_nuclei_per_class(tmp_path):
+    tile = _tile()
+    real = Dataset.open(_dataset(tmp_path / "real", [tile]))
+    clump_image, clump = _tile()
+    clump[12:16, 4:12] = (3, 1)  # a second class-1 nucleus drawn against the first, no gap
+    report, _ = compare(real, Dataset.open(_dataset(tmp_path / "clump", [tile, (clump_image, clump)])))
+    a, b = report["classes"]
+    assert a["share_touching"] == {"real": 0.0, "generated": pytest.approx(2 / 3)}  # 2 of the 3 class-1 nuclei
+    assert b["share_touching"] == {"real": 0.0, "generated": 0.0}
+
+
 def test_realism_command(tmp_path):
     tile = _tile()
     real = _dataset(tmp_path / "real", [tile, tile])
@@ -62,6 +73,7 @@ def test_realism_command(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "o" / "realism.json").read_text())
     assert report["n_nuclei"] == {"real": 4, "generated": 4}
+    assert "touching another nucleus: real 0.0%, generated 0.0%" in res.stdout
     assert (tmp_path / "o" / "realism.png").read_bytes()[:4] == b"\x89PNG"
     other = _dataset(tmp_path / "other", [tile], names=("x", "y"))
     res = run_cli("hs-eval", "realism", "--real", str(real), "--generated", str(other), "--out", str(tmp_path / "p"))
