@@ -36,7 +36,7 @@ rm -rf "$out/samples"
 "$bin/hs-sample" --checkpoint "$out/ldm" --n 64 --from-dataset --seed 0 --guidance 4 --out "$out/samples"; stamp
 
 echo "== 5/6 export to ONNX (fp32, fp16) + torch.export programs; TensorRT build script =="
-"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"
+"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export" --force  # replaces an export of an earlier checkpoint
 "$bin/hs-export" --out "$out/export" --trt 2>/dev/null || echo "   (no TensorRT here: wrote $out/export/build_engines.sh for the target)"
 stamp
 

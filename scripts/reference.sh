@@ -50,7 +50,9 @@ echo "== 3/7 stage 2: conditional latent U-Net with count tokens (reference pres
 train ldm "$out/ldm" "$ldm_minutes" --vqvae "$out/vqvae"; stamp
 
 echo "== 4/7 export (ONNX fp32/fp16, torch.export programs) =="
-"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export"; stamp
+# --force: an export of an earlier checkpoint (training resumed since) is replaced; the same checkpoint is
+# found in the export cache and kept as it is.
+"$bin/hs-export" --checkpoint "$out/ldm" --out "$out/export" --force; stamp
 
 echo "== 5/7 guidance scale: the control sweep at 1.5, 3 and 5, the best worst-class r wins =="
 rm -rf "$out/guidance"  # a sweep of other settings (marker depth) is not resumed
