@@ -52,7 +52,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
+def tissue_collapse_lines(collapse: dict[str, Any] | None, class_names: list[str]) -> list[str]:
     """The tissue-collapse section (a tissue classifier trained on real tiles, applied to the sweep's tiles)."""
     lines = ["## Tissue collapse", ""]
     if collapse is None:
@@ -95,7 +95,25 @@ def tissue_collapse_lines(collapse: dict[str, Any] | None) -> list[str]:
               "| requested \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for t, row in zip(names, gen["confusion"], strict=True):
         lines.append(_row([t, *row]))
-    return lines + [""]
+    return lines + [""] + _misread_lines(collapse.get("by_request"), class_names)
+
+
+def _misread_lines(by_request: list[dict[str, Any]] | None, class_names: list[str]) -> list[str]:
+    """The requests whose tiles the classifier reads as another tissue (absent from reports written before)."""
+    if by_request is None:
+        return []
+    missed = [r for r in by_request if r["accuracy"] < 1.0]
+    lines = ["Where the misread tiles lie: every request (tissue, swept class, level) with a tile the classifier reads "
+             "as another tissue, beside the count-matched real accuracy of the same requests"
+             + (" — none." if not missed else ":"), ""]
+    if missed:
+        lines += [_row(["requested tissue", "swept class", "level", "region", "tiles", "accuracy",
+                        "count-matched real"]), "|---" * 7 + "|"]
+        lines += [_row([r["tissue"], class_names[r["swept_class"]], r["level"],
+                        "EXTRAPOLATION" if r["extrapolated"] else "in range", r["n"], _pct(r["accuracy"]),
+                        _pct(r["count_matched_real"])]) for r in missed]
+        lines.append("")
+    return lines
 
 
 def qc_lines(qc: dict[str, Any] | None) -> list[str]:
@@ -174,5 +192,5 @@ def format_markdown(report: dict[str, Any]) -> str:
               f"{report['saturation_slope']} nuclei per requested nucleus on every later step (extrapolation "
               f"included; pooled: tissues averaged per level).", ""]
     lines += qc_lines(report.get("qc"))
-    lines += tissue_collapse_lines(report.get("tissue_collapse"))
+    lines += tissue_collapse_lines(report.get("tissue_collapse"), list(report["class_names"]))
     return "\n".join(lines)

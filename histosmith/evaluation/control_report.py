@@ -44,6 +44,23 @@ def _first_attempt_counts(rows: list[dict[str, str]], class_names: tuple[str, ..
                               "older version; choose a new --out") from None
 
 
+def tissue_by_request(sweep: Sweep, correct: np.ndarray, expected: np.ndarray,
+                      tissue_names: list[str]) -> list[dict[str, Any]]:
+    """Tissue accuracy per request (requested tissue, swept class, level), beside the count-matched real
+    accuracy of the same requests: where in the sweep the generated tiles stop looking like their tissue."""
+    rows = []
+    for t, name in enumerate(tissue_names):
+        for c in np.unique(sweep.swept_class).tolist():
+            for level in np.unique(sweep.level).tolist():
+                group = (sweep.conditions.tissues == t) & (sweep.swept_class == c) & (sweep.level == level)
+                if group.any():
+                    rows.append({"tissue": name, "swept_class": int(c), "level": int(level),
+                                 "extrapolated": bool(sweep.extrapolated[group].any()), "n": int(group.sum()),
+                                 "accuracy": float(correct[group].mean()),
+                                 "count_matched_real": float(expected[group].mean())})
+    return rows
+
+
 def measure_tissue_collapse(data: Path, tiles: Path, sweep: Sweep, tissue_names: list[str], cache_dir: Path,
                             show_progress: bool) -> dict[str, Any]:
     """Train (or load) the tissue classifier on ``data`` and score the generated tiles against their requested
@@ -70,6 +87,7 @@ def measure_tissue_collapse(data: Path, tiles: Path, sweep: Sweep, tissue_names:
     return {"data": str(data), "classifier": {
         "recipe": asdict(clf.recipe), "cache_key": clf.key, "cached": clf.cached,
         "train_accuracy": clf.train_accuracy, "val": clf.val},
+        "by_request": tissue_by_request(sweep, pred == requested, expected, tissue_names),
         "generated": accuracy(requested, pred, tissue_names),
         "generated_in_range": accuracy(requested[inside], pred[inside], tissue_names),
         "count_matched_real": {"k": MATCHED_K, "tiles": "train and val",

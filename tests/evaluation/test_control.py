@@ -179,6 +179,16 @@ def test_control_command_on_tiny_generator(tiny_runs, tmp_path):
     assert "accuracy (in range)" in text and "real `val` tiles" in text
     matched = collapse["count_matched_real"]
     assert matched["k"] > 0 and 0 <= matched["all"]["accuracy"] <= 1 and "count-matched real (in range)" in text
+    # Per request: the groups cover every tile once and average back to the overall accuracies.
+    groups = collapse["by_request"]
+    assert sum(g["n"] for g in groups) == with_qc["n_tiles"]
+    assert sum(g["n"] * g["accuracy"] for g in groups) / with_qc["n_tiles"] == pytest.approx(
+        collapse["generated"]["accuracy"])
+    assert sum(g["n"] * g["count_matched_real"] for g in groups) / with_qc["n_tiles"] == pytest.approx(
+        matched["all"]["accuracy"])
+    assert len({(g["tissue"], g["swept_class"], g["level"]) for g in groups}) == len(groups)
+    assert {g["tissue"] for g in groups} <= set(with_qc["tissue_names"]) and all(g["n"] >= 1 for g in groups)
+    assert "Where the misread tiles lie" in text
     # A rerun into the same --out resumes the (finished) sweep and reuses the cached classifier.
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
