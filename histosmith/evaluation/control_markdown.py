@@ -95,13 +95,11 @@ def tissue_collapse_lines(collapse: dict[str, Any] | None, class_names: list[str
               "| requested \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for t, row in zip(names, gen["confusion"], strict=True):
         lines.append(_row([t, *row]))
-    return lines + [""] + _misread_lines(collapse.get("by_request"), class_names)
+    return lines + [""] + _misread_lines(collapse["by_request"], class_names)
 
 
-def _misread_lines(by_request: list[dict[str, Any]] | None, class_names: list[str]) -> list[str]:
-    """The requests whose tiles the classifier reads as another tissue (absent from reports written before)."""
-    if by_request is None:
-        return []
+def _misread_lines(by_request: list[dict[str, Any]], class_names: list[str]) -> list[str]:
+    """The requests whose tiles the classifier reads as another tissue."""
     missed = [r for r in by_request if r["accuracy"] < 1.0]
     lines = ["Where the misread tiles lie: every request (tissue, swept class, level) with a tile the classifier reads "
              "as another tissue, beside the count-matched real accuracy of the same requests"

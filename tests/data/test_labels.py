@@ -73,7 +73,7 @@ def test_touching_instances_counts_edges_and_corners_but_not_a_gap():
     inst[1:3, 1:3] = 1
     inst[1:3, 3:5] = 2  # shares an edge with 1
     inst[3:5, 5:7] = 3  # meets 2 at a corner only
-    inst[7:9, 1:3] = 4  # one background row from nothing: alone
-    inst[7:9, 4:6] = 5  # one background column from 4: alone
+    inst[7:9, 1:3] = 4  # background on every side
+    inst[7:9, 4:6] = 5  # one background column away from 4: alone
     assert touching_instances(inst).tolist() == [False, True, True, True, False, False]
     assert touching_instances(np.zeros((4, 4), np.int32)).tolist() == [False]
