@@ -21,7 +21,7 @@ from histosmith.runtime import conditions as cond
 from histosmith.runtime.backends import onnx_backend
 from histosmith.runtime.engine import EngineOptions, open_engine
 from histosmith.runtime.generate import GenerationPlan, generate
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 
 
 def backend_with_decoder_spin(session, tables, threads: int | None, spin: bool):  # noqa: ANN001, ANN201
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     session = open_engine(args.export / "unet.onnx", EngineOptions(device="cpu", threads=args.threads))
     info = session.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(args.steps, 0.0)
+    tables = Scheduler(info.schedule).set_timesteps(args.steps, 0.0)
     table = cond.from_dataset(info, args.tiles, 7)
     backends = {"decoder spins (ONNX Runtime default)": backend_with_decoder_spin(session, tables, args.threads, True),
                 "decoder does not spin (runtime)": backend_with_decoder_spin(session, tables, args.threads, False)}

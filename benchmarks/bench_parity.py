@@ -24,7 +24,7 @@ from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.generate import decode_labels
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.postprocess import PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import DECODER, UNET
 
@@ -42,7 +42,7 @@ def main() -> None:
     gen = load_generator(args.checkpoint)
     manifest = Manifest.load(args.export)
     info = manifest.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(args.steps)
+    tables = Scheduler(info.schedule).set_timesteps(args.steps)
     table = cond.from_dataset(info, args.n, 0)
     latents, _ = tile_noise(0, np.arange(args.n), info.latent_shape, args.steps, False)
     vectors = info.spec.vectors(table.counts, table.tissues)

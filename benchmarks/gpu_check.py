@@ -42,11 +42,11 @@ from random_models import RandomModels, random_models
 from histosmith.data.atomic import write_json_atomic
 from histosmith.export.onnx_export import clean, save_onnx, to_fp16, to_onnx
 from histosmith.export.torch_export import export_program, program_name, save_program
-from histosmith.models.wrappers import DDIMStep
+from histosmith.models.wrappers import SamplerStep
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
 from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.planning import BatchBuckets
-from histosmith.runtime.schedule import DDIMScheduler, DDIMTables, ScheduleConfig
+from histosmith.runtime.schedule import SamplerTables, ScheduleConfig, Scheduler
 from histosmith.runtime.specs import DECODER, STEP, UNET, decoder_spec, step_spec, unet_spec
 
 PARITY_BATCH = 16
@@ -108,8 +108,9 @@ class Engines:
                 save_program(program, work / program_name(graph, precision))
         self.onnx_provider = onnx_provider
         if onnx:
-            step_example = [*example, torch.tensor([1.0, -0.5, 0.0]), example[0]]
-            for graph, module, ex in ((STEP, DDIMStep(models.guided).eval(), step_example),
+            history = torch.stack([example[0], example[0]], dim=1)  # (B, 2, C, h, w)
+            step_example = [*example, torch.tensor([1.0, -0.5, 0.0, 1.2, -0.4, 0.3, -0.1]), example[0], history]
+            for graph, module, ex in ((STEP, SamplerStep(models.guided).eval(), step_example),
                                       (DECODER, models.decoder, example[:1])):
                 model = clean(to_onnx(module, self.specs[graph], ex, True))
                 save_onnx(model, work / f"{graph}.onnx")
@@ -121,12 +122,13 @@ class Engines:
             image, _, semantic = self.models.decoder(lat)
         return image.shape[-1], semantic.shape[1] - 1
 
-    def torch_backend(self, precision: str, device: str, graph: bool, tables: DDIMTables, batch: int) -> TorchBackend:
+    def torch_backend(self, precision: str, device: str, graph: bool, tables: SamplerTables,
+                      batch: int) -> TorchBackend:
         unet, decoder = (self.dir / program_name(g, precision) for g in (UNET, DECODER))
         return TorchBackend.from_files(unet, decoder, tables, device, precision, graph, BatchBuckets((batch,)),
                                        pad=True)
 
-    def tensorrt_backend(self, tables: DDIMTables, buckets: BatchBuckets) -> Any:
+    def tensorrt_backend(self, tables: SamplerTables, buckets: BatchBuckets) -> Any:
         """fp16 TensorRT engines built here from the exported step and decoder graphs, one profile per bucket."""
         from histosmith.export.tensorrt_build import build_engine, import_tensorrt
         from histosmith.runtime.backends.tensorrt_backend import TensorRTBackend
@@ -144,7 +146,7 @@ class Engines:
                           tensorrt=TensorRTBuild(gpu, f"{major}.{minor}", trt.__version__, buckets.sizes))
         return TensorRTBackend(plans[STEP], plans[DECODER], self.specs[STEP], self.specs[DECODER], variant, tables)
 
-    def onnx_backend(self, precision: str, tables: DDIMTables, graph: bool) -> OnnxBackend:
+    def onnx_backend(self, precision: str, tables: SamplerTables, graph: bool) -> OnnxBackend:
         suffix = "" if precision == "fp32" else ".fp16"
         return OnnxBackend(self.dir / f"{STEP}{suffix}.onnx", self.dir / f"{DECODER}{suffix}.onnx", self.specs[UNET],
                            self.specs[DECODER], tables, (1, 1 << 16), self.onnx_provider, None,
@@ -186,7 +188,7 @@ def main() -> None:
         batches = [int(b) for b in args.batches.split(",")]
         onnx_provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else None
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(steps)
+    tables = Scheduler(ScheduleConfig()).set_timesteps(steps)
     results = Results(args.out, {
         "date": datetime.date.today().isoformat(), "dry_run": args.dry_run, "steps": steps,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",

@@ -32,7 +32,7 @@ from histosmith.runtime import conditions as cond
 from histosmith.runtime.engine import EngineOptions, open_engine
 from histosmith.runtime.generate import to_uint8
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps, marker_depth_label
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 
 
@@ -41,7 +41,7 @@ def generated_maps(engine: Path, data: Dataset, n: int, steps: int, guidance: fl
     session = open_engine(engine, EngineOptions(batch=batch))
     info = session.info
     table = cond.from_dataset(info, n, 0)
-    tables = DDIMScheduler(info.schedule).set_timesteps(steps, 0.0)
+    tables = Scheduler(info.schedule).set_timesteps(steps, 0.0)
     backend = session.backend(tables)
     vectors = info.spec.vectors(table.counts, table.tissues)
     images, distances, classes = [], [], []

@@ -34,8 +34,9 @@ from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime import conditions as cond
 from histosmith.runtime.manifest import Manifest, Variant
-from histosmith.runtime.schedule import DDIMScheduler
-from histosmith.runtime.specs import STEP_COEFS, STEP_NOISE
+from histosmith.runtime.planning import step_coefs, step_graph_feed
+from histosmith.runtime.schedule import SamplerTables, Scheduler
+from histosmith.runtime.specs import STEP, GraphSpec, step_coef_count
 
 log = logging.getLogger(__name__)
 INT8_UNET = "unet.int8.onnx"
@@ -79,11 +80,14 @@ def fp32_sources(export: Path, manifest: Manifest) -> tuple[str, str, str]:
                              "re-export with hs-export")
 
 
-def _step_feed(cset: CalibrationSet, scheduler_tables) -> Callable[[np.ndarray], dict[str, np.ndarray]]:  # noqa: ANN001
+def _step_feed(cset: CalibrationSet, tables: SamplerTables,
+               spec: GraphSpec) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Calibration feeds of the fused step graph along the recorded DDIM trajectories (no x̂_0 history)."""
+    coefs = step_coefs(tables, step_coef_count(spec))
+
     def feed(rows: np.ndarray) -> dict[str, np.ndarray]:
         i = int(cset.step[rows[0]])  # batches never mix steps: the coefficients are per call
-        coefs = np.array([scheduler_tables.sample_coef[i], scheduler_tables.output_coef[i], 0.0], np.float32)
-        return cset.feeds(rows) | {STEP_COEFS: coefs, STEP_NOISE: np.zeros_like(cset.latent[rows])}
+        return cset.feeds(rows) | step_graph_feed(spec.input_names, coefs[i], cset.latent[rows])
 
     return feed
 
@@ -130,7 +134,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
         work.mkdir(parents=True, exist_ok=True)
     if len(cset) == 0:
         raise HistoSmithError("the calibration set is empty")
-    tables = DDIMScheduler(info.schedule).set_timesteps(topts.steps)
+    tables = Scheduler(info.schedule).set_timesteps(topts.steps)
     targets = ["cpu", "tensorrt"] if opts.target == "both" else [opts.target]
 
     unet_reader = FeedReader(cset.feeds, row_batches(len(cset)))
@@ -153,7 +157,8 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
             produced.append(INT8_UNET)
             gate_graphs.append((INT8_UNET, False))
         else:
-            reader = FeedReader(_step_feed(cset, tables), row_batches(len(cset), groups=cset.step))
+            reader = FeedReader(_step_feed(cset, tables, manifest.graph(STEP)),
+                                row_batches(len(cset), groups=cset.step))
             exclude = float_nodes(onnx.load(str(export / step_name)), kept_blocks)
             model = quantize(export / step_name, work / INT8_STEP, rec, opts.method, reader,
                              work / f"ranges-step-{opts.method}-tensorrt.json", sorted(exclude))

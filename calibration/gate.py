@@ -21,8 +21,9 @@ from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.generate import control_summary, decode_labels
 from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.planning import step_coefs, step_graph_feed
 from histosmith.runtime.postprocess import PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import (
     CONDITION,
@@ -30,11 +31,11 @@ from histosmith.runtime.specs import (
     GUIDANCE,
     IMAGE,
     LATENT,
+    NEXT_LATENT,
     NOISE_PRED,
     SEMANTIC,
-    STEP_COEFS,
-    STEP_NOISE,
     TIMESTEP,
+    X0_HISTORY,
 )
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ def final_latents(graph: Path, fused_step: bool, info: GeneratorInfo, table: Con
                   threads: int | None, label: str, show_progress: bool, batch: int = 16) -> np.ndarray:
     """The DDIM loop on a U-Net graph (``x ← A x + B ε̂``) or a fused step graph (it does the update)."""
     session = _session(graph, threads)
-    scheduler = DDIMScheduler(info.schedule)
+    scheduler = Scheduler(info.schedule)
     tables = scheduler.set_timesteps(th.steps)
+    names = [i.name for i in session.get_inputs()]
+    coefs = step_coefs(tables, 7 if X0_HISTORY in names else 3) if fused_step else None
     n = len(table)
     out = np.empty((n, *info.latent_shape), np.float32)
     vectors = info.spec.vectors(table.counts, table.tissues)
@@ -89,12 +92,10 @@ def final_latents(graph: Path, fused_step: bool, info: GeneratorInfo, table: Con
         index = np.arange(start, min(start + batch, n))
         x, _ = tile_noise(th.seed, index, info.latent_shape, th.steps, False)
         feed = {CONDITION: vectors[index], GUIDANCE: np.full(len(index), th.guidance, np.float32)}
-        zeros = np.zeros_like(x)
         for i, t in enumerate(tables.timesteps):
             feed[LATENT], feed[TIMESTEP] = x, np.full(len(index), t, np.float32)
-            if fused_step:
-                coefs = np.array([tables.sample_coef[i], tables.output_coef[i], 0.0], np.float32)
-                x = session.run(None, feed | {STEP_COEFS: coefs, STEP_NOISE: zeros})[0]
+            if coefs is not None:  # DDIM keeps no x̂_0 history: the graph's history input stays zero
+                x = session.run([NEXT_LATENT], feed | step_graph_feed(names, coefs[i], x))[0]
             else:
                 x = scheduler.step(session.run([NOISE_PRED], feed)[0], i, x).astype(np.float32)
         out[index] = x

@@ -31,7 +31,7 @@ from histosmith.runtime.specs import NOISE_PRED
 log = logging.getLogger(__name__)
 DESIGN_FLOAT = {"conv_in": "first convolution", "conv_out": "last convolution", "time_mlp": "time embedding",
                 "condition": "condition MLP"}
-FLOAT_SCOPES = {"ddim_update": "DDIM update of the fused step graph (the latent accumulates over every step)"}
+FLOAT_SCOPES = {"solver_update": "sampler update of the fused step graph (the latent accumulates over every step)"}
 FLOAT_OPS = {"normalisation (GroupNormalization / InstanceNormalization)": "not in the quantised op set",
              "attention softmax": "not in the quantised op set (ONNX Runtime may still fuse it between the "
                                   "Q/DQ pairs of the attention matmuls into QLinearSoftmax at load time)"}

@@ -23,7 +23,7 @@ from histosmith.data.conditioning import ConditionSpec
 from histosmith.data.format import Dataset
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.conditions import ConditionTable
-from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
+from histosmith.runtime.schedule import ScheduleConfig, Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import CONDITION, GUIDANCE, LATENT, NOISE_PRED, TIMESTEP
 
@@ -107,7 +107,7 @@ def trajectory_key(unet_sha256: str, table: ConditionTable, opts: TrajectoryOpti
 def _run_chunk(session, spec: ConditionSpec, schedule: ScheduleConfig, latent_shape: tuple[int, ...],  # noqa: ANN001
                table: ConditionTable, index: np.ndarray, opts: TrajectoryOptions) -> dict[str, np.ndarray]:
     """The fp32 DDIM loop (eta 0) for one chunk of samples, keeping every step's U-Net inputs and output."""
-    scheduler = DDIMScheduler(schedule)
+    scheduler = Scheduler(schedule)
     tables = scheduler.set_timesteps(opts.steps)
     x, _ = tile_noise(opts.seed, index, latent_shape, opts.steps, False)
     cond = spec.vectors(table.counts[index], table.tissues[index])

@@ -30,7 +30,7 @@ from histosmith.export.torch_export import PRECISIONS as TORCH_PRECISIONS
 from histosmith.export.torch_export import cast_inputs, export_program, program_name, save_program
 from histosmith.export.verify import OutputError, check, compare
 from histosmith.generator import TrainedGenerator, load_generator
-from histosmith.models.wrappers import DDIMStep
+from histosmith.models.wrappers import SamplerStep
 from histosmith.runtime.backends.torch_program import DTYPES, load_program
 from histosmith.runtime.manifest import (
     MANIFEST_FILE,
@@ -51,6 +51,7 @@ from histosmith.runtime.specs import (
     STEP_NOISE,
     TIMESTEP,
     UNET,
+    X0_HISTORY,
     GraphSpec,
     decoder_spec,
     step_spec,
@@ -130,8 +131,10 @@ def random_inputs(gen: TrainedGenerator, graph: str, batch: int, seed: int) -> d
     if graph == UNET:
         return unet
     if graph == STEP:
-        return unet | {STEP_COEFS: np.array([1.2, -0.5, 0.1], np.float32),
-                       STEP_NOISE: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
+        # (A, B, σ, P, Q, C1, C2) of a multistep solver's step: every term of the update is exercised
+        return unet | {STEP_COEFS: np.array([1.2, -0.5, 0.1, 1.5, -0.8, 0.6, -0.2], np.float32),
+                       STEP_NOISE: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32),
+                       X0_HISTORY: rng.standard_normal((batch, 2, *info.latent_shape)).astype(np.float32)}
     return {LATENT: rng.standard_normal((batch, *info.latent_shape)).astype(np.float32)}
 
 
@@ -207,7 +210,7 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
     specs = {UNET: unet_spec(info.latent_shape, info.spec.dim),
              DECODER: decoder_spec(info.latent_shape, info.tile_size, info.n_classes),
              STEP: step_spec(info.latent_shape, info.spec.dim)}
-    modules = {UNET: gen.guided, DECODER: gen.decoder, STEP: DDIMStep(gen.guided).eval()}
+    modules = {UNET: gen.guided, DECODER: gen.decoder, STEP: SamplerStep(gen.guided).eval()}
     low, high = opts.batch_range
     check_batches = sorted({low, min(high, 3)}) if opts.dynamic_batch else [low]
     with atomic_directory(out, replace=True) as tmp:

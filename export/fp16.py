@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FP32_OPS = frozenset({"InstanceNormalization", "GroupNormalization", "LayerNormalization",
                       "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "Exp", "Pow",
                       "Sqrt", "Erf", "ArgMin", "ArgMax", "Sin", "Cos"})
-FP32_SCOPES = ("ddim_update",)  # module scopes kept in float32
+FP32_SCOPES = ("solver_update", "ddim_update")  # module scopes kept in float32 (ddim_update: older exports)
 ARGUMENT_OPS = frozenset({"Sin", "Cos", "ArgMin", "ArgMax"})  # whatever computes their inputs stays float32
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 

@@ -16,7 +16,7 @@ from histosmith.models.vqvae import VQAutoencoder
 from histosmith.models.wrappers import GuidedUNet, LatentDecoder
 from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.schedule import DDIMTables, ScheduleConfig
+from histosmith.runtime.schedule import SamplerTables, ScheduleConfig
 from histosmith.training.checkpoint import load_checkpoint, load_state, resolve
 
 
@@ -82,7 +82,7 @@ class CheckpointSession:
     def batch_limits(self) -> tuple[int, int]:
         return 1, 2**31 - 1
 
-    def backend(self, tables: DDIMTables) -> Backend:
+    def backend(self, tables: SamplerTables) -> Backend:
         from histosmith.runtime.backends.torch_backend import DTYPES, TorchBackend
         from histosmith.runtime.planning import BatchBuckets
 

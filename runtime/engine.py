@@ -19,7 +19,7 @@ from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.manifest import FORMATS, GraphFormat, Manifest, Variant
 from histosmith.runtime.planning import BatchBuckets
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 from histosmith.runtime.specs import DECODER, STEP, UNET
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class GeneratorSession(Protocol):
         """Smallest and largest batch the model accepts."""
         ...
 
-    def backend(self, tables: DDIMTables) -> Backend:
+    def backend(self, tables: SamplerTables) -> Backend:
         """The backend for these DDIM tables (created once per tables)."""
         ...
 
@@ -66,7 +66,7 @@ class EngineSession:
     manifest: Manifest
     variant: Variant
     options: EngineOptions
-    _loaded: tuple[DDIMTables, Backend] | None = field(default=None, repr=False)
+    _loaded: tuple[SamplerTables, Backend] | None = field(default=None, repr=False)
 
     @property
     def info(self) -> GeneratorInfo:
@@ -89,7 +89,7 @@ class EngineSession:
             return 1, batch.max  # smaller batches are zero-padded
         return batch.min, batch.max
 
-    def backend(self, tables: DDIMTables) -> Backend:
+    def backend(self, tables: SamplerTables) -> Backend:
         if self._loaded is None or self._loaded[0] is not tables:  # one loaded backend at a time
             self.close()
             self._loaded = (tables, _load_backend(self, tables))
@@ -148,7 +148,7 @@ def engine_buckets(manifest: Manifest, variant: Variant, batch: int | None) -> B
     return BatchBuckets.ladder(min(batch or 16, manifest.batch.max))
 
 
-def _load_backend(session: EngineSession, tables: DDIMTables) -> Backend:
+def _load_backend(session: EngineSession, tables: SamplerTables) -> Backend:
     manifest, variant, opts = session.manifest, session.variant, session.options
     decoder = session.path(variant.decoder)
     if variant.format == "onnx":

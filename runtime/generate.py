@@ -32,7 +32,14 @@ from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps
 from histosmith.runtime.qc import AreaLimits, PairCheck, QCTiles, qc_result, sample_with_qc
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import (
+    Sampler,
+    SamplerSettings,
+    SamplerTables,
+    SamplingDefaults,
+    ScheduleConfig,
+    Scheduler,
+)
 from histosmith.runtime.seeds import tile_noise
 
 log = logging.getLogger(__name__)
@@ -47,12 +54,31 @@ class GenerationPlan:
     steps: int = 50
     eta: float = 0.0
     guidance: float = 4.0
+    sampler: Sampler = "ddim"
+    corrector: bool = True  # UniPC's corrector
     batch: int = 16
     shard_size: int | None = None  # None: about 128 MB of tiles per shard
     postprocess: PostprocessConfig = PostprocessConfig()
     qc: float | None = None  # relative count tolerance (at least 1 nucleus); None: no QC (histosmith.runtime.qc)
     qc_attempts: int = 3
     qc_max_area: AreaLimits | None = None  # the size check (histosmith.runtime.qc); None: off
+    # Sampling fields the user did not set: taken from the model's defaults (manifest ``sampling``) by
+    # :meth:`with_model_defaults` once the model is known.
+    unset: frozenset[str] = frozenset()
+
+    @property
+    def sampling(self) -> SamplerSettings:
+        return SamplerSettings(self.sampler, self.steps, self.eta, self.corrector)
+
+    def tables(self, schedule: ScheduleConfig) -> SamplerTables:
+        """The per-step tables of this plan's sampler on ``schedule``."""
+        return Scheduler(schedule).settings_tables(self.sampling)
+
+    def with_model_defaults(self, defaults: SamplingDefaults) -> GenerationPlan:
+        """The plan with every sampling field the user left unset taken from the model's defaults."""
+        values = {"sampler": defaults.sampler, "steps": defaults.steps, "guidance": defaults.guidance,
+                  "corrector": defaults.corrector}
+        return replace(self, **{k: v for k, v in values.items() if k in self.unset}, unset=frozenset())
 
     def with_marker_depth(self, marker: MarkerDepth, class_names: Sequence[str]) -> GenerationPlan:
         """The plan with ``--marker-depth`` resolved against the model's classes (an unknown class is refused)."""
@@ -66,10 +92,10 @@ class GenerationPlan:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
             raise HistoSmithError(f"--seed {self.seed}: must be a whole number in 0..2^63-1")
-        if not 1 <= self.steps <= 1000:
-            raise HistoSmithError(f"--steps {self.steps}: must be in 1..1000")
-        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
-            raise HistoSmithError(f"--eta {self.eta}: must be a number in 0..1")
+        try:
+            self.sampling  # noqa: B018 — validates sampler, steps, eta together
+        except ValueError as exc:
+            raise HistoSmithError(str(exc)) from None
         if not (math.isfinite(self.guidance) and 0.0 <= self.guidance <= 100.0):
             raise HistoSmithError(f"--guidance {self.guidance}: must be a number in 0..100")
         if self.batch < 1 or (self.shard_size is not None and self.shard_size < 1):
@@ -88,7 +114,7 @@ def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: Cond
         qc |= plan.qc_max_area.record()
     if check is not None:
         qc |= check.record()
-    return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch, "steps": plan.steps, "eta": plan.eta,
+    return {"n": len(conditions), "seed": plan.seed, "batch": plan.batch} | plan.sampling.record() | {
             "guidance": plan.guidance, "shard_size": plan.shard_size or default_shard_size(session.info.tile_size),
             "conditions": conditions.label, "conditions_digest": conditions.digest(), "model": session.model_id,
             "postprocess": plan.postprocess.record()} | (qc | {"qc_attempts": plan.qc_attempts} if qc else {})
@@ -132,7 +158,7 @@ def check_output(out: Path, record: dict[str, Any], resume: bool) -> None:
     if not resume:
         return
     path = out / PLAN_FILE
-    previous = read_json_object(path)
+    previous = {"sampler": "ddim"} | read_json_object(path)  # runs from before the solvers were DDIM
     diff = sorted(k for k in record if previous.get(k) != record[k])
     if diff:
         raise file_error(path, f"--resume with different settings ({', '.join(diff)}); use the original ones")
@@ -154,8 +180,7 @@ def begin_output(session: GeneratorSession, plan: GenerationPlan, record: dict[s
     return DatasetMeta(
         class_names=list(spec.class_names), tissue_names=list(spec.tissue_names), tile_size=info.tile_size,
         count_margin=info.count_margin, source=info.source, licence="generated",
-        notes=f"{n} synthetic tiles; seed {plan.seed}, {plan.steps} DDIM steps, eta {plan.eta}, "
-              f"guidance {plan.guidance}",
+        notes=f"{n} synthetic tiles; seed {plan.seed}, {plan.sampling.label}, guidance {plan.guidance}",
         extra={"generation": record, PROVENANCE_KEY: provenance},
     )
 
@@ -204,7 +229,7 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     if not low <= plan.batch <= high:
         raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
     check_output(out, record, resume)
-    tables = DDIMScheduler(info.schedule).set_timesteps(plan.steps, plan.eta)
+    tables = plan.tables(info.schedule)
     backend = session.backend(tables)  # the expensive part; nothing is written before it succeeds
     meta = begin_output(session, plan, record, out, resume)
     writer = DatasetWriter(out, meta, shard_size, resume=resume)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from histosmith.data.conditioning import ConditionSpec
-from histosmith.runtime.schedule import ScheduleConfig
+from histosmith.runtime.schedule import SamplingDefaults, ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class GeneratorInfo:
     count_margin: int = 0
     source: str = ""
     provenance: tuple[dict, ...] = ()  # training records of the generator (histosmith.data.provenance)
+    sampling: SamplingDefaults = SamplingDefaults()  # sampler, steps and guidance unless told otherwise
 
     @property
     def n_classes(self) -> int:

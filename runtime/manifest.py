@@ -33,11 +33,13 @@ from histosmith.data.atomic import json_safe, read_json_object, sha256_file, wri
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.schedule import BetaSchedule, Prediction, ScheduleConfig
+from histosmith.runtime.schedule import BetaSchedule, Prediction, SamplingDefaults, ScheduleConfig
 from histosmith.runtime.specs import DECODER, STEP, UNET, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
+# 2: before the multistep solvers (a DDIM-only fused step graph, no sampling defaults); still read.
+READABLE_VERSIONS = (2, 3)
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 GraphFormat = Literal["onnx", "torch", "tensorrt"]  # torch: torch.export programs (.pt2)
@@ -230,6 +232,7 @@ class Manifest:
     verification: Mapping[str, Any] = field(default_factory=dict)
     cache_key: str = ""
     provenance: tuple[Mapping[str, Any], ...] = ()  # the generator's training records (data.provenance)
+    sampling: SamplingDefaults = SamplingDefaults()  # sampler, steps, guidance unless told otherwise
 
     # ------------------------------------------------------------------ views
 
@@ -245,6 +248,7 @@ class Manifest:
             count_margin=self.count_margin,
             source=f"HistoSmith export of {self.source.checkpoint} (step {self.source.step})",
             provenance=tuple(self.provenance),
+            sampling=self.sampling,
         )
 
     def graph(self, role: str) -> GraphSpec:
@@ -257,6 +261,10 @@ class Manifest:
                 return v
         known = ", ".join(v.entry for v in self.variants)
         raise file_error(engine, f"not listed in {MANIFEST_FILE} (this export has: {known})")
+
+    def with_sampling(self, sampling: SamplingDefaults) -> Manifest:
+        """A copy whose sampling defaults are ``sampling`` (``hs-eval sampler --record``)."""
+        return _replace(self, sampling=sampling)
 
     def with_variant(self, variant: Variant, hashes: Mapping[str, str]) -> Manifest:
         """A copy with ``variant`` added (replacing one of the same format and precision) and ``hashes``."""
@@ -287,6 +295,7 @@ class Manifest:
             "verification": dict(self.verification),
             "cache_key": self.cache_key,
             "provenance": [dict(r) for r in self.provenance],
+            "sampling": self.sampling.to_json(),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -355,6 +364,7 @@ class Manifest:
             verification=data.get("verification") or {},
             cache_key=str(data.get("cache_key", "")),
             provenance=_records(data.get("provenance", [])),
+            sampling=_sampling(data.get("sampling")),
         )
         manifest._check_graph_shapes()
         return manifest
@@ -381,9 +391,9 @@ class Manifest:
         data = read_json_object(path, "not found; the engine must sit in an hs-export directory")
         if "format_version" not in data:
             raise file_error(path, "not a HistoSmith export manifest")
-        if data["format_version"] != MANIFEST_VERSION:
+        if data["format_version"] not in READABLE_VERSIONS:
             raise file_error(path, f"manifest format {data['format_version']!r}; this runtime reads "
-                                   f"{MANIFEST_VERSION} (re-export with hs-export)")
+                                   f"{', '.join(map(str, READABLE_VERSIONS))} (re-export with hs-export)")
         recorded = data.pop("body_sha256", None)
         if recorded != body_digest(data):
             raise file_error(path, "its content does not match its body_sha256: the manifest was edited or "
@@ -441,6 +451,22 @@ def _schedule(data: Mapping[str, Any]) -> ScheduleConfig:
         beta_schedule=_choice(data, "beta_schedule", get_args(BetaSchedule), where),
         prediction=_choice(data, "prediction", get_args(Prediction), where),
     )
+
+
+def record_verification(manifest: Manifest, key: str, value: Any) -> Manifest:
+    """A copy with ``verification[key] = value`` (e.g. the quality gate's verdicts)."""
+    return _replace(manifest, verification={**manifest.verification, key: value})
+
+
+def _sampling(data: Any) -> SamplingDefaults:
+    if data is None:  # format 2: the paper's recipe
+        return SamplingDefaults()
+    if not isinstance(data, dict):
+        raise ManifestError("sampling: expected an object")
+    try:
+        return SamplingDefaults.from_json(data)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"sampling: {exc}") from None
 
 
 def _records(data: Any) -> tuple[Mapping[str, Any], ...]:

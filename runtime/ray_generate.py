@@ -32,6 +32,7 @@ from histosmith.errors import HistoSmithError
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.generate import GenerationPlan, GenerationResult, tile_row
 from histosmith.runtime.postprocess import marker_depth_label
+from histosmith.runtime.schedule import SamplerSettings
 from histosmith.runtime.serving import ServeDefaults, TileRenderer, TileRequest
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,11 @@ def _check_reachable(address: str) -> None:
 class ShardWorker:
     """One actor: the engine loaded once, shards made on request."""
 
-    def __init__(self, engine: str, steps: int, eta: float, marker_depth: str, batch: int, device: str,
+    def __init__(self, engine: str, sampling: SamplerSettings, marker_depth: str, batch: int, device: str,
                  threads: int | None, fault_shard: int | None, fault_marker: str | None) -> None:
         # the driver checked the range
-        defaults = ServeDefaults(steps=steps, eta=eta, allow_extrapolation=True, marker_depth=marker_depth)
+        defaults = ServeDefaults(steps=sampling.steps, eta=sampling.eta, allow_extrapolation=True,
+                                 marker_depth=marker_depth, sampler=sampling.sampler, corrector=sampling.corrector)
         self.renderer = TileRenderer(Path(engine), batch, defaults, device, threads)
         self.fault = (fault_shard, fault_marker)
 
@@ -136,7 +138,7 @@ def generate_on_ray(engine: Path, plan: GenerationPlan, record: dict, meta: Data
         connect(options.address, options.workers, options.cpus_per_worker)
         remote = ray.remote(num_cpus=options.cpus_per_worker, max_restarts=-1, max_task_retries=-1)(ShardWorker)
         depth = str(marker_depth_label(plan.postprocess, meta.class_names))
-        actors = [remote.remote(str(engine), plan.steps, plan.eta, depth, plan.batch, options.device,
+        actors = [remote.remote(str(engine), plan.sampling, depth, plan.batch, options.device,
                                 options.threads, options.fault_shard, options.fault_marker)
                   for _ in range(min(options.workers, len(pending)))]
         table_ref = ray.put(table)

@@ -124,6 +124,33 @@ class SamplerSettings:
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """How a model samples unless told otherwise: the sampler, its steps, the guidance scale. An export
+    records them (``manifest.json``, ``sampling``); ``hs-eval sampler --record`` replaces them with the fewest
+    steps that pass the quality gate, and ``gate`` keeps the verdict that chose them."""
+
+    sampler: Sampler = "ddim"
+    steps: int = 50
+    guidance: float = 4.0
+    corrector: bool = True
+    gate: dict | None = None  # the gate report's summary behind this choice (None: the paper's recipe)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
+                                  "corrector": self.corrector}
+        return out | ({"gate": self.gate} if self.gate is not None else {})
+
+    @classmethod
+    def from_json(cls, data: dict) -> SamplingDefaults:
+        out = cls(str(data.get("sampler", "ddim")), int(data.get("steps", 50)),  # type: ignore[arg-type]
+                  float(data.get("guidance", 4.0)), bool(data.get("corrector", True)), data.get("gate"))
+        SamplerSettings(out.sampler, out.steps, 0.0, out.corrector)  # validates
+        if not (math.isfinite(out.guidance) and 0 <= out.guidance <= 100):
+            raise ValueError(f"guidance {out.guidance} is not in 0..100")
+        return out
+
+
+@dataclass(frozen=True)
 class SamplerTables:
     """Per-step constants of one sampling run: step ``i`` maps ``x`` at ``timesteps[i]`` onward.
 
@@ -251,6 +278,18 @@ class Scheduler:
         return out
 
 
+def fused_update(coefs: np.ndarray, x: np.ndarray, out: np.ndarray, noise: np.ndarray,
+                 history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fused step graph's arithmetic (the reference its exports are checked against).
+
+    ``coefs`` = (A, B, σ, P, Q, C1, C2); ``history`` (B, 2, C, h, w) holds x̂_0 of the previous two steps.
+    Returns the next sample and the next history (this step's x̂_0, then the previous one)."""
+    a, b, s, p, q, c1, c2 = (float(c) for c in coefs)
+    x0 = p * x + q * out
+    nxt = a * x + b * out + c1 * history[:, 0] + c2 * history[:, 1] + s * noise
+    return nxt, np.stack([x0, history[:, 0]], axis=1)
+
+
 def _alpha_sigma_lambda(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """α, σ, λ of ᾱ values (λ = +inf where ᾱ = 1)."""
     alpha, sigma = np.sqrt(a), np.sqrt(1 - a)
@@ -348,5 +387,5 @@ def _unipc_bh2(a_t: np.ndarray, a_s: np.ndarray, corrector: bool) -> np.ndarray:
 
 
 # The names this module had when it held DDIM alone.
-DDIMScheduler = Scheduler
-DDIMTables = SamplerTables
+Scheduler = Scheduler
+SamplerTables = SamplerTables

@@ -1,8 +1,9 @@
 """Tiles on request: what ``hs-serve`` (PyTriton) and the Triton Python-backend model of ``hs-export
 --triton-repo`` share.
 
-A request names its tiles one by one — counts per class, tissue, seed, index, optionally DDIM steps and
-guidance — and gets back image, instance map, class map and measured counts. Tile ``(seed, index)`` is
+A request names its tiles one by one — counts per class, tissue, seed, index, optionally sampler steps
+and guidance (the sampler is the server's) — and gets back image, instance map, class map and measured
+counts. Tile ``(seed, index)`` is
 computed exactly as ``hs-generate --seed seed`` computes its tile ``index`` (same noise, same condition
 vector, same post-processing), so it is byte-identical to that tile whatever else shares its batch.
 
@@ -17,7 +18,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from histosmith.runtime.engine import EngineOptions, EngineSession, open_engine
 from histosmith.runtime.generate import decode_labels, to_uint8
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler, DDIMTables
+from histosmith.runtime.schedule import SamplerSettings, SamplerTables, SamplingDefaults, Scheduler
 from histosmith.runtime.seeds import tile_noise
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,27 @@ class Tile:
 
 @dataclass(frozen=True)
 class ServeDefaults:
-    steps: int = 50
-    guidance: float = 4.0
+    """The server's settings; ``None`` sampling fields take the model's own (its manifest's ``sampling``)."""
+
+    steps: int | None = None
+    guidance: float | None = None
     eta: float = 0.0
     allow_extrapolation: bool = False
     marker_depth: str = str(MarkerDepth())  # the watershed's --marker-depth text, resolved for the model's classes
+    sampler: str | None = None  # one for the server: requests choose steps and guidance, not the solver
+    corrector: bool | None = None
+
+    def resolved(self, model: SamplingDefaults) -> ServeDefaults:
+        """Every unset sampling field from ``model``; the combination is checked (e.g. eta with a solver)."""
+        out = replace(self, steps=model.steps if self.steps is None else self.steps,
+                      guidance=model.guidance if self.guidance is None else self.guidance,
+                      sampler=model.sampler if self.sampler is None else self.sampler,
+                      corrector=model.corrector if self.corrector is None else self.corrector)
+        try:
+            SamplerSettings(out.sampler, out.steps, out.eta, out.corrector)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise HistoSmithError(str(exc)) from None
+        return out
 
 
 def _column(arrays: dict[str, np.ndarray], name: str, n: int, default: float | None = None) -> np.ndarray:
@@ -106,7 +123,7 @@ def parse_tiles(info: GeneratorInfo, arrays: dict[str, np.ndarray], defaults: Se
     if (indices < 0).any():
         raise HistoSmithError(f"input {IN_INDEX!r}: tile indices must not be negative")
     if ((steps < 1) | (steps > info.schedule.num_train_timesteps)).any():
-        raise HistoSmithError(f"input {IN_STEPS!r}: DDIM steps must lie in 1..{info.schedule.num_train_timesteps}")
+        raise HistoSmithError(f"input {IN_STEPS!r}: steps must lie in 1..{info.schedule.num_train_timesteps}")
     if not np.isfinite(guidance).all() or (guidance < 0).any():
         raise HistoSmithError(f"input {IN_GUIDANCE!r}: guidance must be a finite number >= 0")
     return [TileRequest(counts[i].astype(np.int64), tissue_ids[i], int(seeds[i]), int(indices[i]), int(steps[i]),
@@ -124,21 +141,23 @@ class TileRenderer:
 
     def __init__(self, engine: Path, max_batch: int, defaults: ServeDefaults = ServeDefaults(),
                  device: str = "auto", threads: int | None = None) -> None:
-        self.engine, self.defaults, self.max_batch = engine, defaults, max_batch
+        self.engine, self.max_batch = engine, max_batch
         self._options = EngineOptions(device=device, threads=threads, batch=max_batch)
         first = open_engine(engine, self._options)  # every check before any weights load
+        self.defaults = defaults = defaults.resolved(first.info.sampling)
         low, high = first.batch_limits()
         if not low <= max_batch <= high:
             raise HistoSmithError(f"--max-batch {max_batch} is outside what the exported graphs accept "
                                   f"({low}..{high})")
         self.info: GeneratorInfo = first.info
         self.post: PostprocessConfig = MarkerDepth.parse(defaults.marker_depth).config(first.info.spec.class_names)
-        self._sessions: dict[int, tuple[EngineSession, DDIMTables]] = {}
+        self._sessions: dict[int, tuple[EngineSession, SamplerTables]] = {}
         self._sessions[defaults.steps] = (first, self._tables(defaults.steps))
         self.backend(defaults.steps)  # load now: configuration errors surface before serving
 
-    def _tables(self, steps: int) -> DDIMTables:
-        return DDIMScheduler(self.info.schedule).set_timesteps(steps, self.defaults.eta)
+    def _tables(self, steps: int) -> SamplerTables:
+        d = self.defaults
+        return Scheduler(self.info.schedule).set_timesteps(steps, d.eta, d.sampler or "ddim", d.corrector is not False)
 
     def backend(self, steps: int) -> Backend:
         if steps not in self._sessions:

@@ -16,16 +16,18 @@ TIMESTEP = "timestep"
 CONDITION = "condition"
 GUIDANCE = "guidance"
 NOISE_PRED = "noise_pred"
-STEP_COEFS = "step_coefs"  # (3,) DDIM coefficients (A, B, σ) of this step
+STEP_COEFS = "step_coefs"  # (7,) solver coefficients (A, B, σ, P, Q, C1, C2) of this step (runtime.schedule)
 STEP_NOISE = "step_noise"  # (B, C, h, w) fresh noise of this step (zeros when eta = 0)
 NEXT_LATENT = "next_latent"
+X0_HISTORY = "x0_history"  # (B, 2, C, h, w) the data predictions x̂_0 of the two previous steps
+NEXT_X0_HISTORY = "next_x0_history"  # (B, 2, C, h, w) this step's x̂_0, then the previous one
 IMAGE = "image"
 DISTANCE = "distance"
 SEMANTIC = "semantic"
 
 UNET = "unet"
 DECODER = "decoder"
-STEP = "step"  # the guided U-Net fused with the DDIM update (GPU backends)
+STEP = "step"  # the guided U-Net fused with the sampler update (GPU backends)
 BATCH = "batch"  # the symbolic batch dimension
 
 Shape = tuple[int, ...]
@@ -99,15 +101,23 @@ def unet_spec(latent_shape: tuple[int, int, int], cond_dim: int) -> GraphSpec:
 
 
 def step_spec(latent_shape: tuple[int, int, int], cond_dim: int) -> GraphSpec:
-    """One whole DDIM step: guided U-Net + ``A x + B ε̂ + σ z``, so the loop stays on the device."""
+    """One whole sampler step: guided U-Net + ``x̂_0 = P x + Q ε̂``, ``A x + B ε̂ + C1 x̂_0' + C2 x̂_0'' + σ z``
+    (histosmith.runtime.schedule), so the loop of any solver stays on the device."""
     c, h, w = latent_shape
     return GraphSpec(
         STEP,
         inputs=(TensorSpec(LATENT, (BATCH, c, h, w)), TensorSpec(TIMESTEP, (BATCH,)),
                 TensorSpec(CONDITION, (BATCH, cond_dim)), TensorSpec(GUIDANCE, (BATCH,)),
-                TensorSpec(STEP_COEFS, (3,)), TensorSpec(STEP_NOISE, (BATCH, c, h, w))),
-        outputs=(TensorSpec(NEXT_LATENT, (BATCH, c, h, w)),),
+                TensorSpec(STEP_COEFS, (7,)), TensorSpec(STEP_NOISE, (BATCH, c, h, w)),
+                TensorSpec(X0_HISTORY, (BATCH, 2, c, h, w))),
+        outputs=(TensorSpec(NEXT_LATENT, (BATCH, c, h, w)), TensorSpec(NEXT_X0_HISTORY, (BATCH, 2, c, h, w))),
     )
+
+
+def step_coef_count(spec: GraphSpec) -> int:
+    """How many per-step coefficients a step graph takes: 7 (any solver), or 3 (DDIM only: exports made before
+    the multistep solvers, which have no x̂_0 history)."""
+    return int(next(t.shape[0] for t in spec.inputs if t.name == STEP_COEFS))
 
 
 def decoder_spec(latent_shape: tuple[int, int, int], tile_size: int, n_classes: int) -> GraphSpec:

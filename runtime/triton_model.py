@@ -43,6 +43,8 @@ class TritonPythonModel:
         defaults = ServeDefaults(steps=int(_parameter(config, "steps", "50")),
                                  guidance=float(_parameter(config, "guidance", "4")),
                                  eta=float(_parameter(config, "eta", "0")),
+                                 sampler=_parameter(config, "sampler", "ddim"),
+                                 corrector=_parameter(config, "corrector", "true") == "true",
                                  allow_extrapolation=_parameter(config, "allow_extrapolation", "false") == "true",
                                  marker_depth=_parameter(config, "marker_depth", str(MarkerDepth())))
         threads = int(_parameter(config, "threads", "0")) or None

@@ -12,7 +12,7 @@ The directory is written next to ``DIR`` and renamed into place, so it is comple
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from histosmith.data.atomic import atomic_directory
@@ -61,6 +61,7 @@ def config_pbtxt(n_classes: int, tile_size: int, options: RepoOptions, engine: s
                _tensor(OUT_CLASS, "TYPE_INT32", (t, t)), _tensor(OUT_COUNTS, "TYPE_INT32", (n_classes,))]
     d = options.defaults
     params = {"engine": engine, "steps": str(d.steps), "guidance": repr(d.guidance), "eta": repr(d.eta),
+              "sampler": str(d.sampler), "corrector": "false" if d.corrector is False else "true",
               "allow_extrapolation": "true" if d.allow_extrapolation else "false", "threads": str(options.threads),
               "marker_depth": d.marker_depth}
     parameters = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
@@ -85,6 +86,7 @@ def write_triton_repo(export_dir: Path, repo: Path, options: RepoOptions = RepoO
     if repo.exists():
         raise file_error(repo, "already exists; choose a new directory")
     info = session.info
+    options = replace(options, defaults=options.defaults.resolved(info.sampling))  # the model's own sampling
     with atomic_directory(repo) as tmp:
         version = tmp / MODEL_NAME / "1"
         version.mkdir(parents=True)

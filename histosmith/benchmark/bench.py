@@ -42,7 +42,7 @@ from histosmith.runtime.generate import GenerationPlan, decode_labels, generate
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.postprocess import PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler, DDIMTables
+from histosmith.runtime.schedule import SamplerTables, Scheduler
 from histosmith.runtime.seeds import tile_noise
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class BenchSession:
     def batch_limits(self) -> tuple[int, int]:
         return self.loaded.batch_sizes()
 
-    def backend(self, tables: DDIMTables) -> Backend:
+    def backend(self, tables: SamplerTables) -> Backend:
         return self.loaded
 
 
@@ -213,7 +213,7 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
     if "unet.onnx" not in manifest.files:
         raise file_error(export, "no fp32 unet.onnx: hs-bench counts FLOPs from it")
     info = manifest.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(opts.steps)
+    tables = Scheduler(info.schedule).set_timesteps(opts.steps)
     contenders = _contenders(export, manifest, tables, opts)
     threads = opts.threads or len(os.sched_getaffinity(0))
     probes = [asdict(probe(dtype, threads=opts.threads)) for probe, dtype in

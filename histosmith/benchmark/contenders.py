@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from histosmith.runtime.backends.base import Backend, Decoded, tables_check
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 from histosmith.runtime.specs import CONDITION, DISTANCE, GUIDANCE, IMAGE, LATENT, SEMANTIC, TIMESTEP
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Contender:
 class FunctionBackend:
     """The DDIM loop over plain U-Net / decoder functions (peers); the same arithmetic as the runtime."""
 
-    def __init__(self, name: str, unet: UnetFn, decoder: DecoderFn, tables: DDIMTables,
+    def __init__(self, name: str, unet: UnetFn, decoder: DecoderFn, tables: SamplerTables,
                  context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.name, self.unet, self.decoder, self.tables, self.context = name, unet, decoder, tables, context
 
@@ -77,7 +77,7 @@ class FunctionBackend:
         return Decoded(image, distance, semantic, x)
 
 
-def runtime_engine(path: Path, tables: DDIMTables, threads: int | None, compile_engine: bool = False) -> Contender:
+def runtime_engine(path: Path, tables: SamplerTables, threads: int | None, compile_engine: bool = False) -> Contender:
     """An engine file of the export, loaded exactly as ``hs-generate --engine [--compile]`` loads it (compiled
     programs specialise on one batch shape: one session per batch size)."""
     from histosmith.runtime.engine import EngineOptions, open_engine
@@ -121,7 +121,7 @@ def runtime_engine(path: Path, tables: DDIMTables, threads: int | None, compile_
     return Contender(f"{path.name} ({first.name})", "engine", precision, prepare, path, compile_engine)
 
 
-def torch_peer(checkpoint: Path, tables: DDIMTables, bf16: bool, threads: int | None) -> Contender:
+def torch_peer(checkpoint: Path, tables: SamplerTables, bf16: bool, threads: int | None) -> Contender:
     """The training code's modules in eager torch: fp32, or bf16 autocast (the one-line speed-up)."""
     import torch
 
@@ -164,7 +164,7 @@ def openvino_available() -> bool:
     return True
 
 
-def openvino_peer(unet_path: Path, decoder_path: Path, tables: DDIMTables, precision: str,
+def openvino_peer(unet_path: Path, decoder_path: Path, tables: SamplerTables, precision: str,
                   threads: int | None) -> Contender:
     """OpenVINO's CPU plugin on an exported ONNX graph as is (``bf16``: its bf16 inference precision hint;
     ``int8``: the Q/DQ graph, which OpenVINO executes in int8)."""

@@ -19,7 +19,7 @@ from histosmith.calibration.gate import GateThresholds, compare
 from histosmith.runtime import conditions as cond
 from histosmith.runtime.backends.base import Decoded
 from histosmith.runtime.info import GeneratorInfo
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 
 REFERENCE = "unet.onnx"
@@ -32,7 +32,7 @@ def engine_outputs(path: Path, compile_engine: bool, info: GeneratorInfo, vector
 
     session = open_engine(path, EngineOptions(device="cpu", threads=threads, batch=batch, compile=compile_engine))
     try:
-        backend = session.backend(DDIMScheduler(info.schedule).set_timesteps(th.steps))
+        backend = session.backend(Scheduler(info.schedule).set_timesteps(th.steps))
         parts = []
         for start in range(0, th.tiles, batch):
             index = np.arange(start, min(start + batch, th.tiles))

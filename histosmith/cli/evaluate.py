@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from histosmith.cli.common import SEED, entry_point, marker_depth_option, output_path
+from histosmith.cli.generation import sampler_option_decorators, sampling_plan_fields
 
 if TYPE_CHECKING:
     from histosmith.runtime.postprocess import MarkerDepth
@@ -193,8 +194,7 @@ def _open_generator(engine: Path | None, checkpoint: Path | None, device: str, t
               help="Requested levels per class from 0 to the training maximum (1.25x and 1.5x are added).")
 @click.option("--tiles-per-level", type=int, default=4, show_default=True, help="Tiles per level (fixed seeds).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Base seed; sweep tile i uses (seed, i).")
-@click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps.")
-@click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True, help="Guidance scale.")
+@sampler_option_decorators
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
@@ -205,8 +205,9 @@ def _open_generator(engine: Path | None, checkpoint: Path | None, device: str, t
 @click.option("--qc-attempts", type=int, default=3, show_default=True, help="Samples per tile at most with --qc.")
 @marker_depth_option
 def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels: int, tiles_per_level: int,
-                seed: int, steps: int, guidance: float, batch: int, device: str, threads: int | None,
-                data: Path | None, qc: float | None, qc_attempts: int, marker_depth: MarkerDepth) -> None:
+                seed: int, sampler: str | None, steps: int | None, eta: float, guidance: float | None,
+                corrector: bool | None, batch: int, device: str, threads: int | None, data: Path | None,
+                qc: float | None, qc_attempts: int, marker_depth: MarkerDepth) -> None:
     """Count control: a per-class sweep of requested counts (per tissue's trained range, into the extrapolation
     region); with --data, tissue collapse; with --qc, the sweep before and after QC regeneration. An --out
     holding an earlier sweep with the same settings resumes it (and reuses its cached tissue classifier)."""
@@ -221,7 +222,8 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
     if (engine is None) == (checkpoint is None):
         raise HistoSmithError("give exactly one of --engine and --checkpoint")
     design = SweepDesign(levels=levels, tiles_per_level=tiles_per_level)
-    plan = GenerationPlan(seed=seed, steps=steps, guidance=guidance, batch=batch, qc=qc, qc_attempts=qc_attempts)
+    plan = GenerationPlan(seed=seed, eta=eta, batch=batch, qc=qc, qc_attempts=qc_attempts,
+                          **sampling_plan_fields(sampler, steps, guidance, corrector))
     from histosmith.evaluation.control_markdown import format_markdown
     from histosmith.evaluation.control_report import check_control_out, run_control
 
@@ -229,7 +231,8 @@ def control_cmd(engine: Path | None, checkpoint: Path | None, out: Path, levels:
     if data is not None and not (data / META_FILE).is_file():
         raise HistoSmithError(f"--data {data}: not a prepared dataset (no meta.json)")
     session = _open_generator(engine, checkpoint, device, threads, batch)
-    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
+    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names).with_model_defaults(
+        session.info.sampling)
     report = run_control(session, plan, design, out, command=shlex.join(["hs-eval", *sys.argv[1:]]), data=data,
                          resume=resume)
     click.echo(format_markdown(report))

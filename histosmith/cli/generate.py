@@ -41,12 +41,13 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         ray_address: str | None,
         ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
-        balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
+        balance: bool, allow_extrapolation: bool, seed: int, sampler: str | None, steps: int | None, eta: float,
+        guidance: float | None, corrector: bool | None, batch: int, shard_size: int | None, resume: bool,
+        qc: float | None, qc_attempts: int, qc_segmenter: Path | None, qc_min_pq: float | None,
+        marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, qc_max_area=qc_max_area)
+                                  qc_min_pq, qc_max_area=qc_max_area, sampler=sampler, corrector=corrector)
     qc_flags = [f for f, v in (("--qc", qc), ("--qc-segmenter", qc_segmenter), ("--qc-max-area", qc_max_area))
                 if v is not None]
     if ray_address is not None and (qc_flags or compile_engine):
@@ -65,7 +66,8 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
     try:
         if check is not None:
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
-        plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
+        plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names).with_model_defaults(
+            session.info.sampling)
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
             result = _generate_on_ray(engine, session, plan, conditions, out, resume, ray_address, ray_workers)

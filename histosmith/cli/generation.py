@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from histosmith.cli.common import SEED, marker_depth_option
+from histosmith.runtime.schedule import SAMPLERS
 
 
 def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,10 +28,7 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--allow-extrapolation", is_flag=True, help="Allow counts above the training range (warns)."),
         click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Base seed; tile i uses (seed, i)."),
-        click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps."),
-        click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM eta."),
-        click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True,
-                     help="Classifier-free guidance scale (1 = conditional only)."),
+        *sampler_options(),
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch."),
         click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per output shard."),
         click.option("--resume", is_flag=True, help="Finish an interrupted run in --out."),
@@ -54,14 +52,47 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def sampler_options() -> list[Callable[..., Any]]:
+    """``--sampler``, ``--steps``, ``--eta``, ``--guidance``, ``--corrector``: every command that samples takes
+    these; what is left out comes from the model (its manifest's sampling defaults)."""
+    return [
+        click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+                     help="ddim (the paper's), dpmpp-2m (DPM-Solver++(2M)) or unipc  [default: the model's]"),
+        click.option("--steps", type=click.IntRange(1, 1000), default=None,
+                     help="Network calls per tile  [default: the model's]"),
+        click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="DDIM eta (0 = deterministic; the other samplers take 0 only)."),
+        click.option("--guidance", type=click.FloatRange(0), default=None,
+                     help="Classifier-free guidance scale (1 = conditional only)  [default: the model's]"),
+        click.option("--corrector/--no-corrector", default=None, help="UniPC's corrector  [default: on]"),
+    ]
+
+
+def sampler_option_decorators(f: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`sampler_options` as one decorator."""
+    for option in reversed(sampler_options()):
+        f = option(f)
+    return f
+
+
+def sampling_plan_fields(sampler: str | None, steps: int | None, guidance: float | None,
+                         corrector: bool | None) -> dict[str, Any]:
+    """GenerationPlan fields of the sampler options; those left out are marked for the model's defaults."""
+    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "corrector": corrector}
+    fallback = {"sampler": "ddim", "steps": 50, "guidance": 4.0, "corrector": True}
+    return {k: fallback[k] if v is None else v for k, v in given.items()} | {
+        "unset": frozenset(k for k, v in given.items() if v is None)}
+
+
 def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
-                  from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float,
-                  guidance: float, batch: int, shard_size: int | None, out: Path, resume: bool,
+                  from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int | None,
+                  eta: float, guidance: float | None, batch: int, shard_size: int | None, out: Path, resume: bool,
                   qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
-                  qc_min_pq: float | None = None,
-                  qc_max_area: str | None = None) -> tuple[Any, Any]:
+                  qc_min_pq: float | None = None, qc_max_area: str | None = None, sampler: str | None = None,
+                  corrector: bool | None = None) -> tuple[Any, Any]:
     """The condition request and the generation plan, checked (with ``--out``) before any model loads; the
-    plan's ``--marker-depth`` is bound once the model's classes are known (``plan.with_marker_depth``)."""
+    plan's ``--marker-depth`` is bound once the model's classes are known (``plan.with_marker_depth``), and
+    its unset sampling fields once its defaults are (``plan.with_model_defaults``)."""
     from histosmith.errors import HistoSmithError
 
     if qc_min_pq is not None and qc_segmenter is None:
@@ -72,9 +103,9 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
-    plan = GenerationPlan(seed=seed, steps=steps, eta=eta, guidance=guidance, batch=batch, shard_size=shard_size,
-                          qc=qc, qc_attempts=qc_attempts,
-                          qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None)
+    plan = GenerationPlan(seed=seed, eta=eta, batch=batch, shard_size=shard_size, qc=qc, qc_attempts=qc_attempts,
+                          qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None,
+                          **sampling_plan_fields(sampler, steps, guidance, corrector))
     check_output_dir(out, resume)
     return request, plan
 

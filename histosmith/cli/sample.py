@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 @generation_options
 def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile_modules: bool, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
-        balance: bool, allow_extrapolation: bool, seed: int, steps: int, eta: float, guidance: float, batch: int,
-        shard_size: int | None, resume: bool, qc: float | None, qc_attempts: int, qc_segmenter: Path | None,
-        qc_min_pq: float | None, marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
+        balance: bool, allow_extrapolation: bool, seed: int, sampler: str | None, steps: int | None, eta: float,
+        guidance: float | None, corrector: bool | None, batch: int, shard_size: int | None, resume: bool,
+        qc: float | None, qc_attempts: int, qc_segmenter: Path | None, qc_min_pq: float | None,
+        marker_depth: MarkerDepth, qc_max_area: str | None) -> None:
     request, plan = parse_request(n, counts, tissue, conditions_csv, from_dataset, balance, allow_extrapolation, seed,
                                   steps, eta, guidance, batch, shard_size, out, resume, qc, qc_attempts, qc_segmenter,
-                                  qc_min_pq, qc_max_area=qc_max_area)
+                                  qc_min_pq, qc_max_area=qc_max_area, sampler=sampler, corrector=corrector)
     from histosmith.errors import HistoSmithError
 
     if not checkpoint.exists():
@@ -47,7 +48,8 @@ def cli(checkpoint: Path, device: str, precision: str, cuda_graph: bool, compile
     session = CheckpointSession(load_generator(checkpoint), str(dev), precision, cuda_graph, compile_modules, batch)
     if check is not None:
         check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
-    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names)
+    plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names).with_model_defaults(
+        session.info.sampling)
     conditions = request.resolve(session.info, plan.seed)
     result = generate(session, plan, conditions, out, resume=resume, check=check)
     echo_result(result, write_report(result, list(session.info.spec.class_names)))

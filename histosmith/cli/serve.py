@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from histosmith.cli.common import entry_point, marker_depth_option
+from histosmith.cli.generation import sampler_option_decorators
 from histosmith.errors import HistoSmithError
 from histosmith.extras import require
 
@@ -33,17 +34,16 @@ if TYPE_CHECKING:
               help="How long a batch waits for more requests.")
 @click.option("--instances", type=click.IntRange(min=1), default=8, show_default=True,
               help="Requests accepted at once (their tiles share engine batches); each is a Python process.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="Default DDIM steps.")
-@click.option("--guidance", type=click.FloatRange(0), default=4.0, show_default=True, help="Default guidance.")
-@click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM eta.")
+@sampler_option_decorators
 @click.option("--allow-extrapolation", is_flag=True, help="Accept counts above the training range.")
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | tensorrt (ONNX Runtime providers).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--verbose", is_flag=True, help="Triton's log on stdout.")
 @marker_depth_option
 def cli(export_dir: Path | None, repo: Path | None, engine: str, host: str, port: int, grpc_port: int | None,
-        metrics_port: int | None, max_batch: int, max_delay_ms: float, instances: int, steps: int, guidance: float,
-        eta: float, allow_extrapolation: bool, device: str, threads: int | None, verbose: bool,
+        metrics_port: int | None, max_batch: int, max_delay_ms: float, instances: int, sampler: str | None,
+        steps: int | None, eta: float, guidance: float | None, corrector: bool | None, allow_extrapolation: bool,
+        device: str, threads: int | None, verbose: bool,
         marker_depth: MarkerDepth) -> None:
     require("hs-serve", "serve")
     from histosmith.runtime.serving import ServeDefaults, TileRenderer
@@ -67,7 +67,7 @@ def cli(export_dir: Path | None, repo: Path | None, engine: str, host: str, port
         return
     assert export_dir is not None
     path = export_dir / engine
-    defaults = ServeDefaults(steps, guidance, eta, allow_extrapolation, str(marker_depth))
+    defaults = ServeDefaults(steps, guidance, eta, allow_extrapolation, str(marker_depth), sampler, corrector)
     renderer = TileRenderer(path, max_batch, defaults, device, threads)
     click.echo(f"hs-serve: model 'histosmith' from {path} on http://{host}:{port} (gRPC {grpc_port}, "
                f"metrics {metrics_port}); Ctrl-C stops", err=True)

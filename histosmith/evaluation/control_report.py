@@ -128,7 +128,7 @@ def run_control(session: GeneratorSession, plan: GenerationPlan, design: SweepDe
     report |= {"command": command, "model": session.model_id, "design": {
         "levels": design.levels, "tiles_per_level": design.tiles_per_level,
         "extrapolation": list(design.extrapolation)},
-        "sampling": {"seed": plan.seed, "steps": plan.steps, "eta": plan.eta, "guidance": plan.guidance,
+        "sampling": {"seed": plan.seed, **plan.sampling.record(), "guidance": plan.guidance,
                      "marker_depth": marker_depth_label(plan.postprocess, info.spec.class_names)}}
     if plan.qc is not None:
         report["qc"] = {"tolerance": plan.qc, "attempts": plan.qc_attempts,

@@ -33,30 +33,36 @@ class GuidedUNet(nn.Module):
         return null_out + guidance[:, None, None, None].type_as(out) * (cond_out - null_out)
 
 
-class DDIMUpdate(nn.Module):
-    """``x_s = A x_t + B ε̂ + σ z`` with ``coefs = (A, B, σ)`` (see histosmith.runtime.schedule).
+class SolverUpdate(nn.Module):
+    """One step of any sampler (histosmith.runtime.schedule, ``fused_update``): with
+    ``coefs = (A, B, σ, P, Q, C1, C2)`` and ``history`` (B, 2, C, h, w) the x̂_0 of the two previous steps,
+    ``x̂_0 = P x + Q ε̂`` and ``x_s = A x + B ε̂ + C1 x̂_0' + C2 x̂_0'' + σ z``; returns ``x_s`` and the next history.
 
-    A module of its own so its exported nodes carry the ``ddim_update`` scope, which the fp16
+    A module of its own so its exported nodes carry the ``solver_update`` scope, which the fp16
     converter keeps in float32: the latent accumulates over every step.
     """
 
-    def forward(self, latent: torch.Tensor, noise_pred: torch.Tensor, coefs: torch.Tensor,
-                noise: torch.Tensor) -> torch.Tensor:
-        x, eps, z = latent.float(), noise_pred.float(), noise.float()
-        return (coefs[0] * x + coefs[1] * eps + coefs[2] * z).type_as(latent)
+    def forward(self, latent: torch.Tensor, noise_pred: torch.Tensor, coefs: torch.Tensor, noise: torch.Tensor,
+                history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, eps, z, hist = latent.float(), noise_pred.float(), noise.float(), history.float()
+        x0 = coefs[3] * x + coefs[4] * eps
+        nxt = coefs[0] * x + coefs[1] * eps + coefs[5] * hist[:, 0] + coefs[6] * hist[:, 1] + coefs[2] * z
+        return nxt.type_as(latent), torch.stack([x0, hist[:, 0]], dim=1).type_as(history)
 
 
-class DDIMStep(nn.Module):
-    """One whole sampling step on the device: guided U-Net, then the DDIM update."""
+class SamplerStep(nn.Module):
+    """One whole sampling step on the device: guided U-Net, then the solver update."""
 
     def __init__(self, guided: GuidedUNet):
         super().__init__()
         self.guided = guided
-        self.ddim_update = DDIMUpdate()
+        self.solver_update = SolverUpdate()
 
     def forward(self, latent: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, guidance: torch.Tensor,
-                step_coefs: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:
-        return self.ddim_update(latent, self.guided(latent, timestep, condition, guidance), step_coefs, step_noise)
+                step_coefs: torch.Tensor, step_noise: torch.Tensor,
+                x0_history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = self.guided(latent, timestep, condition, guidance)
+        return self.solver_update(latent, eps, step_coefs, step_noise, x0_history)
 
 
 class LatentDecoder(nn.Module):

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,6 @@ class Backend(Protocol):
         ...
 
 
-def tables_check(tables: DDIMTables, step_noise: np.ndarray | None) -> None:
+def tables_check(tables: SamplerTables, step_noise: np.ndarray | None) -> None:
     if tables.stochastic and step_noise is None:
         raise ValueError("eta > 0 needs per-step noise")

@@ -1,9 +1,10 @@
 """ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, IOBinding on preallocated buffers.
 
 Host loop (CPU provider): per batch size, the host buffers (latent, timestep, condition, guidance, noise
-prediction, decoder outputs) are allocated once and bound by pointer; the DDIM loop then only writes the
-timestep, runs the U-Net and updates the latent in place (``x *= A; ε̂ *= B; x += ε̂``) — no allocation
-per step.
+prediction, x̂_0 history, decoder outputs) are allocated once and bound by pointer; the sampling loop then
+only writes the timestep, runs the U-Net and updates the latent in place with the step's scalars
+(:mod:`histosmith.runtime.schedule`: ``x̂_0 = P x + Q ε̂``, ``x = A x + B ε̂ + C1 x̂_0' + C2 x̂_0''``) — no
+allocation per step; the history rotates by reference.
 
 Device loop (CUDA / TensorRT providers): the fused step graph (guided U-Net + DDIM update) runs on
 OrtValues that live on the device (:mod:`histosmith.runtime.backends.ort_device`), so the latent never
@@ -22,7 +23,7 @@ import onnxruntime as ort
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Decoded, tables_check
 from histosmith.runtime.backends.ort_device import DeviceLoop
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 from histosmith.runtime.specs import (
     CONDITION,
     DISTANCE,
@@ -114,6 +115,7 @@ class _Buffers:
     guidance: np.ndarray
     noise_pred: np.ndarray
     scratch: np.ndarray
+    history: list[np.ndarray]  # x̂_0 of the previous steps, newest first, and one spare (multistep solvers)
     outputs: dict[str, np.ndarray]
     unet_binding: ort.IOBinding
     decoder_binding: ort.IOBinding
@@ -128,7 +130,7 @@ def _bind(binding: ort.IOBinding, name: str, array: np.ndarray, output: bool) ->
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(self, unet: Path, decoder: Path, unet_spec: GraphSpec, decoder_spec: GraphSpec, tables: DDIMTables,
+    def __init__(self, unet: Path, decoder: Path, unet_spec: GraphSpec, decoder_spec: GraphSpec, tables: SamplerTables,
                  batch_range: tuple[int, int], provider: str = "cpu", threads: int | None = None,
                  step: Path | None = None, step_spec: GraphSpec | None = None, device_loop: bool | None = None,
                  cuda_graph: bool = True, device_id: int = 0):
@@ -201,6 +203,8 @@ class OnnxBackend:
             guidance=np.zeros(u_in[GUIDANCE], np.float32),
             noise_pred=np.zeros(self.unet_spec.output_shapes(batch)[NOISE_PRED], np.float32),
             scratch=np.zeros(u_in[LATENT], np.float32),
+            history=[np.zeros(u_in[LATENT], np.float32) for _ in range(self.tables.history + 1 if
+                                                                       self.tables.history else 0)],
             outputs={name: np.zeros(shape, np.float32)
                      for name, shape in self.decoder_spec.output_shapes(batch).items()},
             unet_binding=self.unet.io_binding(),
@@ -243,13 +247,27 @@ class OnnxBackend:
         buf.condition[:n], buf.condition[n:] = conditions, 0
         buf.guidance[:n], buf.guidance[n:] = guidance, 1
         t = self.tables
+        hist = buf.history  # [x̂_0 of step i-1, x̂_0 of step i-2, spare]: rotated, never copied
+        for h in hist:
+            h.fill(0)
         for i in range(t.num_steps):
             buf.timestep.fill(t.timesteps[i])
             self.unet.run_with_iobinding(buf.unet_binding)
-            # DDIM step in place: x = A x + B ε̂ (+ σ z)
+            if hist:  # x̂_0 = P x + Q ε̂, into the spare buffer, before x changes
+                x0 = hist[-1]
+                np.multiply(buf.latent, t.x0_sample_coef[i], out=x0)
+                np.multiply(buf.noise_pred, t.x0_output_coef[i], out=buf.scratch)
+                np.add(x0, buf.scratch, out=x0)
+            # the step in place: x = A x + B ε̂ (+ C_k x̂_0[i-1-k]) (+ σ z)
             np.multiply(buf.latent, t.sample_coef[i], out=buf.latent)
             np.multiply(buf.noise_pred, t.output_coef[i], out=buf.noise_pred)
             np.add(buf.latent, buf.noise_pred, out=buf.latent)
+            for k in range(len(hist) - 1):
+                if t.history_coef[i, k] != 0:
+                    np.multiply(hist[k], t.history_coef[i, k], out=buf.scratch)
+                    np.add(buf.latent, buf.scratch, out=buf.latent)
+            if hist:
+                hist.insert(0, hist.pop())  # the new x̂_0 becomes the newest; the oldest the spare
             if t.noise_coef[i] != 0 and step_noise is not None:
                 np.multiply(step_noise[i], t.noise_coef[i], out=buf.scratch[:n])
                 np.add(buf.latent[:n], buf.scratch[:n], out=buf.latent[:n])

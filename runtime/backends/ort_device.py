@@ -1,8 +1,9 @@
 """The ONNX Runtime device loop: the fused step graph on OrtValues that live on the device.
 
 Per batch bucket, every tensor is an OrtValue allocated once on the device: two latents used in turn
-(step i reads ``latents[i % 2]`` and writes the other), the condition and guidance, and per step its own
-timestep vector, DDIM coefficients ``(A, B, σ)`` and (eta > 0) step noise. Step i has its own IOBinding
+(step i reads ``latents[i % 2]`` and writes the other), likewise two x̂_0 histories (multistep solvers),
+the condition and guidance, and per step its own timestep vector, solver coefficients
+``(A, B, σ, P, Q, C1, C2)`` and (eta > 0) step noise. Step i has its own IOBinding
 over these fixed addresses, so with ``enable_cuda_graph`` ONNX Runtime captures each step once (graph
 id i + 1; id 0 is reserved) and replays it for every later batch. The per-step constants are uploaded
 once per bucket; per batch only the initial noise, the conditions and the step noise go in, and the
@@ -19,16 +20,19 @@ import numpy as np
 import onnxruntime as ort
 
 from histosmith.runtime.planning import StepTables, pad_rows
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 from histosmith.runtime.specs import (
     CONDITION,
     GUIDANCE,
     LATENT,
     NEXT_LATENT,
+    NEXT_X0_HISTORY,
     STEP_COEFS,
     STEP_NOISE,
     TIMESTEP,
+    X0_HISTORY,
     GraphSpec,
+    step_coef_count,
 )
 
 GRAPH_ID = "gpu_graph_id"  # RunOptions key of ONNX Runtime's CUDA-graph annotation
@@ -42,6 +46,7 @@ def device_value(shape: tuple[int, ...], device: str, device_id: int) -> ort.Ort
 @dataclass
 class _Bucket:
     latents: tuple[ort.OrtValue, ort.OrtValue]
+    histories: tuple[ort.OrtValue, ...]  # two in turn where the step graph carries an x̂_0 history, else none
     condition: ort.OrtValue
     guidance: ort.OrtValue
     noise: list[ort.OrtValue]  # S values with eta > 0, else one zero-filled value shared by every step
@@ -55,7 +60,7 @@ class DeviceLoop:
     """S fused steps and the decoder on device-resident OrtValues, one IOBinding (and CUDA graph) per step."""
 
     def __init__(self, step: ort.InferenceSession, decoder: ort.InferenceSession, step_spec: GraphSpec,
-                 decoder_spec: GraphSpec, tables: DDIMTables, device: str, device_id: int = 0,
+                 decoder_spec: GraphSpec, tables: SamplerTables, device: str, device_id: int = 0,
                  cuda_graph: bool = False):
         self.step, self.decoder = step, decoder
         self.step_spec, self.decoder_spec, self.tables = step_spec, decoder_spec, tables
@@ -81,10 +86,12 @@ class DeviceLoop:
 
     def _allocate(self, batch: int) -> _Bucket:
         shapes = self.step_spec.input_shapes(batch)
-        tables = StepTables.build(self.tables, batch)
+        tables = StepTables.build(self.tables, batch, step_coef_count(self.step_spec))
         s = self.tables.num_steps
+        has_history = X0_HISTORY in shapes
         bucket = _Bucket(
             latents=(self._value(shapes[LATENT]), self._value(shapes[LATENT])),
+            histories=tuple(self._value(shapes[X0_HISTORY]) for _ in range(2 if has_history else 0)),
             condition=self._value(shapes[CONDITION]),
             guidance=self._value(shapes[GUIDANCE]),
             noise=[self._value(shapes[STEP_NOISE]) for _ in range(s if self.tables.stochastic else 1)],
@@ -97,11 +104,16 @@ class DeviceLoop:
             self._upload(coefs, tables.coefs[i])
         if not self.tables.stochastic:
             self._upload(bucket.noise[0], np.zeros(shapes[STEP_NOISE], np.float32))
+        for value in bucket.histories:  # the first steps read it with zero coefficients: keep it finite
+            self._upload(value, np.zeros(shapes[X0_HISTORY], np.float32))
         for i in range(s):
             binding = self.step.io_binding()
             noise = bucket.noise[i if self.tables.stochastic else 0]
             inputs = {LATENT: bucket.latents[i % 2], TIMESTEP: bucket.constants[i][0], CONDITION: bucket.condition,
                       GUIDANCE: bucket.guidance, STEP_COEFS: bucket.constants[i][1], STEP_NOISE: noise}
+            if has_history:
+                inputs[X0_HISTORY] = bucket.histories[i % 2]
+                binding.bind_ortvalue_output(NEXT_X0_HISTORY, bucket.histories[(i + 1) % 2])
             for name in self.step_spec.input_names:
                 binding.bind_ortvalue_input(name, inputs[name])
             binding.bind_ortvalue_output(NEXT_LATENT, bucket.latents[(i + 1) % 2])

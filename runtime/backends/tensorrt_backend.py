@@ -32,8 +32,19 @@ from histosmith.runtime.planning import (
     StepTables,
     capture_plan,
 )
-from histosmith.runtime.schedule import DDIMTables
-from histosmith.runtime.specs import CONDITION, DECODER, DISTANCE, IMAGE, LATENT, SEMANTIC, STEP, GraphSpec
+from histosmith.runtime.schedule import SamplerTables
+from histosmith.runtime.specs import (
+    CONDITION,
+    DECODER,
+    DISTANCE,
+    IMAGE,
+    LATENT,
+    SEMANTIC,
+    STEP,
+    X0_HISTORY,
+    GraphSpec,
+    step_coef_count,
+)
 from histosmith.runtime.tensorrt_api import create_context
 from histosmith.runtime.tensorrt_facts import check_engine_facts
 
@@ -94,7 +105,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, step_plan: Path, decoder_plan: Path, step_spec: GraphSpec, decoder_spec: GraphSpec,
-                 variant: Variant, tables: DDIMTables, cuda_graph: bool = True):
+                 variant: Variant, tables: SamplerTables, cuda_graph: bool = True):
         trt = import_tensorrt()
         self.trt, self.cudart = trt, import_cudart()
         gpu, major, minor = device_facts()
@@ -117,7 +128,7 @@ class TensorRTBackend:
 
     @classmethod
     def from_files(cls, unet: Path, decoder: Path, manifest: Manifest, variant: Variant,
-                   tables: DDIMTables) -> TensorRTBackend:
+                   tables: SamplerTables) -> TensorRTBackend:
         return cls(unet, decoder, manifest.graph(STEP), manifest.graph(DECODER), variant, tables)
 
     def batch_sizes(self) -> tuple[int, int]:
@@ -138,15 +149,18 @@ class TensorRTBackend:
 
     def _setup(self, batch: int) -> _Bucket:
         profile = self.buckets.sizes.index(batch)
-        steps = StepTables.build(self.tables, batch)
+        steps = StepTables.build(self.tables, batch, step_coef_count(self.step_spec))
         s, f32 = self.tables.num_steps, np.dtype(np.float32).itemsize
         latent_bytes = batch * int(np.prod(self.latent_shape)) * f32
         sizes = {
             "latent_in": latent_bytes, "latent_out": latent_bytes, "noise_cur": latent_bytes,
             "condition": batch * self.step_spec.input_shapes(batch)[CONDITION][1] * f32, "guidance": batch * f32,
-            "timestep_cur": batch * f32, "coefs_cur": 3 * f32,
+            "timestep_cur": batch * f32, "coefs_cur": steps.coefs.shape[1] * f32,
             "timesteps": steps.timesteps.nbytes, "coefs": steps.coefs.nbytes,
         }
+        has_history = X0_HISTORY in self.step_spec.input_names
+        if has_history:  # (B, 2, C, h, w): the x̂_0 of the two previous steps, in and out
+            sizes |= {"history_in": 2 * latent_bytes, "history_out": 2 * latent_bytes}
         if self.tables.stochastic:
             sizes["noise"] = s * latent_bytes
         out_shapes = self.decoder_spec.output_shapes(batch)
@@ -162,13 +176,18 @@ class TensorRTBackend:
         buffers["coefs"].upload(steps.coefs, self.stream)
         if not self.tables.stochastic:  # σ = 0 at every step: the bound noise slot stays zero
             buffers["noise_cur"].upload(np.zeros((batch, *self.latent_shape), np.float32), self.stream)
+        if has_history:  # read with zero coefficients until filled (and always, for DDIM): keep it finite
+            buffers["history_in"].upload(np.zeros((batch, 2, *self.latent_shape), np.float32), self.stream)
         check(self.cudart.cudaStreamSynchronize(self.stream), "upload step tables")
         keep: list = []
         bucket = _Bucket(batch, self._context(self.step_engine, profile, self.step_spec, batch, keep),
                          self._context(self.decoder_engine, profile, self.decoder_spec, batch, keep), buffers,
-                         host, capture_plan(s, self.tables.stochastic), keep=keep)
+                         host, capture_plan(s, self.tables.stochastic, has_history and self.tables.history > 0),
+                         keep=keep)
         for graph, ctx in (("step", bucket.step_ctx), ("decoder", bucket.decoder_ctx)):
             for name, buffer in BINDINGS[graph].items():
+                if buffer not in buffers:  # the history of a step graph that has none
+                    continue
                 if not ctx.set_tensor_address(name, buffers[buffer].ptr):
                     raise HistoSmithError(f"TensorRT rejected the address of {name} ({graph} engine)")
         self._issue(bucket)  # uncaptured warm-up: shape-dependent setup happens here, not in the graph

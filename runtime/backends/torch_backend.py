@@ -1,17 +1,16 @@
 """The torch backend: the reference sampler on the CPU, and the GPU path for machines without TensorRT.
 
-It takes two callables — the guided U-Net ``(latent, timestep, condition, guidance) -> ε̂`` and the
-decoder ``latent -> (image, distance, semantic)`` — either live modules (``hs-sample``) or the
-torch.export programs ``hs-export`` writes (``hs-generate --engine unet.pt2`` / ``unet.bf16.pt2`` ...),
-which carry no device: they run wherever they are loaded.
+It takes two callables — the guided U-Net ``(latent, timestep, condition, guidance) -> ε̂`` and the decoder
+``latent -> (image, distance, semantic)`` — either live modules (``hs-sample``) or the torch.export programs
+``hs-export`` writes (``hs-generate --engine unet.pt2`` / ``unet.bf16.pt2`` ...), which carry no device: they
+run wherever they are loaded.
 
-Every batch bucket gets static buffers; on CUDA (``cuda_graph=True``) the whole loop — S guided U-Net
-calls, the DDIM updates and the decoder — is captured once per bucket as one CUDA graph and replayed
-for every batch. Per batch, noise, conditions and (eta > 0) the step noise go through pinned host
-buffers in one asynchronous copy each, and the outputs come back the same way before the one sync.
-Modules may run in fp16 / bf16 (their normalisation and softmax stay fp32 inside); the latent itself is
-kept and updated in fp32, since it accumulates over all steps. torch is imported only when this
-backend is.
+Every batch bucket gets static buffers; on CUDA (``cuda_graph=True``) the whole loop — S guided U-Net calls,
+the sampler updates (with a multistep solver's x̂_0 history) and the decoder — is captured once per bucket as
+one CUDA graph and replayed for every batch. Per batch, noise, conditions and (eta > 0) the step noise go
+through pinned host buffers in one asynchronous copy each, and the outputs come back the same way before the
+one sync. Modules may run in fp16 / bf16 (their normalisation and softmax stay fp32 inside); the latent itself
+is kept and updated in fp32, since it accumulates over all steps. torch is imported only when this backend is.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from histosmith.errors import HistoSmithError
 from histosmith.runtime.backends.base import Decoded, tables_check
 from histosmith.runtime.backends.torch_program import DTYPES, load_program
 from histosmith.runtime.planning import BatchBuckets
-from histosmith.runtime.schedule import DDIMTables
+from histosmith.runtime.schedule import SamplerTables
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class _Static:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, guided: Callable[..., torch.Tensor], decoder: Callable[..., Any], tables: DDIMTables,
+    def __init__(self, guided: Callable[..., torch.Tensor], decoder: Callable[..., Any], tables: SamplerTables,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
                  buckets: BatchBuckets | None = None, compile_modules: bool = False, pad: bool | None = None):
         """``buckets``: the batch sizes static buffers (and CUDA graphs) exist for; a batch runs in the
@@ -100,8 +99,9 @@ class TorchBackend:
         self.buckets = buckets
         self.pad = buckets is not None and (self.device.type == "cuda" if pad is None else pad)
         # Per-step scalars as Python floats: the loop multiplies by constants (baked into a captured graph).
-        self.coefs = [(float(a), float(b), float(s)) for a, b, s in
-                      zip(tables.sample_coef, tables.output_coef, tables.noise_coef, strict=True)]
+        # Rows (A, B, σ, P, Q, C1, C2): runtime.schedule.
+        self.coefs = [tuple(float(c) for c in row) for row in tables.coefs()]
+        self.history = tables.history
         self._static: dict[int, _Static] = {}
         precision = str(dtype).removeprefix("torch.")
         if self.cuda_graph:
@@ -114,7 +114,7 @@ class TorchBackend:
             self.name += "-compiled"
 
     @classmethod
-    def from_files(cls, unet: Path, decoder: Path, tables: DDIMTables, device: str = "cpu",
+    def from_files(cls, unet: Path, decoder: Path, tables: SamplerTables, device: str = "cpu",
                    precision: str = "fp32", cuda_graph: bool | None = None,
                    buckets: BatchBuckets | None = None, pad: bool | None = None,
                    compile_modules: bool = False) -> TorchBackend:
@@ -137,11 +137,19 @@ class TorchBackend:
     def _loop(self, st: _Static) -> tuple[torch.Tensor, ...]:
         """S steps + the decoder, reading only the static buffers (so it can be captured)."""
         x = st.latent
-        for i, (a, b, s) in enumerate(self.coefs):
-            eps = self.guided(x.to(self.dtype), st.timesteps[i], st.condition, st.guidance)
-            x = a * x + b * eps.float()  # DDIM step (runtime.schedule): x_s = A x_t + B ε̂ (+ σ z)
+        history: list[torch.Tensor] = []  # x̂_0 of the previous steps, newest first (multistep solvers)
+        for i, (a, b, s, p, q, c1, c2) in enumerate(self.coefs):
+            eps = self.guided(x.to(self.dtype), st.timesteps[i], st.condition, st.guidance).float()
+            x0 = p * x + q * eps if self.history else None
+            x_next = a * x + b * eps  # runtime.schedule: x_s = A x_t + B ε̂ (+ C_k x̂_0[i-1-k]) (+ σ z)
+            for c, earlier in zip((c1, c2), history, strict=False):
+                if c != 0.0:
+                    x_next = x_next + c * earlier
             if s != 0.0 and st.noise is not None:
-                x = x + s * st.noise[i]
+                x_next = x_next + s * st.noise[i]
+            if x0 is not None:
+                history = [x0, *history[:self.history - 1]]
+            x = x_next
         image, distance, semantic = self.decoder(x.to(self.dtype))
         return image.float(), distance.float(), semantic.float(), x
 

@@ -13,7 +13,7 @@ from histosmith.export.onnx_export import to_onnx
 from histosmith.models.layers import SelfAttention, Upsample, norm
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
 from histosmith.runtime.manifest import BatchRange, Manifest
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.specs import BATCH, DECODER, UNET, GraphSpec, TensorSpec, decoder_spec, unet_spec
 
 
@@ -57,7 +57,7 @@ def test_fixed_batch_export_pads_smaller_batches(tiny_runs, tmp_path):
     assert manifest.batch == BatchRange(dynamic=False, min=4, max=4)
     assert onnx.load(str(out / "unet.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
     info = manifest.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(3)
+    tables = Scheduler(info.schedule).set_timesteps(3)
     backend = OnnxBackend(out / "unet.onnx", out / "decoder.onnx", manifest.graph(UNET), manifest.graph(DECODER),
                           tables, (4, 4))
     rng = np.random.default_rng(0)

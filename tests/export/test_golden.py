@@ -29,7 +29,7 @@ from histosmith.models.vqvae import VQAutoencoder
 from histosmith.models.wrappers import GuidedUNet, LatentDecoder
 from histosmith.runtime.backends.onnx_backend import OnnxBackend
 from histosmith.runtime.backends.torch_backend import TorchBackend
-from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
+from histosmith.runtime.schedule import ScheduleConfig, Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import decoder_spec, unet_spec
 
@@ -95,7 +95,7 @@ def setup(tmp_path_factory):
     cfg = guided.unet.cfg
     latent_shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     feeds = _inputs(latent_shape)
-    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(STEPS, ETA)
+    tables = Scheduler(ScheduleConfig()).set_timesteps(STEPS, ETA)
     latents, step_noise = tile_noise(SEED, np.arange(2), latent_shape, STEPS, tables.stochastic)
     sample_in = (latents, feeds["condition"], feeds["guidance"], step_noise)
     if WRITE:

@@ -23,7 +23,7 @@ from histosmith.runtime.engine import open_engine
 from histosmith.runtime.generate import GenerationPlan, decode_labels, generate
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.postprocess import PostprocessConfig
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import DECODER, UNET
 from tests.conftest import run_cli
@@ -32,7 +32,7 @@ SHARD_FILES = ("images.npy", "labels.npy", "counts.csv", "patch_info.csv")
 
 
 def _batch_inputs(info, n=16, seed=5, steps=10, eta=0.0):
-    tables = DDIMScheduler(info.schedule).set_timesteps(steps, eta)
+    tables = Scheduler(info.schedule).set_timesteps(steps, eta)
     table = cond.from_dataset(info, n, seed)
     latents, noise = tile_noise(seed, np.arange(n), info.latent_shape, steps, tables.stochastic)
     vectors = info.spec.vectors(table.counts, table.tissues)

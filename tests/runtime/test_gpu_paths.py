@@ -21,7 +21,7 @@ from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.engine import EngineOptions, EngineSession, engine_buckets, open_engine
 from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.planning import BatchBuckets
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import DECODER, STEP, UNET
 
@@ -34,7 +34,7 @@ def test_ort_device_loop_matches_the_host_loop(tiny_export, eta):
     turn) driven with CPU OrtValues, against the host loop on the same noise."""
     manifest = Manifest.load(tiny_export)
     info = manifest.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(4, eta)
+    tables = Scheduler(info.schedule).set_timesteps(4, eta)
     args = (tiny_export / "unet.onnx", tiny_export / "decoder.onnx", manifest.graph(UNET), manifest.graph(DECODER),
             tables, manifest.batch.bounds)
     host = OnnxBackend(*args)
@@ -76,7 +76,7 @@ def test_buckets_for_the_default_batch(tiny_export):
     torch_variant = manifest.variant_for(tiny_export / "unet.pt2")
     assert engine_buckets(manifest, torch_variant, 16).largest == 16  # no 4096 default
     assert engine_buckets(manifest, torch_variant, 500).largest == 64  # capped at the export's max batch
-    tables = DDIMScheduler(manifest.info.schedule).set_timesteps(2)
+    tables = Scheduler(manifest.info.schedule).set_timesteps(2)
     # Static buffers follow the batches actually run: their own size without buckets, the bucket with them.
     guided, decoder = (lambda x, t, c, g: torch.zeros_like(x)), (lambda z: (z, z, z))
     lat, cond, g = np.zeros((5, 3, 4, 4), np.float32), np.zeros((5, 5), np.float32), np.ones(5, np.float32)

@@ -16,7 +16,7 @@ from histosmith.runtime.planning import (
     pad_rows,
     run_plan_on_host,
 )
-from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
+from histosmith.runtime.schedule import ScheduleConfig, Scheduler
 from histosmith.runtime.specs import LATENT, NEXT_LATENT
 
 
@@ -32,7 +32,7 @@ def test_buckets_choose_the_smallest_fit_and_cover_every_size():
 
 
 def test_step_tables_and_plan():
-    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(5, eta=0.3)
+    tables = Scheduler(ScheduleConfig()).set_timesteps(5, eta=0.3)
     st = StepTables.build(tables, 4)
     assert st.timesteps.shape == (5, 4) and (st.timesteps[:, 0] == tables.timesteps).all()
     assert np.allclose(st.coefs[:, 0], tables.sample_coef) and np.allclose(st.coefs[:, 2], tables.noise_coef)
@@ -50,8 +50,8 @@ def test_step_tables_and_plan():
 
 @pytest.mark.parametrize("eta", [0.0, 0.8])
 def test_capture_plan_reproduces_the_ddim_loop(eta):
-    """Running the plan's operations with a fused numpy step equals DDIMScheduler.step in a loop."""
-    sched = DDIMScheduler(ScheduleConfig())
+    """Running the plan's operations with a fused numpy step equals Scheduler.step in a loop."""
+    sched = Scheduler(ScheduleConfig())
     tables = sched.set_timesteps(7, eta)
     rng = np.random.default_rng(0)
     b, shape = 3, (2, 4, 4)
@@ -69,7 +69,7 @@ def test_capture_plan_reproduces_the_ddim_loop(eta):
     st = StepTables.build(tables, b)
     buffers = {"latent_in": x0.copy(), "latent_out": np.zeros_like(x0), "timesteps": st.timesteps,
                "coefs": st.coefs, "noise": noise, "timestep_cur": np.zeros(b, np.float32),
-               "coefs_cur": np.zeros(3, np.float32), "noise_cur": np.zeros_like(x0), "condition": cond,
+               "coefs_cur": np.zeros(7, np.float32), "noise_cur": np.zeros_like(x0), "condition": cond,
                "guidance": np.ones(b, np.float32), "image": np.zeros_like(x0), "distance": np.zeros_like(x0),
                "semantic": np.zeros_like(x0)}
 
@@ -94,7 +94,7 @@ def test_static_buffer_torch_loop_equals_reference_on_cpu(tiny_runs):
     from histosmith.generator import load_generator
 
     gen = load_generator(tiny_runs["ldm"])
-    tables = DDIMScheduler(gen.info.schedule).set_timesteps(6, eta=0.5)
+    tables = Scheduler(gen.info.schedule).set_timesteps(6, eta=0.5)
     rng = np.random.default_rng(2)
     n = 3
     lat = rng.standard_normal((n, *gen.info.latent_shape)).astype(np.float32)
@@ -113,7 +113,7 @@ def test_cuda_graph_backend_matches_fp32_reference(tiny_runs):  # pragma: no cov
     from histosmith.generator import load_generator
 
     gen = load_generator(tiny_runs["ldm"])
-    tables = DDIMScheduler(gen.info.schedule).set_timesteps(10)
+    tables = Scheduler(gen.info.schedule).set_timesteps(10)
     rng = np.random.default_rng(0)
     lat = rng.standard_normal((8, *gen.info.latent_shape)).astype(np.float32)
     vec = gen.info.spec.vectors(gen.info.training_counts[:8], gen.info.training_tissues[:8])
@@ -142,7 +142,7 @@ def test_compiled_sampler_matches_eager(tiny_runs):  # about a minute of inducto
     from histosmith.generator import load_generator
 
     gen = load_generator(tiny_runs["ldm"])
-    tables = DDIMScheduler(gen.info.schedule).set_timesteps(4)
+    tables = Scheduler(gen.info.schedule).set_timesteps(4)
     rng = np.random.default_rng(0)
     lat = rng.standard_normal((2, *gen.info.latent_shape)).astype(np.float32)
     vec = gen.info.spec.vectors(gen.info.training_counts[:2], gen.info.training_tissues[:2])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from histosmith.runtime.backends.torch_backend import TorchBackend
-from histosmith.runtime.schedule import STEP_COEF_COUNT, DDIMScheduler, ScheduleConfig, Scheduler, alphas_cumprod
+from histosmith.runtime.schedule import STEP_COEF_COUNT, ScheduleConfig, Scheduler, alphas_cumprod
 
 # Trailing spacing written out by hand: t_i = round(T - i T / n) - 1.
 GOLDEN_TIMESTEPS = {4: [999, 749, 499, 249], 3: [999, 666, 332], 1: [999]}
@@ -39,7 +39,7 @@ def _ddim_step_by_the_paper(x, out, t, s, a, eta, z, prediction):
 
 @pytest.mark.parametrize("n", sorted(GOLDEN_TIMESTEPS))
 def test_trailing_timesteps(n):
-    assert DDIMScheduler(ScheduleConfig()).set_timesteps(n).timesteps.tolist() == GOLDEN_TIMESTEPS[n]
+    assert Scheduler(ScheduleConfig()).set_timesteps(n).timesteps.tolist() == GOLDEN_TIMESTEPS[n]
 
 
 def test_alphas_cumprod_follow_the_definition():
@@ -56,7 +56,7 @@ def test_alphas_cumprod_follow_the_definition():
 def test_every_step_matches_the_paper_formula(prediction, eta):
     """The precomputed (A, B, σ) tables reproduce DDIM eq. 12 evaluated the long way, at every step."""
     cfg = ScheduleConfig(prediction=prediction)
-    sched = DDIMScheduler(cfg)
+    sched = Scheduler(cfg)
     tables = sched.set_timesteps(7, eta)
     a = _alpha_bar_by_definition(cfg)
     rng = np.random.default_rng(3)
@@ -71,7 +71,7 @@ def test_every_step_matches_the_paper_formula(prediction, eta):
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_perfect_predictor_recovers_x0(prediction):
     cfg = ScheduleConfig(prediction=prediction)
-    sched = DDIMScheduler(cfg)
+    sched = Scheduler(cfg)
     tables = sched.set_timesteps(20)
     a = sched.alphas_cumprod
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def test_perfect_predictor_recovers_x0(prediction):
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_numpy_and_torch_loops_agree_with_a_dummy_predictor(eta):
     """Same noise, same dummy ε̂(x, t, c, g) = 0.1 x + t/1000 c̄ g: identical trajectories."""
-    sched = DDIMScheduler(ScheduleConfig())
+    sched = Scheduler(ScheduleConfig())
     tables = sched.set_timesteps(12, eta)
     rng = np.random.default_rng(1)
     x0 = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
@@ -111,7 +111,7 @@ def test_numpy_and_torch_loops_agree_with_a_dummy_predictor(eta):
 
 
 def test_step_requires_noise_when_stochastic():
-    sched = DDIMScheduler(ScheduleConfig())
+    sched = Scheduler(ScheduleConfig())
     sched.set_timesteps(5, eta=1.0)
     with pytest.raises(ValueError, match="noise"):
         sched.step(np.zeros(2), 0, np.zeros(2))
@@ -119,7 +119,7 @@ def test_step_requires_noise_when_stochastic():
 
 def test_torch_reference_matches_in_float64():
     # The table arithmetic itself: torch and numpy multiply the same float32 constants.
-    sched = DDIMScheduler(ScheduleConfig())
+    sched = Scheduler(ScheduleConfig())
     tables = sched.set_timesteps(3)
     x = torch.ones(1, dtype=torch.float64)
     assert float(tables.sample_coef[0] * x + tables.output_coef[0] * x) == pytest.approx(
@@ -195,7 +195,7 @@ def _unipc_by_the_paper(steps, x, prediction, corrector):
         m = (x - si * out) / al if prediction == "eps" else al * x - si * out
         if corrector and i > 0:
             h = lam[i] - lam[i - 1]
-            al_p, si_p = math.sqrt(a[ts[i - 1]]), math.sqrt(1 - a[ts[i - 1]])
+            si_p = math.sqrt(1 - a[ts[i - 1]])
             base = si / si_p * last - al * math.expm1(-h) * x0s[-1]
             if last_order == 1:
                 x = base - al * math.expm1(-h) * 0.5 * (m - x0s[-1])

@@ -14,7 +14,7 @@ from histosmith.runtime import cuda_rt
 from histosmith.runtime.backends import tensorrt_backend
 from histosmith.runtime.manifest import TensorRTBuild, Variant
 from histosmith.runtime.planning import BINDINGS, BatchBuckets
-from histosmith.runtime.schedule import DDIMScheduler, ScheduleConfig
+from histosmith.runtime.schedule import ScheduleConfig, Scheduler
 from histosmith.runtime.specs import DECODER, STEP, decoder_spec, step_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def gpu_api(monkeypatch, tmp_path):
         (tmp_path / "decoder.plan").write_bytes(b"plan:decoder")
         variant = Variant("fp16", "tensorrt", entry="unet.plan", decoder="decoder.plan", fused_step="unet.plan",
                           tensorrt=TensorRTBuild("Fake GPU", "9.0", version, BUCKETS))
-        tables = DDIMScheduler(ScheduleConfig()).set_timesteps(3, eta)
+        tables = Scheduler(ScheduleConfig()).set_timesteps(3, eta)
         backend = tensorrt_backend.TensorRTBackend(tmp_path / "unet.plan", tmp_path / "decoder.plan", specs[STEP],
                                                    specs[DECODER], variant, tables)
         return backend, rec, trt
@@ -169,7 +169,7 @@ def test_gpu_check_builds_and_runs_tensorrt_engines(monkeypatch, tmp_path):
     monkeypatch.setattr(build, "import_tensorrt", lambda: trt)
     engines = gpu_check.Engines.__new__(gpu_check.Engines)  # only the exported files are needed here
     engines.dir, engines.specs = tmp_path, specs
-    tables = DDIMScheduler(ScheduleConfig()).set_timesteps(3)
+    tables = Scheduler(ScheduleConfig()).set_timesteps(3)
     backend = engines.tensorrt_backend(tables, buckets)
     out = backend.sample(*_inputs(3))
     assert out.latent.shape == (3, *LATENT) and rec.count("build_serialized_network") == 2

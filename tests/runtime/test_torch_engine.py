@@ -14,7 +14,7 @@ from histosmith.export.torch_export import export_program, save_program
 from histosmith.runtime.backends.torch_backend import TorchBackend
 from histosmith.runtime.backends.torch_program import device_constants, load_program
 from histosmith.runtime.manifest import Manifest, body_digest, sha256_file
-from histosmith.runtime.schedule import DDIMScheduler
+from histosmith.runtime.schedule import Scheduler
 from histosmith.runtime.seeds import tile_noise
 from histosmith.runtime.specs import GraphSpec, TensorSpec
 from tests.conftest import run_cli
@@ -71,7 +71,7 @@ def test_every_program_runs_in_its_precision_and_follows_its_device(tiny_export)
 def test_fp16_program_samples_on_the_cpu(tiny_export):
     manifest = Manifest.load(tiny_export)
     info = manifest.info
-    tables = DDIMScheduler(info.schedule).set_timesteps(3)
+    tables = Scheduler(info.schedule).set_timesteps(3)
     latents, _ = tile_noise(0, np.arange(2), info.latent_shape, 3, False)
     vectors = info.spec.vectors(info.training_counts[:2], info.training_tissues[:2])
     g = np.full(2, 2.0, np.float32)

@@ -1,0 +1,318 @@
+"""``hs-eval gate``: is a faster configuration as good as the paper's pipeline? Judged on a set of tiles.
+
+A *configuration* is an engine file (any precision, any backend), a sampler and its step count, the guidance
+scale (and whether the U-Net is a guidance-distilled student, which its manifest says). The *reference* is
+the export's fp32 ``unet.onnx`` with DDIM at 50 steps and two-pass guidance at the model's scale.
+
+All runs generate tiles for the same ≥ 500 requests (counts and tissues drawn from the training distribution,
+fixed seed): reference run A (noise seed ``s``), reference run B (noise seed ``s + 1``: the noise floor), and
+each candidate (noise seed ``s``, the same noise as A). Every metric is computed on each run:
+
+* count fidelity per class: Pearson r and mean absolute error, requested vs measured nuclei;
+* morphology per class against the real tiles: median nucleus area ratio, share of nuclei above the real
+  99th-percentile area, share of nuclei touching another one;
+* KID (polynomial-kernel MMD², :mod:`histosmith.evaluation.kid`) between the run's tiles and run A's on the
+  real-only segmenter's pooled encoder features (for A itself: B against A);
+* tissue accuracy of the tissue CNN trained on the real tiles (requested tissue vs predicted);
+* label consistency: mean per-tile binary PQ of the real-only segmenter's instances against the generated labels.
+
+A candidate passes when, for every metric, ``|candidate - A| <= max(2 |B - A|, floor)`` (for KID:
+``KID(candidate, A) <= max(2 KID(B, A), floor)``), the floors of :data:`FLOORS` guarding against a spread
+that two runs happen to make small. Same-noise agreement with A (same instance count, class-pixel
+agreement) is reported as a diagnostic only: a diffusion sampler is chaotic, so any numeric change moves
+single tiles without moving the distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histosmith.data.labels import instance_classes, nucleus_areas, touching_instances
+from histosmith.data.reader import Dataset
+from histosmith.errors import HistoSmithError
+from histosmith.runtime.conditions import ConditionTable
+from histosmith.runtime.engine import EngineOptions, open_engine
+from histosmith.runtime.generate import GenerationPlan, control_summary, generate
+from histosmith.runtime.schedule import SamplerSettings
+
+log = logging.getLogger(__name__)
+
+# The least tolerance of each metric (absolute units of the metric): a difference this small is never a failure.
+FLOORS: dict[str, float] = {
+    "count_r": 0.02,  # Pearson r, requested vs measured
+    "count_mae": 0.25,  # nuclei per tile
+    "area_ratio": 0.05,  # median area generated / real
+    "above_p99": 0.01,  # share of nuclei above the real p99 area
+    "touching": 0.03,  # share of nuclei touching another one
+    "kid": 0.01,  # KID on segmenter features
+    "tissue_accuracy": 0.03,
+    "label_pq": 0.02,  # mean per-tile binary PQ, segmenter vs generated labels
+}
+SPREAD_FACTOR = 2.0
+MIN_TILES = 500
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One way of generating: an engine file, its sampler settings, the guidance scale."""
+
+    engine: Path
+    sampling: SamplerSettings
+    guidance: float
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        compiled = "-compiled" if self.compile else ""
+        return f"{self.engine.name}{compiled}-{self.sampling.label}-g{self.guidance:g}"
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    n: int = MIN_TILES
+    seed: int = 0  # noise seed of reference run A and of every candidate; B uses seed + 1
+    condition_seed: int = 7
+    batch: int = 16
+    threads: int | None = None
+    show_progress: bool = True
+    allow_small: bool = False  # fewer than MIN_TILES requests (tests, quick looks): the verdict says so
+
+    def __post_init__(self) -> None:
+        if self.n < MIN_TILES and not self.allow_small:
+            raise HistoSmithError(f"--n {self.n}: the gate judges a set of at least {MIN_TILES} tiles")
+        if self.n < 8:
+            raise HistoSmithError(f"--n {self.n}: at least 8 tiles")
+
+
+@dataclass
+class RunMetrics:
+    """The metrics of one run (per class lists in class order; None where a class has no nucleus)."""
+
+    count_r: list[float | None]
+    count_mae: list[float]
+    area_ratio: list[float | None]
+    above_p99: list[float | None]
+    touching: list[float | None]
+    tissue_accuracy: float
+    label_pq: float
+    kid: float | None = None  # against run A (A's own: B against A)
+    features: np.ndarray | None = field(default=None, repr=False)
+
+    def values(self, class_names: list[str]) -> dict[str, float | None]:
+        """``metric[class]`` -> value: every gated number of the run, flat."""
+        out: dict[str, float | None] = {}
+        for key in ("count_r", "count_mae", "area_ratio", "above_p99", "touching"):
+            for name, v in zip(class_names, getattr(self, key), strict=True):
+                out[f"{key}[{name}]"] = v
+        out["tissue_accuracy"] = self.tissue_accuracy
+        out["label_pq"] = self.label_pq
+        out["kid"] = self.kid
+        return out
+
+
+@dataclass(frozen=True)
+class Judges:
+    """What measures the runs: real tiles (morphology), the tissue CNN and the real-only segmenter."""
+
+    real_areas: list[np.ndarray]  # per class, the real nuclei's areas
+    tissue_net: Any
+    segmenter: Any
+    class_names: list[str]
+
+
+def load_judges(real: Path, segmenter: Path, tissue_names: list[str], cache_dir: Path,
+                show_progress: bool = False) -> Judges:
+    """The real areas per class, the tissue classifier (cached by the real tiles' content) and the segmenter."""
+    from histosmith.evaluation.tissue import load_or_train
+    from histosmith.segmentation.train import load_segmenter
+
+    data = Dataset.open(real)
+    k = data.meta.n_classes
+    areas: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for _, _, labels in data.iter_shards():
+        for lab in labels:
+            a, c = nucleus_areas(np.asarray(lab), k)
+            for cls in range(k):
+                areas[cls].append(a[c == cls + 1])
+    clf = load_or_train(real, tissue_names, cache_dir, show_progress=show_progress)
+    model, _ = load_segmenter(segmenter)
+    return Judges([np.concatenate(a) if a else np.zeros(0) for a in areas], clf.net, model,
+                  list(data.meta.class_names))
+
+
+def _load_run(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """images (N, H, W, 3), labels (N, H, W, 2), requested (N, K), measured (N, K), requested tissue (N,)."""
+    ds = Dataset.open(path)
+    names = list(ds.meta.class_names)
+    rows = ds.patch_info()
+    images = np.concatenate([np.asarray(i) for _, i, _ in ds.iter_shards()])
+    labels = np.concatenate([np.asarray(lab) for _, _, lab in ds.iter_shards()])
+    requested = np.array([[int(r[f"requested_{c}"]) for c in names] for r in rows])
+    tissue_names = list(ds.meta.tissue_names)
+    tissues = np.array([tissue_names.index(r["tissue"]) for r in rows])
+    return images, labels, requested, ds.counts(), tissues
+
+
+def measure_run(path: Path, judges: Judges) -> RunMetrics:
+    """Every metric of one generated dataset except KID (which needs run A), and its segmenter features."""
+    from histosmith.evaluation.tissue import predict
+    from histosmith.segmentation.consistency import tile_pq
+    from histosmith.segmentation.predict import pooled_features, predict_labels
+
+    images, labels, requested, measured, tissues = _load_run(path)
+    names = judges.class_names
+    k = len(names)
+    summary = control_summary(names, requested, measured)
+    areas: list[list[np.ndarray]] = [[] for _ in range(k)]
+    touching: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for lab in labels:
+        inst = np.asarray(lab[..., 0])
+        if not inst.any():
+            continue
+        classes = instance_classes(inst, np.asarray(lab[..., 1]), k)
+        touch = touching_instances(inst)
+        a, c = nucleus_areas(np.asarray(lab), k)
+        ids = np.unique(inst[inst > 0])
+        for cls in range(k):
+            areas[cls].append(a[c == cls + 1])
+            touching[cls].append(touch[ids][classes[ids] == cls + 1])
+    area_ratio, above, touch_share = [], [], []
+    for cls in range(k):
+        gen = np.concatenate(areas[cls]) if areas[cls] else np.zeros(0)
+        real = judges.real_areas[cls]
+        ok = len(gen) and len(real)
+        area_ratio.append(float(np.median(gen) / np.median(real)) if ok else None)
+        above.append(float((gen > np.percentile(real, 99)).mean()) if ok else None)
+        t = np.concatenate(touching[cls]) if touching[cls] else np.zeros(0)
+        touch_share.append(float(t.mean()) if len(t) else None)
+    tissue_acc = float(np.mean(predict(judges.tissue_net, images) == tissues))
+    predicted = predict_labels(judges.segmenter, images, tta=False)
+    pq = float(tile_pq(names, list(labels), predicted).mean())
+    features = pooled_features(judges.segmenter, images)
+    return RunMetrics(summary.pearson_r, summary.mae, area_ratio, above, touch_share, tissue_acc, pq,
+                      features=features)
+
+
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+    """KID of two feature sets (mean over subsets, :func:`histosmith.evaluation.kid.kid_with_floor`)."""
+    from histosmith.evaluation.kid import kid_with_floor
+
+    return kid_with_floor(x, y)[0].mean
+
+
+def same_noise(a: Path, b: Path) -> dict[str, float]:
+    """Diagnostic: share of tiles with the same instance count, and class-pixel agreement, of two runs made
+    from the same noise."""
+    _, la, _, _, _ = _load_run(a)
+    _, lb, _, _, _ = _load_run(b)
+    return {"same_instance_count": float(np.mean(la[..., 0].max(axis=(1, 2)) == lb[..., 0].max(axis=(1, 2)))),
+            "class_pixel_agreement": float(np.mean(la[..., 1] == lb[..., 1]))}
+
+
+def judge(reference: RunMetrics, other: RunMetrics, candidate: RunMetrics,
+          class_names: list[str]) -> list[dict[str, Any]]:
+    """Per metric: the three values, the difference, the spread, the tolerance and whether it passes."""
+    ref, ref_b, cand = (m.values(class_names) for m in (reference, other, candidate))
+    rows = []
+    for key, a in ref.items():
+        b, c = ref_b[key], cand[key]
+        base = key.split("[")[0]
+        row: dict[str, Any] = {"metric": key, "reference": a, "reference_b": b, "candidate": c,
+                               "floor": FLOORS[base]}
+        if base == "kid":  # already a distance to run A
+            diff, spread = c, (abs(b) if b is not None else None)
+        elif a is None or b is None or c is None or any(math.isnan(v) for v in (a, b, c)):
+            row |= {"difference": None, "spread": None, "tolerance": None,
+                    "passed": a is None and c is None, "note": "undefined in some run (no nuclei of the class)"}
+            rows.append(row)
+            continue
+        else:
+            diff, spread = abs(c - a), abs(b - a)
+        tolerance = max(SPREAD_FACTOR * (spread or 0.0), FLOORS[base])
+        row |= {"difference": diff, "spread": spread, "tolerance": tolerance,
+                "passed": diff is not None and diff <= tolerance}
+        rows.append(row)
+    return rows
+
+
+class RunCache:
+    """Generated runs under ``root``, one directory per (configuration, seed); an earlier run with the same
+    settings is reused (or resumed), so a sweep pays for the reference runs once."""
+
+    def __init__(self, root: Path, table: ConditionTable, opts: GateOptions, marker_depth: Any = None):
+        self.root, self.table, self.opts, self.marker_depth = root, table, opts, marker_depth
+
+    def run(self, config: Configuration, seed: int) -> Path:
+        out = self.root / f"{config.label}-s{seed}"
+        session = open_engine(config.engine, EngineOptions(threads=self.opts.threads, batch=self.opts.batch,
+                                                           compile=config.compile))
+        try:
+            s = config.sampling
+            plan = GenerationPlan(seed=seed, steps=s.steps, eta=s.eta, guidance=config.guidance, sampler=s.sampler,
+                                  corrector=s.corrector, batch=min(self.opts.batch, session.batch_limits()[1]))
+            if self.marker_depth is not None:
+                plan = plan.with_marker_depth(self.marker_depth, session.info.spec.class_names)
+            resume = (out / "generation.json").is_file()
+            generate(session, plan, self.table, out, resume=resume, show_progress=self.opts.show_progress)
+        finally:
+            session.close()
+        return out
+
+
+def reference_configuration(export: Path, guidance: float | None = None) -> Configuration:
+    """fp32 ``unet.onnx``, DDIM 50, two-pass guidance at the model's scale."""
+    from histosmith.runtime.manifest import Manifest
+
+    manifest = Manifest.load(export)
+    if "unet.onnx" not in manifest.files:
+        raise HistoSmithError(f"{export}: no fp32 unet.onnx, the gate's reference")
+    scale = manifest.sampling.guidance if guidance is None else guidance
+    return Configuration(export / "unet.onnx", SamplerSettings("ddim", 50), scale)
+
+
+@dataclass
+class GateResult:
+    reference: Configuration
+    candidates: list[Configuration]
+    rows: dict[str, list[dict[str, Any]]]  # candidate label -> judge() rows
+    metrics: dict[str, RunMetrics]  # run label -> metrics
+    diagnostics: dict[str, dict[str, float]]
+    n: int
+
+    def passed(self, label: str) -> bool:
+        return all(r["passed"] for r in self.rows[label])
+
+    def failures(self, label: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows[label] if not r["passed"]]
+
+
+def run_gate(reference: Configuration, candidates: list[Configuration], table: ConditionTable, judges: Judges,
+             work: Path, opts: GateOptions, marker_depth: Any = None) -> GateResult:
+    """Generate (or reuse) the two reference runs and every candidate's, measure them and judge each candidate."""
+    cache = RunCache(work, table, opts, marker_depth)
+    path_a = cache.run(reference, opts.seed)
+    path_b = cache.run(reference, opts.seed + 1)
+    metrics = {"reference": measure_run(path_a, judges), "reference_b": measure_run(path_b, judges)}
+    a_features = metrics["reference"].features
+    assert a_features is not None
+    metrics["reference_b"].kid = kid(a_features, metrics["reference_b"].features)
+    metrics["reference"].kid = 0.0
+    rows, diagnostics = {}, {}
+    for config in candidates:
+        path = cache.run(config, opts.seed)
+        m = measure_run(path, judges)
+        m.kid = kid(a_features, m.features)
+        metrics[config.label] = m
+        rows[config.label] = judge(metrics["reference"], metrics["reference_b"], m, judges.class_names)
+        diagnostics[config.label] = same_noise(path_a, path)
+    return GateResult(reference, candidates, rows, metrics, diagnostics, len(table))
+
+
+def with_guidance(config: Configuration, guidance: float) -> Configuration:
+    return replace(config, guidance=guidance)
