@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from histosmith.cli.common import SEED, entry_point, marker_depth_option, output_path
+from histosmith.cli.evaluate_gate import gate_cmd, sampler_cmd
 from histosmith.cli.generation import sampler_option_decorators, sampling_plan_fields
 
 if TYPE_CHECKING:
@@ -316,4 +317,6 @@ def realism_cmd(real: Path, generated: Path, max_tiles: int, out: Path, segmente
     click.echo(f"report: {out}/realism.json, {out}/realism.png")
 
 
+cli.add_command(gate_cmd)
+cli.add_command(sampler_cmd)
 main = entry_point(cli)

@@ -25,6 +25,7 @@ single tiles without moving the distribution.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -66,11 +67,13 @@ class Configuration:
     sampling: SamplerSettings
     guidance: float
     compile: bool = False
+    seed_offset: int = 0  # candidates share reference run A's noise unless told otherwise
 
     @property
     def label(self) -> str:
         compiled = "-compiled" if self.compile else ""
-        return f"{self.engine.name}{compiled}-{self.sampling.label}-g{self.guidance:g}"
+        other = f"-seed+{self.seed_offset}" if self.seed_offset else ""
+        return f"{self.engine.name}{compiled}-{self.sampling.label}-g{self.guidance:g}{other}"
 
 
 @dataclass(frozen=True)
@@ -249,9 +252,11 @@ class RunCache:
         self.root, self.table, self.opts, self.marker_depth = root, table, opts, marker_depth
 
     def run(self, config: Configuration, seed: int) -> Path:
-        out = self.root / f"{config.label}-s{seed}"
+        seed += config.seed_offset
         session = open_engine(config.engine, EngineOptions(threads=self.opts.threads, batch=self.opts.batch,
                                                            compile=config.compile))
+        model = hashlib.sha256(session.model_id.encode()).hexdigest()[:8]  # engines of two exports may share a name
+        out = self.root / f"{replace(config, seed_offset=0).label}-{model}-s{seed}"
         try:
             s = config.sampling
             plan = GenerationPlan(seed=seed, steps=s.steps, eta=s.eta, guidance=config.guidance, sampler=s.sampler,
