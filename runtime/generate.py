@@ -27,7 +27,7 @@ from histosmith.data.provenance import PROVENANCE_KEY
 from histosmith.data.reader import Dataset
 from histosmith.data.writer import DatasetWriter
 from histosmith.errors import HistoSmithError, file_error
-from histosmith.runtime.backends.base import Decoded
+from histosmith.runtime.backends.base import Backend, Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps
@@ -104,6 +104,15 @@ class GenerationPlan:
             raise HistoSmithError(f"--qc {self.qc}: must be a relative tolerance in 0..10")
         if not 1 <= self.qc_attempts <= 100:
             raise HistoSmithError(f"--qc-attempts {self.qc_attempts}: must be in 1..100")
+
+
+def sampling_plan_fields(sampler: str | None, steps: int | None, guidance: float | None,
+                         corrector: bool | None) -> dict[str, Any]:
+    """GenerationPlan fields of the sampler options; those left out are marked for the model's defaults."""
+    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "corrector": corrector}
+    fallback = {"sampler": "ddim", "steps": 50, "guidance": 4.0, "corrector": True}
+    return {k: fallback[k] if v is None else v for k, v in given.items()} | {
+        "unset": frozenset(k for k, v in given.items() if v is None)}
 
 
 def run_record(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable,
@@ -212,6 +221,43 @@ class GenerationResult:
     measured: np.ndarray  # (N, K)
 
 
+def batch_ranges(start: int, n: int, batch: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every batch from tile ``start`` on; batches never cross a shard boundary."""
+    out, i = [], start
+    while i < n:
+        end = min(i + batch, n, (i // shard_size + 1) * shard_size)
+        out.append((i, end))
+        i = end
+    return out
+
+
+def tile_sampler(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable, backend: Backend,
+                 tables: SamplerTables, check: PairCheck | None = None):  # noqa: ANN201 — a closure
+    """``sample_batch(index) -> QCTiles``: the tiles ``index`` (a run's tile numbers) sampled, post-processed and,
+    with any QC of the plan or a pair check, resampled — the same bytes whatever other tiles share the batch."""
+    info = session.info
+    spec = info.spec
+    vectors = spec.vectors(conditions.counts, conditions.tissues)
+    guidance_all = np.full(len(conditions), plan.guidance, dtype=np.float32)
+    max_area = plan.qc_max_area.vector(list(spec.class_names)) if plan.qc_max_area is not None else None
+    qc_on = plan.qc_on or check is not None
+
+    def sample(index: np.ndarray, attempt: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic,
+                                         attempt)
+        decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
+        labels = decode_labels(decoded, spec.n_classes, plan.postprocess)
+        return [to_uint8(decoded.image[b]) for b in range(len(index))], labels
+
+    def sample_batch(index: np.ndarray) -> QCTiles:
+        if not qc_on:
+            return QCTiles(*sample(index, 0), attempts=None, passed=None)
+        return sample_with_qc(sample, index, conditions.counts[index], spec.n_classes, info.count_margin,
+                              plan.qc, plan.qc_attempts, check, max_area)
+
+    return sample_batch
+
+
 def generate(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable, out: Path, *,
              resume: bool = False, show_progress: bool = True, check: PairCheck | None = None) -> GenerationResult:
     """Generate ``len(conditions)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout).
@@ -223,7 +269,6 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     n = len(conditions)
     record = run_record(session, plan, conditions, check)
     qc_on = plan.qc_on or check is not None
-    max_area = plan.qc_max_area.vector(list(spec.class_names)) if plan.qc_max_area is not None else None
     shard_size = record["shard_size"]
     low, high = session.batch_limits()
     if not low <= plan.batch <= high:
@@ -236,28 +281,14 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     start = writer.tiles_done
     if start:
         log.info("resuming at tile %d of %d", start, n)
-    vectors = spec.vectors(conditions.counts, conditions.tissues)
-    guidance_all = np.full(n, plan.guidance, dtype=np.float32)
-    def sample(index: np.ndarray, attempt: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        latents, step_noise = tile_noise(plan.seed, index, info.latent_shape, tables.num_steps, tables.stochastic,
-                                         attempt)
-        decoded = backend.sample(latents, vectors[index], guidance_all[index], step_noise)
-        labels = decode_labels(decoded, spec.n_classes, plan.postprocess)
-        return [to_uint8(decoded.image[b]) for b in range(len(index))], labels
-
+    sample_batch = tile_sampler(session, plan, conditions, backend, tables, check)
     started = time.monotonic()
     bar = tqdm(total=n, initial=start, desc=f"generate ({backend.name})", unit="tile", disable=not show_progress,
                dynamic_ncols=True)
     try:
-        i = start
-        while i < n:
-            end = min(i + plan.batch, n, (i // shard_size + 1) * shard_size)  # never cross a shard boundary
+        for i, end in batch_ranges(start, n, plan.batch, shard_size):
             index = np.arange(i, end)
-            if not qc_on:
-                tiles = QCTiles(*sample(index, 0), attempts=None, passed=None)
-            else:
-                tiles = sample_with_qc(sample, index, conditions.counts[index], spec.n_classes, info.count_margin,
-                                       plan.qc, plan.qc_attempts, check, max_area)
+            tiles = sample_batch(index)
             for b, (image, labels) in enumerate(zip(tiles.images, tiles.labels, strict=True)):
                 row = tile_row(info, conditions, plan.seed, int(index[b]))
                 if tiles.attempts is not None and tiles.passed is not None:
@@ -273,7 +304,6 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
                 else:
                     writer.add(image, labels, row)
             bar.update(len(index))
-            i = end
     finally:
         bar.close()  # before any error line, so it is not glued to the bar
     writer.close()

@@ -7,7 +7,7 @@
 # interrupted training resumes from its checkpoint.
 set -euo pipefail
 out=${1:-runs/reference}
-results=${REFERENCE_RESULTS:-docs/results/reference}  # the files the README cites (committed)
+results=$out/results  # the files the README cites once published (scripts/publish.sh $out/results docs/results/reference)
 vq_minutes=${REFERENCE_VQ_MINUTES:-20}
 ldm_minutes=${REFERENCE_LDM_MINUTES:-34}
 bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin

@@ -13,6 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
+# Modules of the full tier (`make test-all`): servers, clusters, training runs and long end-to-end checks.
+FULL_TIER = {
+    "tests/runtime/test_ray.py", "tests/runtime/test_serve.py", "tests/training/test_ddp.py",
+    "tests/segmentation/test_downstream.py", "tests/calibration/test_calibrate.py", "tests/benchmark/test_bench.py",
+    "tests/evaluation/test_gate.py", "tests/test_extras.py", "tests/evaluation/test_control.py",
+    "tests/evaluation/test_guidance.py", "tests/segmentation/test_consistency.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).resolve().relative_to(REPO).as_posix() in FULL_TIER:
+            item.add_marker(pytest.mark.full)
+
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

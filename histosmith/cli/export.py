@@ -34,9 +34,15 @@ from histosmith.extras import require
                    "graphs, dynamic batching).")
 @click.option("--triton-max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="max_batch_size of the Triton model (tiles per engine batch).")
+@click.option("--pack", type=click.Path(path_type=Path), default=None,
+              help="Also write the export in the form the package ships its models in (U-Net + decoder of one ONNX "
+                   "precision, manifest, model card) to this new directory.")
+@click.option("--pack-precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--card", type=click.Path(path_type=Path), default=None, help="Model card (Markdown) for --pack.")
 def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bool, max_batch: int, fp16: bool,
         opset: int, force: bool, trt: bool, precision: str, batch_buckets: str, workspace_gb: float,
-        register_engines: bool, verify: bool, triton_repo: Path | None, triton_max_batch: int) -> None:
+        register_engines: bool, verify: bool, triton_repo: Path | None, triton_max_batch: int, pack: Path | None,
+        pack_precision: str, card: Path | None) -> None:
     from histosmith.runtime.planning import BatchBuckets
 
     buckets = BatchBuckets.parse(batch_buckets)
@@ -44,7 +50,11 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
         raise HistoSmithError("--batch and --dynamic-batch exclude each other")
     if triton_repo is not None and triton_repo.exists():
         raise HistoSmithError(f"{triton_repo}: already exists; choose a new directory for --triton-repo")
-    if checkpoint is None and not (register_engines or verify or trt or triton_repo):
+    if pack is not None and pack.exists():
+        raise HistoSmithError(f"{pack}: already exists; choose a new directory for --pack")
+    if card is not None and not card.is_file():
+        raise HistoSmithError(f"--card {card}: not found")
+    if checkpoint is None and not (register_engines or verify or trt or triton_repo or pack):
         raise HistoSmithError("--checkpoint is required to export")
     if checkpoint is not None and not checkpoint.exists():
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
@@ -90,6 +100,14 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
         write_triton_repo(out, triton_repo, RepoOptions(max_batch=triton_max_batch))
         click.echo(f"wrote the Triton model repository {triton_repo} (model 'histosmith'); serve it with "
                    f"tritonserver --model-repository {triton_repo}, or hs-serve --repo {triton_repo}")
+    if pack is not None:
+        from histosmith.export.pack import pack_export
+        from histosmith.runtime.pretrained import packed_entry
+
+        pack_export(out, pack, pack_precision, card)
+        size = sum(p.stat().st_size for p in pack.iterdir()) / 2**20
+        click.echo(f"packed the {pack_precision} ONNX graphs into {pack} ({size:.1f} MB); use it with "
+                   f"hs-generate --engine {packed_entry(pack)}")
 
 
 main = entry_point(cli)

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 @click.command(help="Generate labelled tiles with an exported engine (unet.onnx, unet.fp16.onnx, unet.pt2, unet.plan).")
-@click.option("--engine", type=click.Path(path_type=Path), required=True,
-              help="U-Net graph in an hs-export directory; the decoder and manifest.json are found beside it.")
+@click.option("--engine", default=None,
+              help="U-Net graph in an hs-export directory (the decoder and manifest.json are found beside it), or "
+                   "the name of a shipped model  [default: the shipped hgsc-64]")
 @click.option("--device", default="auto", show_default=True,
               help="onnx: cpu | cuda | tensorrt (ONNX Runtime providers); pt2: cpu | cuda[:N].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
                    "ADDRESS; 'auto' or host:port joins a running cluster). Same bytes as without --ray.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
 @generation_options
-def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_graph: bool, compile_engine: bool,
+def cli(engine: str | None, device: str, threads: int | None, precision: str, cuda_graph: bool, compile_engine: bool,
         ray_address: str | None,
         ray_workers: int, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
@@ -56,13 +57,19 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
         if compile_engine:
             raise HistoSmithError("--compile: not available with --ray yet (the Ray workers load the engine as it is)")
         raise HistoSmithError(f"{qc_flags[0]}: not available with --ray yet (the Ray workers sample each tile once)")
+    from histosmith.runtime.pretrained import resolve_engine
+
+    path, shipped = resolve_engine(engine)
+    if shipped is not None:
+        click.echo(f"using the shipped model {shipped} ({path.parent}; model card {path.parent / 'MODEL_CARD.md'})",
+                   err=True)
     check = open_pair_check("hs-generate", qc_segmenter, qc_min_pq)
     from histosmith.runtime.engine import EngineOptions, open_engine
     from histosmith.runtime.generate import generate
     from histosmith.runtime.report import write_report
 
-    session = open_engine(engine, EngineOptions(device, threads, precision, cuda_graph, batch,
-                                                compile=compile_engine))  # verified once
+    session = open_engine(path, EngineOptions(device, threads, precision, cuda_graph, batch,
+                                              compile=compile_engine))  # verified once
     try:
         if check is not None:
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
@@ -70,7 +77,7 @@ def cli(engine: Path, device: str, threads: int | None, precision: str, cuda_gra
             session.info.sampling)
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
-            result = _generate_on_ray(engine, session, plan, conditions, out, resume, ray_address, ray_workers)
+            result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers)
         else:
             result = generate(session, plan, conditions, out, resume=resume, check=check)
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from histosmith.cli.common import SEED, marker_depth_option
+from histosmith.runtime.generate import sampling_plan_fields
 from histosmith.runtime.schedule import SAMPLERS
 
 
@@ -73,15 +74,6 @@ def sampler_option_decorators(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(sampler_options()):
         f = option(f)
     return f
-
-
-def sampling_plan_fields(sampler: str | None, steps: int | None, guidance: float | None,
-                         corrector: bool | None) -> dict[str, Any]:
-    """GenerationPlan fields of the sampler options; those left out are marked for the model's defaults."""
-    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "corrector": corrector}
-    fallback = {"sampler": "ddim", "steps": 50, "guidance": 4.0, "corrector": True}
-    return {k: fallback[k] if v is None else v for k, v in given.items()} | {
-        "unset": frozenset(k for k, v in given.items() if v is None)}
 
 
 def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
