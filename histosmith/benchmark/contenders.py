@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from histosmith.runtime.backends.base import Backend, Decoded, tables_check
-from histosmith.runtime.schedule import SamplerTables
+from histosmith.runtime.schedule import SamplerTables, ScheduleConfig, Scheduler
 from histosmith.runtime.specs import CONDITION, DISTANCE, GUIDANCE, IMAGE, LATENT, SEMANTIC, TIMESTEP
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class Contender:
 
 
 class FunctionBackend:
-    """The DDIM loop over plain U-Net / decoder functions (peers); the same arithmetic as the runtime."""
+    """The sampling loop over plain U-Net / decoder functions (peers); the same tables and arithmetic as the
+    runtime (:meth:`histosmith.runtime.schedule.Scheduler.step`, x̂_0 history included)."""
 
     def __init__(self, name: str, unet: UnetFn, decoder: DecoderFn, tables: SamplerTables,
                  context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
@@ -66,13 +67,13 @@ class FunctionBackend:
                step_noise: np.ndarray | None) -> Decoded:
         tables_check(self.tables, step_noise)
         t = self.tables
+        scheduler = Scheduler(ScheduleConfig())  # the tables carry everything; the schedule itself is unused
+        scheduler.tables = t
         x = latents.copy()
         with self.context():
             for i in range(t.num_steps):
                 eps = self.unet(x, np.full(len(x), t.timesteps[i], np.float32), conditions, guidance)
-                x = t.sample_coef[i] * x + t.output_coef[i] * eps
-                if t.noise_coef[i] != 0 and step_noise is not None:
-                    x = x + t.noise_coef[i] * step_noise[i]
+                x = scheduler.step(eps, i, x, None if step_noise is None else step_noise[i]).astype(np.float32)
             image, distance, semantic = self.decoder(x.astype(np.float32))
         return Decoded(image, distance, semantic, x)
 

@@ -37,10 +37,18 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 @click.option("--gate", is_flag=True,
               help="Run every engine through hs-calibrate's quality gate against fp32 unet.onnx (64 tiles, 50 steps) "
                    "and name the fastest engine that passes.")
+@click.option("--headline", default=None, metavar="ENGINE:SAMPLER:STEPS[:compile],...",
+              help="Instead: end-to-end tiles/s of these configurations against the paper's pipeline (torch eager "
+                   "fp32, DDIM 50) in one run, each with its gate verdict from the manifest (hs-eval gate / "
+                   "sampler); writes headline.json/.md/.png.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for bench.json/.md/.png.")
 def cli(export: Path, engines: str, batches: str, steps: int, repeats: int, threads: int | None, peers: bool,
-        checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, out: Path) -> None:
+        checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, headline: str | None,
+        out: Path) -> None:
     batch_sizes = _ints(batches, "--batches")
+    if headline is not None:
+        _headline(export, headline, batch_sizes, repeats, threads, checkpoint, out)
+        return
     for name, value in (("--steps", steps), ("--repeats", repeats), ("--threads", threads or 1)):
         if value < 1:
             raise HistoSmithError(f"{name} must be >= 1, got {value}")
@@ -61,6 +69,26 @@ def cli(export: Path, engines: str, batches: str, steps: int, repeats: int, thre
         click.echo(f"{r['contender']:<44} batch {r['batch']:>3}: U-Net {r['unet_ms_p50']:7.1f} ms, "
                    f"{r['tiles_per_s']:7.2f} tiles/s")
     click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _headline(export: Path, text: str, batches: tuple[int, ...], repeats: int, threads: int | None,
+              checkpoint: Path | None, out: Path) -> None:
+    if not export.is_dir():
+        raise HistoSmithError(f"{export}: not an export directory")
+    output_path(out / "headline.json")
+    from histosmith.benchmark.headline import HeadlineOptions, parse_configs, plot, run_headline, to_markdown
+    from histosmith.data.atomic import write_json_atomic, write_text_atomic
+    from histosmith.runtime.manifest import Manifest
+
+    configs = parse_configs(export, text, Manifest.load(export).sampling.guidance)
+    result = run_headline(export, configs, HeadlineOptions(batches, repeats, threads, checkpoint))
+    command = "hs-bench " + " ".join(sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "headline.json", result | {"command": command})
+    write_text_atomic(out / "headline.md", to_markdown(result, command))
+    plot(result, out / "headline.png")
+    click.echo(to_markdown(result, command))
+    click.echo(f"wrote {out / 'headline.json'}, headline.md, headline.png")
 
 
 main = entry_point(cli)

@@ -121,3 +121,42 @@ def test_fastest_engine_at_the_gate_skips_failures_and_peers():
     assert best_at_gate(rows, gate, 16)["contender"] == "ok"
     assert best_at_gate(rows, gate, 1)["contender"] == "ok"
     assert best_at_gate(rows, {"results": {}}, 16) is None
+
+
+def test_headline_measures_configurations_against_the_paper_pipeline(tiny_export, tiny_runs, tmp_path):
+    """hs-bench --headline: the paper's pipeline and each configuration end to end, the manifest's gate verdicts."""
+    from histosmith.evaluation.gate import Configuration
+    from histosmith.evaluation.gate_report import summary
+    from histosmith.runtime.manifest import Manifest, record_verification
+    from histosmith.runtime.schedule import SamplerSettings
+
+    manifest = Manifest.load(tiny_export)
+    guidance = manifest.sampling.guidance
+    passing = Configuration(tiny_export / "unet.onnx", SamplerSettings("unipc", 3), guidance)
+
+    class _Result:  # a recorded verdict, as hs-eval gate leaves it
+        n = 500
+        reference = passing
+
+        @staticmethod
+        def failures(label):
+            return []
+
+    export = tmp_path / "exp"
+    import shutil
+
+    shutil.copytree(tiny_export, export)
+    record_verification(manifest, "gate", {passing.label: summary(_Result, passing.label)}).save(export)
+    out = tmp_path / "h"
+    res = run_cli("hs-bench", "--export", str(export), "--headline", "unet.onnx:unipc:3,unet.onnx:ddim:4",
+                  "--batches", "1,4", "--repeats", "1", "--checkpoint", str(tiny_runs["ldm"]), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((out / "headline.json").read_text())
+    rows = result["rows"]
+    assert [r["batch"] for r in rows] == [1, 1, 1, 4, 4, 4]
+    assert [r["gate"] for r in rows[:3]] == ["reference", "pass", "not gated"]
+    assert all(r["tiles_per_s"] > 0 for r in rows) and rows[0]["speedup"] == 1.0
+    assert result["fastest_passing"]["4"]["label"] == passing.label and "stages" in result["fastest_passing"]["4"]
+    assert (out / "headline.png").stat().st_size > 0 and "fastest passing" in (out / "headline.md").read_text()
+    bad = run_cli("hs-bench", "--export", str(export), "--headline", "unet.onnx:euler:3", "--out", str(out / "x"))
+    assert bad.returncode == 2 and "--headline" in bad.stderr
