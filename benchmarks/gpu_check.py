@@ -177,9 +177,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--presets", default="small,paper")
     ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU with tiny models")
+    ap.add_argument("--samplers", default="ddim,dpmpp-2m,unipc",
+                    help="parity is checked for each sampler's tables (multistep solvers carry an x̂_0 history)")
+    ap.add_argument("--throughput-sampler", default="unipc", help="the sampler of the throughput runs")
     args = ap.parse_args()
     if args.dry_run:
-        device, half, presets, batches, steps, repeats = "cpu", "bf16", ["tiny"], [1, 2], 2, 1
+        device, half, presets, batches, steps, repeats = "cpu", "bf16", ["tiny"], [1, 2], 4, 1  # 4: x̂_0 history used
         onnx_provider: str | None = "cpu"
     else:
         if not torch.cuda.is_available():
@@ -188,9 +191,12 @@ def main() -> None:
         batches = [int(b) for b in args.batches.split(",")]
         onnx_provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else None
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    tables = Scheduler(ScheduleConfig()).set_timesteps(steps)
+    tables_of = {s: Scheduler(ScheduleConfig()).set_timesteps(steps, sampler=s) for s in args.samplers.split(",")}
+    tables = Scheduler(ScheduleConfig()).set_timesteps(steps, sampler=args.throughput_sampler)
     results = Results(args.out, {
         "date": datetime.date.today().isoformat(), "dry_run": args.dry_run, "steps": steps,
+        "samplers": list(tables_of), "throughput_sampler": args.throughput_sampler,
+        "distilled": "no guidance-distilled student exists yet: nothing to check",
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
         "torch": torch.__version__, "onnxruntime": ort.__version__, "providers": ort.get_available_providers()})
     if onnx_provider is None:
@@ -215,23 +221,23 @@ def main() -> None:
                 except Exception as exc:  # record the failure, keep measuring the rest
                     results.add("skipped", {"what": "TensorRT build", "why": f"FAILED: {exc!r}"[:300]})
                     traceback.print_exc()
-            if p == 0:  # parity first, on the first (small) config
+            for sampler, s_tables in tables_of.items() if p == 0 else ():  # parity first, on the first config
                 lat, cond, g = models.inputs(PARITY_BATCH)
-                ref = TorchBackend(models.guided, models.decoder, tables).sample(lat, cond, g, None)
+                ref = TorchBackend(models.guided, models.decoder, s_tables).sample(lat, cond, g, None)
                 runs = [(label, "torch", pr, gr) for label, pr, gr in kinds(device, half)]
                 if onnx_provider is not None:
                     runs += [(f"onnxruntime-{onnx_provider}-{pr}-device", "onnx", pr, device == "cuda")
                              for pr in ("fp32", "fp16")]
-                if trt_backend is not None:
+                if trt_backend is not None and s_tables is tables:  # the engines were built for these tables
                     runs.append(("tensorrt-fp16-graph", "tensorrt", "fp16", True))
                 for label, kind, precision, graph in runs:
                     try:
-                        backend = (engines.torch_backend(precision, device, graph, tables, PARITY_BATCH)
+                        backend = (engines.torch_backend(precision, device, graph, s_tables, PARITY_BATCH)
                                    if kind == "torch" else trt_backend if kind == "tensorrt"
-                                   else engines.onnx_backend(precision, tables, graph))
+                                   else engines.onnx_backend(precision, s_tables, graph))
                         got = backend.sample(lat, cond, g, None)
                         results.add("parity", {
-                            "engine": label, "reference": "live fp32 modules, CPU",
+                            "engine": label, "sampler": sampler, "reference": "live fp32 modules, CPU",
                             "latent_rel_err": float(np.abs(got.latent - ref.latent).max() / np.abs(ref.latent).max()),
                             "class_agreement": float((got.semantic.argmax(1) == ref.semantic.argmax(1)).mean())})
                     except Exception as exc:  # a broken engine is the finding: record it, keep measuring

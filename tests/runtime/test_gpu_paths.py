@@ -137,6 +137,7 @@ def test_gpu_check_dry_run_runs_the_whole_script(tmp_path):
     assert {"eager-fp32", "eager-bf16", "bf16-cuda-graph", "onnxruntime-cpu-fp16-device"} <= engines
     for p in data["parity"]:
         assert p["class_agreement"] > 0.9 and p["latent_rel_err"] < 0.05, p
+    assert {p["sampler"] for p in data["parity"]} == {"ddim", "dpmpp-2m", "unipc"}  # every solver's tables
     assert {(t["batch"], t["engine"]) for t in data["throughput"]} >= {(1, "torch eager-fp32"), (2, "torch eager-bf16")}
     assert all(t["tiles_per_s"] > 0 for t in data["throughput"])
     md = (tmp_path / "gpu_check.md").read_text()
