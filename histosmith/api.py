@@ -122,7 +122,8 @@ class Generator:
                               qc=qc.tolerance if qc else None, qc_attempts=qc.attempts if qc else 3,
                               qc_max_area=AreaLimits.parse(qc.max_area) if qc and qc.max_area else None,
                               **sampling_plan_fields(sampler, steps, guidance, corrector))
-        depth = MarkerDepth.parse(marker_depth) if marker_depth is not None else MarkerDepth()
+        model = self.session.info.sampling.marker_depth
+        depth = MarkerDepth.parse(marker_depth or model) if (marker_depth or model) else MarkerDepth()
         return plan.with_marker_depth(depth, self.class_names).with_model_defaults(self.session.info.sampling)
 
     def conditions(self, n: int | None = None, *, counts: Mapping[str, int] | None = None, tissue: str | None = None,

@@ -134,16 +134,20 @@ class SamplingDefaults:
     guidance: float = 4.0
     corrector: bool = True
     gate: dict | None = None  # the gate report's summary behind this choice (None: the paper's recipe)
+    marker_depth: str | None = None  # the watershed's --marker-depth the gate judged (None: the CLI default)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
                                   "corrector": self.corrector}
-        return out | ({"gate": self.gate} if self.gate is not None else {})
+        out |= {"gate": self.gate} if self.gate is not None else {}
+        return out | ({"marker_depth": self.marker_depth} if self.marker_depth is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> SamplingDefaults:
+        depth = data.get("marker_depth")
         out = cls(str(data.get("sampler", "ddim")), int(data.get("steps", 50)),  # type: ignore[arg-type]
-                  float(data.get("guidance", 4.0)), bool(data.get("corrector", True)), data.get("gate"))
+                  float(data.get("guidance", 4.0)), bool(data.get("corrector", True)), data.get("gate"),
+                  None if depth is None else str(depth))
         SamplerSettings(out.sampler, out.steps, 0.0, out.corrector)  # validates
         if not (math.isfinite(out.guidance) and 0 <= out.guidance <= 100):
             raise ValueError(f"guidance {out.guidance} is not in 0..100")

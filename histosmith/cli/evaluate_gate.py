@@ -163,5 +163,5 @@ def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, se
         raise HistoSmithError("sampler: no configuration of the sweep passes the gate; the default stays as it is")
     click.echo(f"fewest steps that pass: {best.label}")
     if record:
-        record_default(export, result, best, command)
+        record_default(export, result, best, command, str(marker_depth))
         click.echo(f"recorded {best.sampling.sampler} at {best.sampling.steps} steps as the default of {export}")

@@ -73,8 +73,8 @@ def cli(engine: str | None, device: str, threads: int | None, precision: str, cu
     try:
         if check is not None:
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
-        plan = plan.with_marker_depth(marker_depth, session.info.spec.class_names).with_model_defaults(
-            session.info.sampling)
+        plan = plan.with_marker_depth(model_marker_depth(marker_depth, session.info.sampling),
+                                      session.info.spec.class_names).with_model_defaults(session.info.sampling)
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
             result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers)
@@ -104,6 +104,18 @@ def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out
     connect(options.address, options.workers, options.cpus_per_worker)  # before anything is written
     meta = begin_output(session, plan, record, out, resume)
     return generate_on_ray(engine, plan, record, meta, conditions, out, options)
+
+
+def model_marker_depth(given: MarkerDepth, defaults: Any) -> MarkerDepth:
+    """``--marker-depth`` as given, or (left at its default) the one the model's sampling defaults record."""
+    from click.core import ParameterSource
+
+    from histosmith.runtime.postprocess import MarkerDepth
+
+    source = click.get_current_context().get_parameter_source("marker_depth")
+    if source == ParameterSource.DEFAULT and defaults.marker_depth:
+        return MarkerDepth.parse(defaults.marker_depth)
+    return given
 
 
 main = entry_point(cli)
