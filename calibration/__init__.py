@@ -1,5 +1,3 @@
-"""INT8 calibration (DESIGN §5): not built yet.
-
-Will record calibration inputs along DDIM trajectories and write explicit Q/DQ ONNX graphs that ONNX
-Runtime runs on the CPU and TensorRT builds into INT8 engines.
-"""
+"""INT8 calibration (docs/int8.md): calibration inputs recorded along real DDIM trajectories, explicit Q/DQ ONNX
+graphs (u8/s8 per channel for ONNX Runtime on CPUs, symmetric s8 for TensorRT), a per-layer sensitivity report,
+and a quality gate before anything is written into the export (``hs-calibrate``)."""

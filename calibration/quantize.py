@@ -1,4 +1,4 @@
-"""Explicit Q/DQ INT8 graphs with ONNX Runtime's static quantiser, one recipe per target (DESIGN §5).
+"""Explicit Q/DQ INT8 graphs with ONNX Runtime's static quantiser, one recipe per target (docs/int8.md).
 
 * ``cpu`` (ONNX Runtime's CPU provider): u8 activations (asymmetric), s8 per-channel weights — the
   u8×s8 fast path of VNNI (``vpdpbusd``). ``reduce_range`` (7-bit weights) only on x86 CPUs without

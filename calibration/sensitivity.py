@@ -5,7 +5,7 @@ A *block* is a top-level module of the U-Net (``conv_in``, ``time_mlp``, ``condi
 at a time (everything else float) with the calibrated ranges and measures the relative RMS error of the
 guided noise prediction against fp32 on recorded trajectory inputs, overall and at the worst DDIM step.
 
-Kept in float by design (DESIGN §5): everything before the first convolution (timestep embedding,
+Kept in float by design (docs/int8.md): everything before the first convolution (timestep embedding,
 condition MLP), the first and last convolutions, normalisation and softmax (the quantiser leaves them: only
 Conv/MatMul/Gemm are quantised), and the DDIM update of the fused step graph. Blocks whose single-block error
 exceeds ``AUTO_FACTOR`` times the median block error are added to that list, and so are the blocks the

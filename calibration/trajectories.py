@@ -1,4 +1,4 @@
-"""Calibration inputs recorded along real fp32 DDIM trajectories (DESIGN §5).
+"""Calibration inputs recorded along real fp32 DDIM trajectories (docs/int8.md).
 
 Conditions are drawn from a labelled dataset (its per-tile counts and tissues). Every sample runs the
 whole DDIM loop with the fp32 U-Net, and the inputs of every guided call are kept, so every part of the

@@ -1,6 +1,6 @@
 """Model and training configs: one dataclass per model, saved in every checkpoint and manifest.
 
-Presets (DESIGN §3): ``tiny`` for unit tests (seconds), ``small`` for the CPU demo (64 px tiles, minutes
+Presets (docs/model.md): ``tiny`` for unit tests (seconds), ``small`` for the CPU demo (64 px tiles, minutes
 on 2 cores), ``reference`` for the reference example model (``make reference``: the small networks, the
 count condition also as cross-attention tokens, three to seven times the demo's steps; under an hour),
 ``paper`` for GPU training (256 px tiles, f = 4, 64x64x3 latents, codebook 8192, U-Net ~200 base

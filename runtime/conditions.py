@@ -1,4 +1,4 @@
-"""Where per-tile conditions come from (DESIGN §4): explicit counts, a CSV, the training distribution,
+"""Where per-tile conditions come from (docs/runtime.md): explicit counts, a CSV, the training distribution,
 or a rebalanced version of it. Every source is a pure function of (seed, tile index)."""
 
 from __future__ import annotations

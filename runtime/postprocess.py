@@ -1,6 +1,6 @@
 """From generated maps to labels: watershed on the distance map inside the class foreground.
 
-DESIGN §3: foreground = class argmax != 0; markers = the h-maxima of the distance map (it peaks at 1
+docs/model.md: foreground = class argmax != 0; markers = the h-maxima of the distance map (it peaks at 1
 in the centre of every nucleus and falls to about 1/radius at its border, so two touching nuclei are
 two maxima separated by a deep valley, while the shallow secondary maxima of one irregular nucleus are
 merged); watershed on −distance within the foreground; fragments below ``min_area`` dropped; one class per

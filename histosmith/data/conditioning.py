@@ -1,4 +1,4 @@
-"""The condition vector: counts per class (scaled) followed by a one-hot tissue (DESIGN §2).
+"""The condition vector: counts per class (scaled) followed by a one-hot tissue (docs/formats.md).
 
 ``vector = [count_c / scale_c for c in classes] ++ one_hot(tissue)``. ``scale_c`` comes from the
 training set and travels in meta.json, checkpoints and the export manifest, so users always speak in

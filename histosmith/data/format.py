@@ -1,4 +1,4 @@
-"""The on-disk dataset: the CoNIC layout in shards, plus ``meta.json`` (DESIGN §2).
+"""The on-disk dataset: the CoNIC layout in shards, plus ``meta.json`` (docs/formats.md).
 
 ```
 DIR/meta.json

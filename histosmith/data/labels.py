@@ -1,6 +1,6 @@
 """Label rasters: instance renumbering, distance maps, class one-hot, nucleus counts.
 
-Conventions (DESIGN §2): a label tile is (H, W, 2) int32; channel 0 = instance ids (0 = background,
+Conventions (docs/formats.md): a label tile is (H, W, 2) int32; channel 0 = instance ids (0 = background,
 1..n), channel 1 = class ids (0 = background, 1..K). Pure numpy + OpenCV: the runtime uses it too.
 """
 

@@ -1,4 +1,4 @@
-"""The conditional latent U-Net (DESIGN §3, stage 2; LDM / improved-diffusion style).
+"""The conditional latent U-Net (docs/model.md, stage 2; LDM / improved-diffusion style).
 
 ``forward(x, t, cond, keep)``: ``x`` (B, C, h, w) noisy latents, ``t`` (B,) timesteps, ``cond`` (B, K+T)
 condition vectors, ``keep`` (B,) 1 = use the condition, 0 = replace it by the learned null condition

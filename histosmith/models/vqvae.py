@@ -1,4 +1,4 @@
-"""The dual-head VQ autoencoder (DESIGN §3, stage 1).
+"""The dual-head VQ autoencoder (docs/model.md, stage 1).
 
 Input: RGB in [-1, 1] ++ distance map in [0, 1] ++ one-hot classes (K+1), i.e. (B, 3+1+K+1, H, W).
 Encoder -> (B, D, H/f, W/f) -> vector quantiser -> shared decoder trunk -> two heads:
