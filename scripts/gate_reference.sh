@@ -3,7 +3,7 @@
 # gate, gate the faster engines, measure the headline against the paper's pipeline, and pack the model the
 # package ships (histosmith/pretrained/hgsc-64). Writes under runs/ (and the packed model with PACK=1).
 #   scripts/gate_reference.sh [runs/reference]
-# Env: MARKER (watershed setting; default: the recipe's per-class depths + the real p99 split limits),
+# Env: MARKER (watershed setting; default: the recipe's per-class depths + the real p99 split limits), GUIDANCE,
 #      STEPS (the sweep's step counts), SAMPLERS, N (requests per run, >= 500), PACK=1 (write the packed model).
 set -euo pipefail
 out=${1:-runs/reference}
@@ -25,7 +25,8 @@ echo "== 2/5 the real-only segmenter the gate measures with =="
 [ -f "$out/seg/checkpoint.pt" ] || "$bin/hs-train" seg --data "$out/data" --config small --out "$out/seg"; stamp
 
 echo "== 3/5 sampler sweep: the fewest steps that pass become the export's default =="
-common=(--export "$out/export" --real "$out/data" --segmenter "$out/seg" --n "$n" --marker-depth "$marker")
+common=(--export "$out/export" --real "$out/data" --segmenter "$out/seg" --n "$n" --marker-depth "$marker"
+        --reference-guidance "${GUIDANCE:-3}")  # 3: the recipe's scale (hs-eval guidance, docs/experiments)
 "$bin/hs-eval" sampler "${common[@]}" --samplers "$samplers" --steps "$steps" --out "$out/gate" --record || true
 stamp
 default=$("$bin/python" -c 'import json, sys; s = json.load(open(sys.argv[1]))["sampling"]; print(s["sampler"], s["steps"])' \
@@ -41,8 +42,8 @@ stamp
 
 echo "== 5/5 headline: tiles/s end to end against the paper's pipeline =="
 "$bin/hs-bench" --export "$out/export" --headline \
-  "unet.onnx:$sampler:$k,unet.bf16.pt2:$sampler:$k:compile,unet.onnx:ddim:50,unet.bf16.pt2:ddim:50:compile" \
-  --batches 1,16 --repeats 3 --checkpoint "$out/ldm" --out "$out/headline"
+  "unet.bf16.pt2:$sampler:$k:compile,unet.onnx:$sampler:$k,unet.onnx:ddim:50" \
+  --batches 1,16 --repeats "${REPEATS:-2}" --checkpoint "$out/ldm" --out "$out/headline"
 stamp
 if [ "${PACK:-0}" = 1 ]; then
   rm -rf histosmith/pretrained/hgsc-64
