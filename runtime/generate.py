@@ -269,6 +269,8 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     n = len(conditions)
     record = run_record(session, plan, conditions, check)
     qc_on = plan.qc_on or check is not None
+    if plan.qc_max_area is not None:
+        plan.qc_max_area.vector(list(spec.class_names))  # an unknown class is refused before anything is written
     shard_size = record["shard_size"]
     low, high = session.batch_limits()
     if not low <= plan.batch <= high:

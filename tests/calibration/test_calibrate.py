@@ -57,7 +57,7 @@ def test_calibration_writes_qdq_graphs_and_records_them(calibrated):
     assert record["trajectories"]["timesteps"][0] > 900 and record["trajectories"]["timesteps"][-1] < 300
     parts = {row["part"] for row in record["kept_float"]}
     assert {"conv_in", "conv_out", "time_mlp", "condition"} <= parts
-    assert any("DDIM update" in row["reason"] for row in record["kept_float"])
+    assert any("sampler update" in row["reason"] for row in record["kept_float"])
     assert {"part": "down.0", "reason": REQUESTED} in record["kept_float"]
     for name, activation in ((INT8_UNET, onnx.TensorProto.UINT8), (INT8_STEP, onnx.TensorProto.INT8)):
         model = onnx.load(str(calibrated / name))
