@@ -126,6 +126,7 @@ def test_hs_generate_passes_batch_and_always_closes_the_backend(tiny_export, tmp
     assert seen["batch"] == 4 and seen["backend"].closed
 
 
+@pytest.mark.full  # about a minute: every engine exported and run on tiny random models
 def test_gpu_check_dry_run_runs_the_whole_script(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
     r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,

@@ -108,7 +108,7 @@ def _run(engine, out, sampler, batch=3, resume=False, wrap=None):
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp-2m", "unipc"])
-@pytest.mark.parametrize("engine", ["unet.onnx", "unet.pt2"])
+@pytest.mark.parametrize("engine", ["unet.onnx", pytest.param("unet.pt2", marks=pytest.mark.full)])
 def test_solver_runs_are_batch_independent_and_resume_byte_identical(tiny_export, tmp_path, sampler, engine):
     path = tiny_export / engine
     _run(path, tmp_path / "b3", sampler, batch=3)

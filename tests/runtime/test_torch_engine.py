@@ -143,6 +143,7 @@ def test_bad_torch_engines_give_one_error_line(tiny_export, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.full  # torch.compile: about a minute of inductor compilation on 2 cores
 def test_compiled_program_matches_eager_and_is_part_of_the_run_record(tiny_export, tmp_path):
     """hs-generate --compile: the same tiles within the bf16-vs-fp32 tolerances, a batch not a multiple of
     --batch runs padded (one compiled shape), and a resume must keep the choice (kernels round differently)."""
