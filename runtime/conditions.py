@@ -128,7 +128,7 @@ def explicit(info: GeneratorInfo, counts: np.ndarray, tissue: int, n: int, label
 def from_csv(info: GeneratorInfo, path: Path, n: int | None) -> ConditionTable:
     """Rows of ``<class>...,tissue``; missing class columns mean 0; rows repeat cyclically up to ``n``."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             header = [h.strip() for h in reader.fieldnames or []]
@@ -145,7 +145,8 @@ def from_csv(info: GeneratorInfo, path: Path, n: int | None) -> ConditionTable:
         raise file_error(path, f"repeated columns in the header {header}")
     unknown = [h for h in header if h not in spec.class_names and h != "tissue"]
     if unknown:
-        raise file_error(path, f"unknown columns {unknown}; expected class names {list(spec.class_names)} and 'tissue'")
+        raise file_error(path, f"unknown columns {unknown} (the header reads {header!r}); expected class names "
+                               f"{list(spec.class_names)} and 'tissue'")
     if not any(h in spec.class_names for h in header):
         raise file_error(path, f"no class columns; expected some of {list(spec.class_names)}")
     counts = np.zeros((len(rows), spec.n_classes), dtype=np.int64)

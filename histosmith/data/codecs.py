@@ -49,7 +49,7 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             return list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise file_error(path, f"unreadable CSV ({exc})") from None
@@ -58,7 +58,7 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 def read_counts_csv(path: Path, class_names: Sequence[str], n_rows: int | None = None) -> np.ndarray:
     """Read ``counts.csv`` into int64 (N, K) in the order of ``class_names``."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             rows = list(reader)
@@ -99,7 +99,7 @@ def _count_value(text: str, path: Path, where: str) -> int:
 
 def read_counts_header(path: Path) -> list[str]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise file_error(path, f"unreadable CSV ({exc})") from None

@@ -82,3 +82,18 @@ def test_tile_noise_depends_only_on_seed_and_index():
     assert steps.shape == (10, 4, 3, 4, 4)
     c, _ = tile_noise(8, np.arange(0, 2), (3, 4, 4), 10, False)
     assert not np.array_equal(a[:2], c)
+
+
+def test_csv_from_a_spreadsheet_bom_and_crlf(tmp_path):
+    """A CSV saved by a spreadsheet: UTF-8 byte-order mark, CRLF line ends."""
+    from histosmith.runtime.conditions import from_csv
+
+    path = tmp_path / "c.csv"
+    names = list(INFO.spec.class_names)
+    path.write_bytes(("\ufeff" + ",".join(names) + ",tissue\r\n" + ",".join("1" for _ in names) + ","
+                      + INFO.spec.tissue_names[1] + "\r\n").encode("utf-8"))
+    table = from_csv(INFO, path, 3)
+    assert table.counts.tolist() == [[1] * len(names)] * 3 and table.tissues.tolist() == [1, 1, 1]
+    path.write_bytes(("\ufeffblob\r\n1\r\n").encode("utf-8"))
+    with pytest.raises(HistoSmithError, match=r"unknown columns \['blob'\] \(the header reads"):
+        from_csv(INFO, path, 1)

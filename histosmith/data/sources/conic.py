@@ -29,7 +29,7 @@ def cohort(patch_name: str) -> str:
 
 def read_patch_names(path: Path, n_rows: int) -> list[str]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is no data
             rows = [r for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise file_error(path, f"unreadable CSV ({exc})") from None

@@ -42,7 +42,7 @@ def _by_stem(directory: Path, exts: tuple[str, ...]) -> dict[str, Path]:
 
 def read_utf8(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is no data
     except UnicodeDecodeError:
         raise file_error(path, "not UTF-8 text") from None
     except OSError as exc:
