@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from histosmith.data.atomic import describe_os_error, read_json_object, write_json_atomic
 from histosmith.data.layout import default_shard_size
+from histosmith.data.lock import exclusive
 from histosmith.data.meta import DatasetMeta
 from histosmith.data.provenance import PROVENANCE_KEY
 from histosmith.data.reader import Dataset
@@ -263,7 +264,14 @@ def generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condit
     """Generate ``len(conditions)`` tiles into ``out`` (a dataset in the HistoSmith/CoNIC layout).
 
     ``check`` (``--qc-segmenter``) is a pair check: tiles that fail it in every attempt are left out of the
-    dataset and listed in their shard's ``rejected.csv`` (:mod:`histosmith.runtime.qc`)."""
+    dataset and listed in their shard's ``rejected.csv`` (:mod:`histosmith.runtime.qc`). One writer per ``out``
+    (:mod:`histosmith.data.lock`): a second run on the same directory is refused before it touches it."""
+    with exclusive(out, "dataset"):
+        return _generate(session, plan, conditions, out, resume, show_progress, check)
+
+
+def _generate(session: GeneratorSession, plan: GenerationPlan, conditions: ConditionTable, out: Path,
+              resume: bool, show_progress: bool, check: PairCheck | None) -> GenerationResult:
     info = session.info
     spec = info.spec
     n = len(conditions)

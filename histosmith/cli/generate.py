@@ -89,6 +89,7 @@ def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out
                      workers: int) -> Any:
     """``--ray``: the run recorded as in one process, its shards made by Ray actors."""
     require("hs-generate --ray", "ray")
+    from histosmith.data.lock import exclusive
     from histosmith.errors import HistoSmithError
     from histosmith.runtime.generate import begin_output, check_output, run_record
     from histosmith.runtime.ray_generate import RayOptions, connect, generate_on_ray
@@ -97,13 +98,14 @@ def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out
     low, high = session.batch_limits()
     if not low <= plan.batch <= high:
         raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
-    check_output(out, record, resume)
-    opts = session.options
-    options = RayOptions(address=None if address == "local" else address, workers=workers, device=opts.device,
-                         threads=opts.threads)
-    connect(options.address, options.workers, options.cpus_per_worker)  # before anything is written
-    meta = begin_output(session, plan, record, out, resume)
-    return generate_on_ray(engine, plan, record, meta, conditions, out, options)
+    with exclusive(out, "dataset"):
+        check_output(out, record, resume)
+        opts = session.options
+        options = RayOptions(address=None if address == "local" else address, workers=workers, device=opts.device,
+                             threads=opts.threads)
+        connect(options.address, options.workers, options.cpus_per_worker)  # before anything is written
+        meta = begin_output(session, plan, record, out, resume)
+        return generate_on_ray(engine, plan, record, meta, conditions, out, options)
 
 
 def model_marker_depth(given: MarkerDepth, defaults: Any) -> MarkerDepth:

@@ -287,3 +287,20 @@ def test_ctrl_c_then_resume(tiny_export, tmp_path):
     assert ref.returncode == 0
     _same_dataset(tmp_path / "ref", out)
     assert os.path.exists(out / "preview.png")
+
+
+def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(tiny_export, tmp_path):
+    """Two runs on one --out: the second is refused before it writes anything; a lock file left by a killed
+    writer (nobody holds its flock) does not block the next run."""
+    from histosmith.data.lock import exclusive, lock_path
+
+    out = tmp_path / "d"
+    with exclusive(out, "dataset"):
+        res = _gen_cli(tiny_export / "unet.onnx", out)
+        assert "another writer is using this dataset" in _one_error_line(res)
+        assert not out.exists()
+    assert not lock_path(out).exists()
+    lock_path(out).write_text("pid 999999: hs-generate")  # what a SIGKILLed writer leaves behind
+    res = _gen_cli(tiny_export / "unet.onnx", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(Dataset.open(out)) == 4 and not lock_path(out).exists()
