@@ -26,7 +26,8 @@ def _gate_options(f: Any) -> Any:
         click.option("--segmenter", type=click.Path(path_type=Path), required=True,
                      help="hs-train seg run trained on real tiles only (KID features, label consistency)."),
         click.option("--out", type=click.Path(path_type=Path), required=True,
-                     help="Directory for the report and the generated runs (runs/; reused by later calls)."),
+                     help="Directory for the report (gate: <candidate label>/gate.*; sampler: sampler.*) and the "
+                          "generated runs (runs/, with their measurements: reused by later calls)."),
         click.option("--n", type=click.IntRange(min=8), default=500, show_default=True,
                      help="Requests per run (conditions drawn from the training distribution)."),
         click.option("--seed", type=SEED, default=0, show_default=True,
@@ -102,7 +103,7 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
                               candidate_seed_offset)
     result = run_gate(reference, [candidate], table, judges, out / "runs", opts, marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
-    paths = write_gate(out, result, command)
+    paths = write_gate(out / candidate.label, result, command)  # one report per candidate; runs/ is shared
     if not allow_small:
         record_verdicts(export, result, command)
     click.echo(f"report: {', '.join(map(str, paths))}")
@@ -153,8 +154,8 @@ def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, se
                   for s in names for k in counts]
     result = run_gate(reference, candidates, table, judges, out / "runs", opts, marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
-    paths = write_gate(out, result, command)
-    paths.append(plot_sweep(result, out / "sampler.png"))
+    paths = write_gate(out, result, command, stem="sampler")
+    paths.append(plot_sweep(result, out / "sampler_steps.png"))
     best = choose(result)
     if not allow_small:
         record_verdicts(export, result, command)

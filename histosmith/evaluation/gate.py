@@ -127,6 +127,7 @@ class Judges:
     tissue_net: Any
     segmenter: Any
     class_names: list[str]
+    key: str = ""  # identity of the judges (real tiles, tissue classifier, segmenter): measurements are cached by it
 
 
 def load_judges(real: Path, segmenter: Path, tissue_names: list[str], cache_dir: Path,
@@ -145,8 +146,12 @@ def load_judges(real: Path, segmenter: Path, tissue_names: list[str], cache_dir:
                 areas[cls].append(a[c == cls + 1])
     clf = load_or_train(real, tissue_names, cache_dir, show_progress=show_progress)
     model, _ = load_segmenter(segmenter)
+    from histosmith.data.atomic import sha256_file
+    from histosmith.training.checkpoint import resolve
+
+    key = hashlib.sha256(f"{Path(real).resolve()}|{clf.key}|{sha256_file(resolve(segmenter))}".encode()).hexdigest()
     return Judges([np.concatenate(a) if a else np.zeros(0) for a in areas], clf.net, model,
-                  list(data.meta.class_names))
+                  list(data.meta.class_names), key[:16])
 
 
 def _load_run(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -162,8 +167,32 @@ def _load_run(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return images, labels, requested, ds.counts(), tissues
 
 
+MEASURED = "gate_metrics.json"  # beside a run's shards: its metrics under the judges' key (reused by later gates)
+FEATURES = "gate_features.npy"
+
+
 def measure_run(path: Path, judges: Judges) -> RunMetrics:
-    """Every metric of one generated dataset except KID (which needs run A), and its segmenter features."""
+    """Every metric of one generated dataset except KID (which needs run A), and its segmenter features; cached
+    in the run directory for the same judges."""
+    from histosmith.data.atomic import read_json_object, write_json_atomic
+
+    cached = path / MEASURED
+    if judges.key and cached.is_file() and (path / FEATURES).is_file():
+        data = read_json_object(cached)
+        if data.get("judges") == judges.key:
+            fields = {k: v for k, v in data.items() if k not in ("judges", "kid")}
+            return RunMetrics(**fields, features=np.load(path / FEATURES))
+    metrics = _measure(path, judges)
+    if judges.key:
+        tmp = path / f".{FEATURES}.tmp.npy"
+        np.save(tmp, metrics.features)
+        tmp.replace(path / FEATURES)
+        record = {k: v for k, v in metrics.__dict__.items() if k not in ("features", "kid")}
+        write_json_atomic(cached, record | {"judges": judges.key})
+    return metrics
+
+
+def _measure(path: Path, judges: Judges) -> RunMetrics:
     from histosmith.evaluation.tissue import predict
     from histosmith.segmentation.consistency import tile_pq
     from histosmith.segmentation.predict import pooled_features, predict_labels

@@ -85,12 +85,14 @@ def plot(result: GateResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_gate(out: Path, result: GateResult, command: str) -> list[Path]:
+def write_gate(out: Path, result: GateResult, command: str, stem: str = "gate") -> list[Path]:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "gate.json", to_json(result, command))
-    write_text_atomic(out / "gate.md", to_markdown(result, command))
-    plot(result, out / "gate.png")
-    return [out / "gate.json", out / "gate.md", out / "gate.png"]
+    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    write_json_atomic(paths[0], to_json(result, command))
+    write_text_atomic(paths[1], to_markdown(result, command))
+    plot(result, paths[2])
+    return paths
 
 
 def record_verdicts(export: Path, result: GateResult, command: str) -> None:

@@ -66,11 +66,13 @@ def test_gate_command_passes_the_reference_and_fails_a_broken_candidate(tiny_exp
             str(gate_seg), "--n", "48", "--allow-small", "--batch", "16")
     same = run_cli(*base, "--out", str(tmp_path / "g"), "--steps", "50", "--candidate-seed-offset", "0")
     assert same.returncode == 0, same.stderr[-3000:]
-    report = json.loads((tmp_path / "g" / "gate.json").read_text())
+    label = "unet.onnx-ddim-50-g4"
+    report = json.loads((tmp_path / "g" / label / "gate.json").read_text())
     cand = report["candidates"][0]
     assert cand["passed"] and all(r["difference"] in (0, None) for r in cand["metrics"] if r["metric"] != "kid")
     assert cand["same_noise"]["same_instance_count"] == 1.0
-    assert (tmp_path / "g" / "gate.png").stat().st_size > 0 and "passes" in (tmp_path / "g" / "gate.md").read_text()
+    assert (tmp_path / "g" / label / "gate.png").stat().st_size > 0
+    assert "passes" in (tmp_path / "g" / label / "gate.md").read_text()
     # A second call reuses both reference runs (same settings) and only generates the candidate.
     broken = run_cli(*base, "--out", str(tmp_path / "g"), "--engine", str(untrained_export / "unet.onnx"))
     assert broken.returncode == 2, broken.stderr[-3000:]
@@ -78,7 +80,9 @@ def test_gate_command_passes_the_reference_and_fails_a_broken_candidate(tiny_exp
     assert len(errors) == 1 and errors[0].startswith("error: gate: ") and "fails" in errors[0], broken.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "g" / "runs").iterdir())
     assert len(runs) == 3, runs
+    assert all((tmp_path / "g" / "runs" / r / "gate_metrics.json").is_file() for r in runs)  # measured once
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     assert "gate" not in manifest["verification"]  # --allow-small verdicts are not recorded
-    assert np.isfinite(json.loads((tmp_path / "g" / "gate.json").read_text())["candidates"][0]["metrics"][-1]
+    broken_label = next(p for p in (tmp_path / "g").iterdir() if p.name not in ("runs", label))
+    assert np.isfinite(json.loads((broken_label / "gate.json").read_text())["candidates"][0]["metrics"][-1]
                        ["candidate"])
