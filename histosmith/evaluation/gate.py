@@ -45,15 +45,19 @@ from histosmith.runtime.schedule import SamplerSettings
 log = logging.getLogger(__name__)
 
 # The least tolerance of each metric (absolute units of the metric): a difference this small is never a failure.
+# One pair of reference runs estimates the seed-to-seed spread poorly; three reference seeds of the reference
+# model (docs/experiments/2026-12-07-samplers-and-the-gate.md) moved the median-area ratio of inflammatory nuclei
+# by 0.07 (a median of ~43 px moves in whole pixels), the touching share by 0.043 and the label PQ by 0.025: the
+# floors of those metrics sit above the largest change seen, the others at a small fraction of their scale.
 FLOORS: dict[str, float] = {
-    "count_r": 0.02,  # Pearson r, requested vs measured
-    "count_mae": 0.25,  # nuclei per tile
-    "area_ratio": 0.05,  # median area generated / real
-    "above_p99": 0.01,  # share of nuclei above the real p99 area
-    "touching": 0.03,  # share of nuclei touching another one
-    "kid": 0.01,  # KID on segmenter features
-    "tissue_accuracy": 0.03,
-    "label_pq": 0.02,  # mean per-tile binary PQ, segmenter vs generated labels
+    "count_r": 0.02,  # Pearson r, requested vs measured (seeds moved it by at most 0.007)
+    "count_mae": 0.25,  # nuclei per tile (at most 0.07)
+    "area_ratio": 0.10,  # median area generated / real (0.07)
+    "above_p99": 0.01,  # share of nuclei above the real p99 area (0.008)
+    "touching": 0.05,  # share of nuclei touching another one (0.043)
+    "kid": 0.01,  # KID on segmenter features (|KID| of a seed against A at most 0.005)
+    "tissue_accuracy": 0.03,  # (0.006)
+    "label_pq": 0.04,  # mean per-tile binary PQ, segmenter vs generated labels (0.025)
 }
 SPREAD_FACTOR = 2.0
 MIN_TILES = 500
