@@ -103,7 +103,9 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
                               candidate_seed_offset)
     result = run_gate(reference, [candidate], table, judges, out / "runs", opts, marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
-    paths = write_gate(out / candidate.label, result, command)  # one report per candidate; runs/ is shared
+    # one report per candidate (runs/ is shared); an engine of another export is named by its directory too
+    name = candidate.label if engine.parent.resolve() == export.resolve() else f"{engine.parent.name}-{candidate.label}"
+    paths = write_gate(out / name, result, command)
     if not allow_small:
         record_verdicts(export, result, command)
     click.echo(f"report: {', '.join(map(str, paths))}")
