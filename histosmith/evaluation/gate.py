@@ -350,7 +350,3 @@ def run_gate(reference: Configuration, candidates: list[Configuration], table: C
         rows[config.label] = judge(metrics["reference"], metrics["reference_b"], m, judges.class_names)
         diagnostics[config.label] = same_noise(path_a, path)
     return GateResult(reference, candidates, rows, metrics, diagnostics, len(table))
-
-
-def with_guidance(config: Configuration, guidance: float) -> Configuration:
-    return replace(config, guidance=guidance)
