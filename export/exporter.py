@@ -266,7 +266,8 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
             tile_size=info.tile_size,
             latent_scale=float(1.0 / gen.decoder.inv_scale),
             count_margin=info.count_margin,
-            models={"unet": to_dict(gen.unet_config), "vqvae": to_dict(gen.vq_config)},
+            models={"unet": to_dict(gen.unet_config), "vqvae": to_dict(gen.vq_config)}
+            | ({"distillation": gen.distillation} if gen.distillation is not None else {}),
             graphs=specs,
             batch=BatchRange(opts.dynamic_batch, low, high),
             variants=tuple(variants),

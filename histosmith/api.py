@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.errors import HistoSmithError
 from histosmith.runtime.conditions import ConditionRequest, ConditionTable
 from histosmith.runtime.engine import EngineOptions, EngineSession, open_engine
 from histosmith.runtime.generate import (
@@ -32,6 +31,7 @@ from histosmith.runtime.generate import (
     sampling_plan_fields,
     tile_sampler,
 )
+from histosmith.runtime.planning import fit_batch
 from histosmith.runtime.postprocess import MarkerDepth
 from histosmith.runtime.pretrained import resolve_engine
 from histosmith.runtime.qc import AreaLimits
@@ -114,11 +114,13 @@ class Generator:
     # ------------------------------------------------------------------ planning
 
     def plan(self, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
-             guidance: float | None = None, eta: float = 0.0, corrector: bool | None = None, batch: int = 16,
+             guidance: float | None = None, eta: float = 0.0, corrector: bool | None = None, batch: int | None = None,
              qc: QCPolicy | None = None, marker_depth: str | None = None,
              shard_size: int | None = None) -> GenerationPlan:
-        """The generation plan of these options (unset sampling options: the model's defaults)."""
-        plan = GenerationPlan(seed=seed, eta=eta, batch=batch, shard_size=shard_size,
+        """The generation plan of these options (unset sampling options: the model's defaults; unset batch: 16, or
+        the nearest the model's graphs take)."""
+        plan = GenerationPlan(seed=seed, eta=eta, batch=fit_batch(batch, self.session.batch_limits(), "batch"),
+                              shard_size=shard_size,
                               qc=qc.tolerance if qc else None, qc_attempts=qc.attempts if qc else 3,
                               qc_max_area=AreaLimits.parse(qc.max_area) if qc and qc.max_area else None,
                               **sampling_plan_fields(sampler, steps, guidance, corrector))
@@ -154,9 +156,7 @@ class Generator:
 
         from histosmith.data.labels import count_nuclei
 
-        low, high = self.session.batch_limits()
-        if not low <= plan.batch <= high:
-            raise HistoSmithError(f"batch {plan.batch} is outside what the model accepts ({low}..{high})")
+        fit_batch(plan.batch, self.session.batch_limits(), "batch")
         tables = plan.tables(self.session.info.schedule)
         sample_batch = tile_sampler(self.session, plan, table, self.session.backend(tables), tables)
         images, labels = [], []

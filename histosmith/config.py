@@ -66,6 +66,9 @@ class UNetConfig:
     cross_attention: bool = False  # condition also as tokens (one per class + one for the tissue)
     norm_groups: int = 16
     dropout: float = 0.0
+    # A guidance-distilled student (hs-train distill): the guidance scale is an input, one pass replaces the
+    # conditional + null pair, and these are the scales it was trained on. None: the classifier-free U-Net.
+    guidance_range: tuple[float, float] | None = None
 
     @property
     def cond_dim(self) -> int:
@@ -118,6 +121,23 @@ class LDMTrainConfig:
     map_classes: Literal["autoencoder", "ce", "tversky", "none"] = "autoencoder"  # autoencoder: its own mix
     log_every: int = 50
     checkpoint_every: int = 500
+
+
+@dataclass(frozen=True)
+class DistillTrainConfig:
+    """``hs-train distill``: the student starts from its teacher, so a short run at a low rate suffices."""
+
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_steps: int = 3000
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    guidance_min: float = 1.0  # the student serves guidance scales in [guidance_min, guidance_max]
+    guidance_max: float = 5.0
+    log_every: int = 50
+    checkpoint_every: int = 250
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,6 @@ def override(cfg: T, **changes: Any) -> T:
 
 
 __all__ = [
-    "PRESETS", "LDMTrainConfig", "Preset", "ScheduleConfig", "UNetConfig", "VQConfig", "VQTrainConfig",
-    "from_dict", "override", "preset", "to_dict", "unet_config", "vq_config",
+    "PRESETS", "DistillTrainConfig", "LDMTrainConfig", "Preset", "ScheduleConfig", "UNetConfig", "VQConfig",
+    "VQTrainConfig", "from_dict", "override", "preset", "to_dict", "unet_config", "vq_config",
 ]

@@ -13,7 +13,7 @@ from histosmith.data.provenance import collect_records
 from histosmith.errors import HistoSmithError
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
-from histosmith.models.wrappers import GuidedUNet, LatentDecoder
+from histosmith.models.wrappers import DistilledUNet, GuidedUNet, LatentDecoder, guided_unet
 from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.schedule import SamplerTables, ScheduleConfig
@@ -22,13 +22,14 @@ from histosmith.training.checkpoint import load_checkpoint, load_state, resolve
 
 @dataclass
 class TrainedGenerator:
-    guided: GuidedUNet  # EMA weights, eval mode
+    guided: GuidedUNet | DistilledUNet  # EMA weights, eval mode
     decoder: LatentDecoder
     unet_config: UNetConfig
     vq_config: VQConfig
     info: GeneratorInfo
     checkpoint: Path
     step: int
+    distillation: dict | None = None  # a guidance-distilled student: its teacher, steps and scales
 
 
 def load_generator(path: Path) -> TrainedGenerator:
@@ -55,9 +56,11 @@ def load_generator(path: Path) -> TrainedGenerator:
         count_margin=int(ckpt.get("dataset", {}).get("count_margin", 0)),  # the counting rule of the training set
         source=f"HistoSmith generator {file} (step {int(ckpt['step'])})",
         provenance=tuple(collect_records(ckpt.get("training_data"))),
+        guidance_range=unet_cfg.guidance_range,
     )
-    return TrainedGenerator(GuidedUNet(unet).eval(), LatentDecoder(vq, ckpt["latent_scale"]).eval(), unet_cfg,
-                            vq_cfg, info, file, int(ckpt["step"]))
+    return TrainedGenerator(guided_unet(unet).eval(), LatentDecoder(vq, ckpt["latent_scale"]).eval(), unet_cfg,
+                            vq_cfg, info, file, int(ckpt["step"]),
+                            ckpt.get("distillation"))
 
 
 @dataclass

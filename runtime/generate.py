@@ -31,6 +31,7 @@ from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime.backends.base import Backend, Decoded
 from histosmith.runtime.conditions import ConditionTable
 from histosmith.runtime.engine import GeneratorSession
+from histosmith.runtime.planning import DEFAULT_BATCH, fit_batch
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig, labels_from_maps
 from histosmith.runtime.qc import AreaLimits, PairCheck, QCTiles, qc_result, sample_with_qc
 from histosmith.runtime.schedule import (
@@ -57,7 +58,7 @@ class GenerationPlan:
     guidance: float = 4.0
     sampler: Sampler = "ddim"
     corrector: bool = True  # UniPC's corrector
-    batch: int = 16
+    batch: int = DEFAULT_BATCH  # with "batch" in ``unset``: fitted to the model's graphs (:meth:`with_batch_limits`)
     shard_size: int | None = None  # None: about 128 MB of tiles per shard
     postprocess: PostprocessConfig = PostprocessConfig()
     qc: float | None = None  # relative count tolerance (at least 1 nucleus); None: no QC (histosmith.runtime.qc)
@@ -79,7 +80,13 @@ class GenerationPlan:
         """The plan with every sampling field the user left unset taken from the model's defaults."""
         values = {"sampler": defaults.sampler, "steps": defaults.steps, "guidance": defaults.guidance,
                   "corrector": defaults.corrector}
-        return replace(self, **{k: v for k, v in values.items() if k in self.unset}, unset=frozenset())
+        return replace(self, **{k: v for k, v in values.items() if k in self.unset}, unset=self.unset - set(values))
+
+    def with_batch_limits(self, limits: tuple[int, int]) -> GenerationPlan:
+        """The plan with its batch checked against what the model's graphs take (:func:`fit_batch`); a batch the
+        user left unset is brought inside that range."""
+        batch = fit_batch(None if "batch" in self.unset else self.batch, limits)
+        return replace(self, batch=batch, unset=self.unset - {"batch"})
 
     def with_marker_depth(self, marker: MarkerDepth, class_names: Sequence[str]) -> GenerationPlan:
         """The plan with ``--marker-depth`` resolved against the model's classes (an unknown class is refused)."""
@@ -238,6 +245,7 @@ def tile_sampler(session: GeneratorSession, plan: GenerationPlan, conditions: Co
     with any QC of the plan or a pair check, resampled — the same bytes whatever other tiles share the batch."""
     info = session.info
     spec = info.spec
+    info.check_guidance(plan.guidance)
     vectors = spec.vectors(conditions.counts, conditions.tissues)
     guidance_all = np.full(len(conditions), plan.guidance, dtype=np.float32)
     max_area = plan.qc_max_area.vector(list(spec.class_names)) if plan.qc_max_area is not None else None
@@ -275,14 +283,13 @@ def _generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condi
     info = session.info
     spec = info.spec
     n = len(conditions)
+    plan = plan.with_batch_limits(session.batch_limits())
     record = run_record(session, plan, conditions, check)
     qc_on = plan.qc_on or check is not None
     if plan.qc_max_area is not None:
         plan.qc_max_area.vector(list(spec.class_names))  # an unknown class is refused before anything is written
+    info.check_guidance(plan.guidance)
     shard_size = record["shard_size"]
-    low, high = session.batch_limits()
-    if not low <= plan.batch <= high:
-        raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
     check_output(out, record, resume)
     tables = plan.tables(info.schedule)
     backend = session.backend(tables)  # the expensive part; nothing is written before it succeeds

@@ -249,7 +249,19 @@ class Manifest:
             source=f"HistoSmith export of {self.source.checkpoint} (step {self.source.step})",
             provenance=tuple(self.provenance),
             sampling=self.sampling,
+            guidance_range=self.guidance_range,
         )
+
+    @property
+    def guidance_range(self) -> tuple[float, float] | None:
+        """The guidance scales a distilled U-Net was trained on (None: two-pass classifier-free guidance)."""
+        span = self.models.get("unet", {}).get("guidance_range")
+        return None if span is None else (float(span[0]), float(span[1]))
+
+    @property
+    def distillation(self) -> Mapping[str, Any] | None:
+        """What the distilled U-Net was trained from (teacher, steps, scales); None for a classifier-free U-Net."""
+        return self.models.get("distillation")
 
     def graph(self, role: str) -> GraphSpec:
         return self.graphs[role]

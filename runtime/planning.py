@@ -36,6 +36,22 @@ from histosmith.runtime.specs import (
     X0_HISTORY,
 )
 
+DEFAULT_BATCH = 16
+
+
+def fit_batch(given: int | None, limits: tuple[int, int], option: str = "--batch", default: int = DEFAULT_BATCH) -> int:
+    """The batch a run uses: ``given`` when the export's graphs take it; left unset, ``default`` brought inside
+    the graphs' range (a fixed-batch export of 4 runs batches of 4). A given batch outside it is refused in one
+    line that names ``option`` and the range."""
+    low, high = limits
+    fitted = min(max(default, low), high)
+    if given is None:
+        return fitted
+    if not low <= given <= high:
+        raise HistoSmithError(f"{option} {given}: this export's graphs take batches of {low}..{high}; pick one in "
+                              f"that range, or leave {option} out ({fitted})")
+    return given
+
 
 @dataclass(frozen=True)
 class BatchBuckets:

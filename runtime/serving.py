@@ -7,17 +7,15 @@ counts. Tile ``(seed, index)`` is
 computed exactly as ``hs-generate --seed seed`` computes its tile ``index`` (same noise, same condition
 vector, same post-processing), so it is byte-identical to that tile whatever else shares its batch.
 
-Requests are validated one by one (a bad request gets its own error, never its neighbours'); valid tiles
-from concurrent requests are grouped by step count and run as engine batches of up to ``max_batch``.
+Every field of a request is validated before its tiles join a batch (a bad request gets one error line
+naming the field, never its neighbours'); the valid tiles of the requests Triton batched together are grouped by
+step count and run as engine batches of up to ``max_batch``, and should such a batch still fail, each request
+is rendered alone so that only the one at fault gets the error (:meth:`TileRenderer.render_each`).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.engine import EngineOptions, EngineSession, open_engine
 from histosmith.runtime.generate import decode_labels, to_uint8
 from histosmith.runtime.info import GeneratorInfo
+from histosmith.runtime.planning import fit_batch
 from histosmith.runtime.postprocess import MarkerDepth, PostprocessConfig
 from histosmith.runtime.schedule import SamplerSettings, SamplerTables, SamplingDefaults, Scheduler
 from histosmith.runtime.seeds import tile_noise
@@ -38,6 +37,9 @@ log = logging.getLogger(__name__)
 # Tensor names of the served model (inputs per tile; the batch axis is the tile axis).
 IN_COUNTS, IN_TISSUE, IN_SEED, IN_INDEX = "counts", "tissue", "seed", "index"
 IN_STEPS, IN_GUIDANCE = "steps", "guidance"  # optional
+MAX_SEED = 2**63 - 1
+MAX_INDEX = 2**40  # tile numbers of one seed: far beyond any dataset, small enough for every noise stream
+MAX_COUNT = 10_000  # nuclei per class and tile, even with --allow-extrapolation
 OUT_IMAGE, OUT_INSTANCE, OUT_CLASS, OUT_COUNTS = "image", "instance", "class", "counts"
 MODEL_NAME = "histosmith"
 
@@ -92,19 +94,43 @@ def _column(arrays: dict[str, np.ndarray], name: str, n: int, default: float | N
             raise HistoSmithError(f"input {name!r} is missing")
         return np.full(n, default)
     value = np.asarray(value)
-    if value.shape[0] != n or value.size != n:
+    if value.ndim == 0 or value.shape[0] != n or value.size != n:
         raise HistoSmithError(f"input {name!r}: expected shape ({n}, 1), got {tuple(value.shape)}")
     return value.reshape(n)
 
 
+def _whole(arrays: dict[str, np.ndarray], name: str, n: int, low: int, high: int,
+           default: int | None = None) -> np.ndarray:
+    """An integer column with every value in ``low..high`` (floats only when whole numbers)."""
+    value = _column(arrays, name, n, default)
+    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        raise HistoSmithError(f"input {name!r}: expected whole numbers, got {value.dtype}")
+    if np.issubdtype(value.dtype, np.floating) and not (np.isfinite(value).all() and (value == np.round(value)).all()):
+        raise HistoSmithError(f"input {name!r}: expected whole numbers")
+    if ((value < low) | (value > high)).any():
+        raise HistoSmithError(f"input {name!r}: must lie in {low}..{high}")
+    return value.astype(np.int64)
+
+
 def parse_tiles(info: GeneratorInfo, arrays: dict[str, np.ndarray], defaults: ServeDefaults) -> list[TileRequest]:
-    """The tiles of one request (inputs with a leading tile axis); raises HistoSmithError on bad input."""
+    """The tiles of one request (inputs with a leading tile axis), every field checked; raises HistoSmithError
+    naming the field — also for input no check foresaw, so a client never gets a traceback."""
+    try:
+        return _parse_tiles(info, arrays, defaults)
+    except HistoSmithError:
+        raise
+    except Exception as exc:  # a malformed tensor that slipped past the checks: still one line, no traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HistoSmithError(f"request not understood ({type(exc).__name__}: {first[:200]})") from None
+
+
+def _parse_tiles(info: GeneratorInfo, arrays: dict[str, np.ndarray], defaults: ServeDefaults) -> list[TileRequest]:
     spec = info.spec
     counts = arrays.get(IN_COUNTS)
     if counts is None:
         raise HistoSmithError(f"input {IN_COUNTS!r} is missing")
     counts = np.asarray(counts)
-    if counts.ndim != 2 or counts.shape[1] != spec.n_classes:
+    if counts.ndim != 2 or counts.shape[1] != spec.n_classes or counts.shape[0] == 0:
         raise HistoSmithError(f"input {IN_COUNTS!r}: expected shape (tiles, {spec.n_classes}) for classes "
                               f"{list(spec.class_names)}, got {tuple(counts.shape)}")
     if not np.issubdtype(counts.dtype, np.integer):
@@ -112,20 +138,29 @@ def parse_tiles(info: GeneratorInfo, arrays: dict[str, np.ndarray], defaults: Se
     n = len(counts)
     if (counts < 0).any():
         raise HistoSmithError(f"input {IN_COUNTS!r}: counts must not be negative")
+    if (counts > MAX_COUNT).any():
+        raise HistoSmithError(f"input {IN_COUNTS!r}: at most {MAX_COUNT} nuclei per class and tile")
     spec.check_range(counts, defaults.allow_extrapolation)
     tissues = _column(arrays, IN_TISSUE, n)
-    names = [t.decode() if isinstance(t, bytes) else str(t) for t in tissues]
+    try:
+        names = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tissues]
+    except UnicodeDecodeError:
+        raise HistoSmithError(f"input {IN_TISSUE!r}: not UTF-8 text") from None
     tissue_ids = [spec.tissue_index(name) for name in names]
-    seeds = _column(arrays, IN_SEED, n)
-    indices = _column(arrays, IN_INDEX, n)
-    steps = _column(arrays, IN_STEPS, n, defaults.steps)
+    seeds = _whole(arrays, IN_SEED, n, 0, MAX_SEED)
+    indices = _whole(arrays, IN_INDEX, n, 0, MAX_INDEX)
+    steps = _whole(arrays, IN_STEPS, n, 1, info.schedule.num_train_timesteps, defaults.steps)
+    for s in np.unique(steps):  # the server's sampler at this step count (e.g. a multistep solver's minimum)
+        try:
+            SamplerSettings(defaults.sampler or "ddim", int(s), defaults.eta, defaults.corrector is not False)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise HistoSmithError(f"input {IN_STEPS!r}: {exc}") from None
     guidance = _column(arrays, IN_GUIDANCE, n, defaults.guidance)
-    if (indices < 0).any():
-        raise HistoSmithError(f"input {IN_INDEX!r}: tile indices must not be negative")
-    if ((steps < 1) | (steps > info.schedule.num_train_timesteps)).any():
-        raise HistoSmithError(f"input {IN_STEPS!r}: steps must lie in 1..{info.schedule.num_train_timesteps}")
-    if not np.isfinite(guidance).all() or (guidance < 0).any():
-        raise HistoSmithError(f"input {IN_GUIDANCE!r}: guidance must be a finite number >= 0")
+    if not np.issubdtype(guidance.dtype, np.number) or not np.isfinite(guidance).all() or (guidance < 0).any() \
+            or (guidance > 100).any():
+        raise HistoSmithError(f"input {IN_GUIDANCE!r}: guidance must be a finite number in 0..100")
+    for g in np.unique(guidance):
+        info.check_guidance(float(g), f"input {IN_GUIDANCE!r}:")
     return [TileRequest(counts[i].astype(np.int64), tissue_ids[i], int(seeds[i]), int(indices[i]), int(steps[i]),
                         float(guidance[i])) for i in range(n)]
 
@@ -139,16 +174,14 @@ def stack_tiles(tiles: list[Tile]) -> dict[str, np.ndarray]:
 class TileRenderer:
     """One verified engine with one session (backend, buffers) per DDIM step count in use."""
 
-    def __init__(self, engine: Path, max_batch: int, defaults: ServeDefaults = ServeDefaults(),
+    def __init__(self, engine: Path, max_batch: int | None, defaults: ServeDefaults = ServeDefaults(),
                  device: str = "auto", threads: int | None = None) -> None:
-        self.engine, self.max_batch = engine, max_batch
+        first = open_engine(engine, EngineOptions(device=device, threads=threads, batch=max_batch))  # checks first
+        self.engine = engine
+        self.max_batch = max_batch = fit_batch(max_batch, first.batch_limits(), "--max-batch")
         self._options = EngineOptions(device=device, threads=threads, batch=max_batch)
-        first = open_engine(engine, self._options)  # every check before any weights load
         self.defaults = defaults = defaults.resolved(first.info.sampling)
-        low, high = first.batch_limits()
-        if not low <= max_batch <= high:
-            raise HistoSmithError(f"--max-batch {max_batch} is outside what the exported graphs accept "
-                                  f"({low}..{high})")
+        first.info.check_guidance(float(defaults.guidance or 0.0))
         self.info: GeneratorInfo = first.info
         self.post: PostprocessConfig = MarkerDepth.parse(defaults.marker_depth).config(first.info.spec.class_names)
         self._sessions: dict[int, tuple[EngineSession, SamplerTables]] = {}
@@ -182,6 +215,34 @@ class TileRenderer:
                     out[i] = tile
         return [t for t in out if t is not None]
 
+    def render_each(self, requests: list[list[TileRequest]]) -> list[list[Tile] | HistoSmithError]:
+        """The tiles of each request, rendered together; should that fail, each request alone, so only a request
+        whose own tiles fail gets an error (one line, as a :class:`HistoSmithError`) and its batch-mates their
+        tiles — the same bytes either way."""
+        try:
+            tiles = self.render([t for r in requests for t in r])
+        except Exception:
+            if len(requests) == 1:
+                return [self._render_alone(requests[0])]
+            log.warning("an engine batch of %d requests failed; rendering them one by one", len(requests))
+            return [self._render_alone(r) for r in requests]
+        out: list[list[Tile] | HistoSmithError] = []
+        start = 0
+        for r in requests:
+            out.append(tiles[start:start + len(r)])
+            start += len(r)
+        return out
+
+    def _render_alone(self, request: list[TileRequest]) -> list[Tile] | HistoSmithError:
+        try:
+            return self.render(request)
+        except HistoSmithError as exc:
+            return exc
+        except Exception as exc:
+            log.exception("a request failed in the engine")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return HistoSmithError(f"the engine failed on this request ({type(exc).__name__}: {first[:200]})")
+
     def _render_batch(self, batch: list[TileRequest], steps: int) -> list[Tile]:
         spec, stochastic = self.info.spec, self.defaults.eta > 0
         noise = [tile_noise(r.seed, np.array([r.index]), self.info.latent_shape, steps, stochastic) for r in batch]
@@ -196,71 +257,3 @@ class TileRenderer:
             tiles.append(Tile(to_uint8(decoded.image[b]), labels[..., 0].astype(np.int32),
                               labels[..., 1].astype(np.int32), counts))
         return tiles
-
-
-@dataclass
-class _Pending:
-    tiles: list[TileRequest]
-    future: Future
-
-
-class DynamicBatcher:
-    """Collects tiles from concurrent requests into engine batches: a batch starts when a request arrives
-    and closes when it holds ``max_batch`` tiles or ``max_delay_s`` has passed. One engine thread."""
-
-    def __init__(self, renderer: TileRenderer, max_delay_s: float = 0.005) -> None:
-        self.renderer = renderer
-        self.max_delay_s = max_delay_s
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="histosmith-batcher", daemon=True)
-        self._thread.start()
-        self.batches: list[int] = []  # tiles per engine call, for statistics
-
-    def submit(self, tiles: list[TileRequest]) -> Future:
-        """A future with the request's tiles (a list of Tile, in order)."""
-        future: Future = Future()
-        self._queue.put(_Pending(tiles, future))
-        return future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        carry: _Pending | None = None
-        while True:
-            first = carry or self._queue.get()
-            carry = None
-            if first is None:
-                return
-            group, size = [first], len(first.tiles)
-            deadline = time.monotonic() + self.max_delay_s
-            while size < self.renderer.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None or size + len(item.tiles) > self.renderer.max_batch:
-                    carry = item  # next batch (or shutdown after this one)
-                    if item is None:
-                        self._queue.put(None)
-                        carry = None
-                    break
-                group.append(item)
-                size += len(item.tiles)
-            self._run(group, size)
-
-    def _run(self, group: list[_Pending], size: int) -> None:
-        tiles = [t for p in group for t in p.tiles]
-        try:
-            rendered = self.renderer.render(tiles)
-        except Exception as exc:  # an engine failure fails this batch's requests, not the server
-            log.exception("engine batch of %d tiles failed", size)
-            for p in group:
-                p.future.set_exception(exc)
-            return
-        self.batches.append(size)
-        start = 0
-        for p in group:
-            p.future.set_result(rendered[start:start + len(p.tiles)])
-            start += len(p.tiles)

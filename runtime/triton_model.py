@@ -1,9 +1,11 @@
 """The Triton Python-backend model that ``hs-export --triton-repo`` writes as ``histosmith/1/model.py``.
 
-It runs the DDIM loop with the lean runtime (``pip install histosmith`` in the Python environment of
-Triton's Python backend) on the ONNX graphs beside it. Triton's dynamic batcher hands it several requests
-at once: each is validated on its own (a bad one gets its own error response), and the tiles of all valid
-ones run through the engine together. Tiles equal ``hs-generate``'s for the same seed and index.
+``hs-serve`` serves an export through the same model (a repository written to a temporary directory). It runs
+the sampling loop with the lean runtime (``pip install histosmith`` in the Python environment of Triton's Python
+backend) on the graphs beside it. Triton's dynamic batcher hands it several requests at once: each is validated
+on its own (a bad one gets its own error response: one line naming the field, code INVALID_ARG, HTTP 400), and
+the tiles of all valid ones run through the engine together — or, should that fail, each request alone
+(:meth:`TileRenderer.render_each`). Tiles equal ``hs-generate``'s for the same seed and index.
 """
 
 from __future__ import annotations
@@ -49,10 +51,15 @@ class TritonPythonModel:
                                  marker_depth=_parameter(config, "marker_depth", str(MarkerDepth())))
         threads = int(_parameter(config, "threads", "0")) or None
         self.renderer = TileRenderer(version_dir / _parameter(config, "engine", "unet.onnx"),
-                                     int(config["max_batch_size"]), defaults, threads=threads)
+                                     int(config["max_batch_size"]), defaults,
+                                     device=_parameter(config, "device", "auto"), threads=threads)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
+
+        def error(exc: HistoSmithError, invalid: bool) -> Any:
+            code = getattr(pb_utils.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
+            return pb_utils.TritonError(str(exc)) if code is None else pb_utils.TritonError(str(exc), code)
 
         parsed: list[Any] = []
         for request in requests:
@@ -64,18 +71,19 @@ class TritonPythonModel:
             try:
                 parsed.append(parse_tiles(self.renderer.info, arrays, self.renderer.defaults))
             except HistoSmithError as exc:
-                parsed.append(pb_utils.TritonError(str(exc)))
+                parsed.append(error(exc, invalid=True))
         valid = [tiles for tiles in parsed if isinstance(tiles, list)]
-        rendered = self.renderer.render([t for tiles in valid for t in tiles])  # one pass over every request
-        responses, start = [], 0
+        rendered = iter(self.renderer.render_each(valid))  # one pass over every valid request
+        responses = []
         for tiles in parsed:
-            if not isinstance(tiles, list):
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=tiles))
+            result = next(rendered) if isinstance(tiles, list) else tiles
+            if isinstance(result, HistoSmithError):
+                result = error(result, invalid=False)
+            if not isinstance(result, list):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=result))
                 continue
-            outputs = stack_tiles(rendered[start:start + len(tiles)])
-            start += len(tiles)
             responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]))
+                output_tensors=[pb_utils.Tensor(name, value) for name, value in stack_tiles(result).items()]))
         return responses
 
     def finalize(self) -> None:

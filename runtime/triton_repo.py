@@ -4,9 +4,11 @@
 
     DIR/histosmith/config.pbtxt        Python backend, dynamic batching, per-tile inputs and outputs
     DIR/histosmith/1/model.py          runtime/triton_model.py: the DDIM loop on the lean runtime
-    DIR/histosmith/1/manifest.json     the export's manifest, unet.onnx and decoder.onnx (fp32 ONNX graphs)
+    DIR/histosmith/1/manifest.json     the export's manifest and the files of the chosen engine (default: the fp32
+                                       ONNX graphs unet.onnx and decoder.onnx)
 
-The directory is written next to ``DIR`` and renamed into place, so it is complete or absent.
+The directory is written next to ``DIR`` and renamed into place, so it is complete or absent. ``hs-serve
+--export`` serves an export through a repository written this way into a temporary directory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from histosmith.data.atomic import atomic_directory
 from histosmith.errors import file_error
 from histosmith.runtime.engine import EngineOptions, open_engine
+from histosmith.runtime.planning import fit_batch
+from histosmith.runtime.postprocess import MarkerDepth
 from histosmith.runtime.serving import (
     IN_COUNTS,
     IN_GUIDANCE,
@@ -38,10 +42,11 @@ MODEL_TEMPLATE = Path(__file__).with_name("triton_model.py")
 
 @dataclass(frozen=True)
 class RepoOptions:
-    max_batch: int = 16
+    max_batch: int | None = None  # None: 16, or the nearest the export's graphs take
     max_delay_us: int = 5000
-    instances: int = 1
+    instances: int = 1  # model instances (processes), each with its own engine
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
+    device: str = "auto"
     defaults: ServeDefaults = ServeDefaults()
 
 
@@ -63,7 +68,7 @@ def config_pbtxt(n_classes: int, tile_size: int, options: RepoOptions, engine: s
     params = {"engine": engine, "steps": str(d.steps), "guidance": repr(d.guidance), "eta": repr(d.eta),
               "sampler": str(d.sampler), "corrector": "false" if d.corrector is False else "true",
               "allow_extrapolation": "true" if d.allow_extrapolation else "false", "threads": str(options.threads),
-              "marker_depth": d.marker_depth}
+              "device": options.device, "marker_depth": d.marker_depth}
     parameters = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
     sep = ",\n"
     return (f'name: "{MODEL_NAME}"\nbackend: "python"\nmax_batch_size: {options.max_batch}\n'
@@ -73,20 +78,18 @@ def config_pbtxt(n_classes: int, tile_size: int, options: RepoOptions, engine: s
 
 
 def write_triton_repo(export_dir: Path, repo: Path, options: RepoOptions = RepoOptions(),
-                      engine: str = "unet.onnx") -> Path:
-    """Write the model repository ``repo`` for the ONNX engine ``engine`` of ``export_dir``."""
+                      engine: str = "unet.onnx", batch_option: str = "--max-batch") -> Path:
+    """Write the model repository ``repo`` for the engine ``engine`` of ``export_dir`` (``batch_option``: the
+    command's name for ``options.max_batch``, for its error line)."""
     session = open_engine(export_dir / engine, EngineOptions(batch=options.max_batch))  # verified, not loaded
     variant = session.variant
-    if variant.format != "onnx":
-        raise file_error(export_dir / engine, "the Triton repository serves ONNX graphs; pick an .onnx engine")
-    low, high = session.batch_limits()
-    if not low <= options.max_batch <= high:
-        raise file_error(export_dir / engine, f"--max-batch {options.max_batch} is outside what the graphs "
-                                              f"accept ({low}..{high})")
+    info = session.info
+    options = replace(options, max_batch=fit_batch(options.max_batch, session.batch_limits(), batch_option),
+                      defaults=options.defaults.resolved(info.sampling))  # the model's own sampling
+    info.check_guidance(float(options.defaults.guidance))  # type: ignore[arg-type]
+    MarkerDepth.parse(options.defaults.marker_depth).config(info.spec.class_names)  # an unknown class: refused now
     if repo.exists():
         raise file_error(repo, "already exists; choose a new directory")
-    info = session.info
-    options = replace(options, defaults=options.defaults.resolved(info.sampling))  # the model's own sampling
     with atomic_directory(repo) as tmp:
         version = tmp / MODEL_NAME / "1"
         version.mkdir(parents=True)

@@ -1,47 +1,34 @@
-"""``hs-serve``: the generator behind Triton Inference Server, through PyTriton (which ships ``tritonserver``).
+"""``hs-serve``: a generator behind Triton Inference Server, on the ``tritonserver`` PyTriton ships.
 
-Triton receives the requests (HTTP, gRPC, metrics) and hands each one to one of ``instances`` model
-instances (a Python-backend process each, forwarding to a thread of this process); each validates its
-request alone — a bad request gets its own error — and waits on the shared
-:class:`~histosmith.runtime.serving.DynamicBatcher`, which runs the tiles of concurrent requests as
-engine batches. Triton's own dynamic batcher is left off here because
-PyTriton can only fail a whole batch of requests, never one of them; the ``--triton-repo`` model, which
-answers every request separately, uses it.
+Both forms serve one Triton model repository with the Python-backend model of :mod:`histosmith.runtime.triton_model`:
+``--repo`` one written by ``hs-export --triton-repo``, ``--export`` one written for the run into a temporary
+directory (never inside the export). Triton's dynamic batcher groups concurrent requests; the model validates each
+request alone (a bad one gets one error line naming the field, HTTP 400, and never fails its batch-mates).
+
+The server is one child process. SIGTERM (``docker stop``, ``systemctl stop``), SIGHUP and Ctrl-C stop it and
+remove the temporary files; on Linux the child is also told to stop should ``hs-serve`` itself be killed. Every
+port — HTTP, and the gRPC and metrics ports derived from it — is range-checked and probed before it starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from histosmith.errors import HistoSmithError
-from histosmith.runtime.serving import (
-    IN_COUNTS,
-    IN_GUIDANCE,
-    IN_INDEX,
-    IN_SEED,
-    IN_STEPS,
-    IN_TISSUE,
-    MODEL_NAME,
-    OUT_CLASS,
-    OUT_COUNTS,
-    OUT_IMAGE,
-    OUT_INSTANCE,
-    DynamicBatcher,
-    TileRenderer,
-    parse_tiles,
-    stack_tiles,
-)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +39,26 @@ class ServerOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    instances: int = 8  # requests handled at once (their tiles are batched together)
-    max_delay_s: float = 0.005
     verbose: bool = False
+
+
+MAX_PORT = 65535
+
+
+def server_ports(port: int, grpc_port: int | None, metrics_port: int | None) -> tuple[int, int, int]:
+    """HTTP, gRPC (default ``port`` + 1) and metrics (default ``port`` + 2) ports, each checked to lie in
+    1..65535 and to differ from the others."""
+    given = {"--port": port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+    ports = {"--port": port, "--grpc-port": port + 1 if grpc_port is None else grpc_port,
+             "--metrics-port": port + 2 if metrics_port is None else metrics_port}
+    for option, value in ports.items():
+        if not 1 <= value <= MAX_PORT:
+            how = "" if given[option] is not None else f" (derived from --port {port}; give {option} or a lower --port)"
+            raise HistoSmithError(f"{option} {value}: ports lie in 1..{MAX_PORT}{how}")
+    if len(set(ports.values())) < 3:
+        raise HistoSmithError("--port, --grpc-port and --metrics-port must differ (got "
+                              f"{', '.join(str(v) for v in ports.values())})")
+    return ports["--port"], ports["--grpc-port"], ports["--metrics-port"]
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
@@ -79,75 +83,6 @@ def use_interpreter_libpython() -> None:
         current = os.environ.get("LD_LIBRARY_PATH", "")
         if libdir not in current.split(":"):
             os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
-
-
-def model_tensors(n_classes: int, tile_size: int) -> tuple[list[Any], list[Any]]:
-    """PyTriton input and output declarations (shapes without the tile axis)."""
-    from pytriton.model_config import Tensor
-
-    inputs = [Tensor(name=IN_COUNTS, dtype=np.int32, shape=(n_classes,)),
-              Tensor(name=IN_TISSUE, dtype=bytes, shape=(1,)),
-              Tensor(name=IN_SEED, dtype=np.int64, shape=(1,)),
-              Tensor(name=IN_INDEX, dtype=np.int64, shape=(1,)),
-              Tensor(name=IN_STEPS, dtype=np.int32, shape=(1,), optional=True),
-              Tensor(name=IN_GUIDANCE, dtype=np.float32, shape=(1,), optional=True)]
-    outputs = [Tensor(name=OUT_IMAGE, dtype=np.uint8, shape=(tile_size, tile_size, 3)),
-               Tensor(name=OUT_INSTANCE, dtype=np.int32, shape=(tile_size, tile_size)),
-               Tensor(name=OUT_CLASS, dtype=np.int32, shape=(tile_size, tile_size)),
-               Tensor(name=OUT_COUNTS, dtype=np.int32, shape=(n_classes,))]
-    return inputs, outputs
-
-
-def make_infer(batcher: DynamicBatcher) -> Any:
-    """The PyTriton inference callable: one request in, its tiles out; bad input -> that request's error."""
-    from pytriton.exceptions import PyTritonBadParameterError
-
-    renderer = batcher.renderer
-
-    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        parsed = []
-        for request in requests:
-            try:
-                parsed.append(parse_tiles(renderer.info, dict(request.items()), renderer.defaults))
-            except HistoSmithError as exc:
-                raise PyTritonBadParameterError(str(exc)) from None
-        futures = [batcher.submit(tiles) for tiles in parsed]
-        return [stack_tiles(f.result()) for f in futures]
-
-    return infer
-
-
-def serve(renderer: TileRenderer, options: ServerOptions) -> None:
-    """Start Triton with the generator bound as model ``histosmith`` and serve until interrupted."""
-    for what, port in (("HTTP", options.http_port), ("gRPC", options.grpc_port), ("metrics", options.metrics_port)):
-        check_port_free(options.host, port, what)
-    use_interpreter_libpython()
-    from pytriton.model_config import ModelConfig
-    from pytriton.triton import Triton, TritonConfig
-
-    batcher = DynamicBatcher(renderer, options.max_delay_s)
-    inputs, outputs = model_tensors(renderer.info.n_classes, renderer.info.tile_size)
-    config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
-                          grpc_port=options.grpc_port, metrics_address=options.host,
-                          metrics_port=options.metrics_port, log_verbose=1 if options.verbose else 0)
-    infer = make_infer(batcher)
-    try:
-        with Triton(config=config) as triton:
-            # Triton batching on (each request carries up to max_batch tiles), its dynamic batcher off.
-            try:
-                triton.bind(model_name=MODEL_NAME, infer_func=[infer] * options.instances, inputs=inputs,
-                            outputs=outputs, config=ModelConfig(max_batch_size=renderer.max_batch, batcher=None),
-                            strict=True)
-            except Exception as exc:  # PyTriton and tritonclient raise their own types
-                reason = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
-                raise HistoSmithError(f"Triton could not load the model ({reason[0][:300]}); on a busy machine "
-                                      "retry or lower --instances") from None
-            log.info("serving %s on http://%s:%d (gRPC %d, metrics %d); max batch %d, %d instances",
-                     MODEL_NAME, options.host, options.http_port, options.grpc_port, options.metrics_port,
-                     renderer.max_batch, options.instances)
-            triton.serve()
-    finally:
-        batcher.close()
 
 
 def start_tritonserver(repo: Path, options: ServerOptions, workdir: Path) -> subprocess.Popen:
@@ -176,4 +111,57 @@ def start_tritonserver(repo: Path, options: ServerOptions, workdir: Path) -> sub
            f"--log-verbose={1 if options.verbose else 0}"]
     log.info("starting %s", " ".join(cmd))
     return subprocess.Popen(cmd, env=env, stdout=None if options.verbose else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_stop_with_parent)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM when its parent dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt (as Ctrl-C does), so every ``finally`` and ``with`` runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; waits until it is gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_server(write_repo: Callable[[Path], Path], options: ServerOptions,
+               ready: Callable[[subprocess.Popen], None]) -> None:
+    """Write the model repository (``write_repo(workdir) -> repo``; may return one that exists elsewhere) and run
+    ``tritonserver`` on it until it exits or a stop signal arrives; the temporary directory and the child go
+    either way. A server that exits on its own is reported in one line."""
+    with stop_signals(), tempfile.TemporaryDirectory(prefix="hs-serve-") as tmp:
+        work = Path(tmp)
+        repo = write_repo(work)
+        proc = start_tritonserver(repo, options, work)
+        try:
+            ready(proc)
+            _, err = proc.communicate()
+        finally:
+            stop_process(proc)
+        if proc.returncode:
+            last = [line for line in (err or "").splitlines() if line.strip()][-1:] or ["no output"]
+            raise HistoSmithError(f"tritonserver exited with {proc.returncode}: {last[0][:300]}")
+

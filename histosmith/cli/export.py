@@ -32,8 +32,9 @@ from histosmith.extras import require
 @click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton model repository here (Python backend running the DDIM loop on the ONNX "
                    "graphs, dynamic batching).")
-@click.option("--triton-max-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="max_batch_size of the Triton model (tiles per engine batch).")
+@click.option("--triton-max-batch", type=click.IntRange(min=1), default=None,
+              help="max_batch_size of the Triton model (tiles per engine batch)  [default: 16, or the nearest the "
+                   "export's graphs take]")
 @click.option("--pack", type=click.Path(path_type=Path), default=None,
               help="Also write the export in the form the package ships its models in (U-Net + decoder of one ONNX "
                    "precision, manifest, model card) to this new directory.")
@@ -41,7 +42,7 @@ from histosmith.extras import require
 @click.option("--card", type=click.Path(path_type=Path), default=None, help="Model card (Markdown) for --pack.")
 def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bool, max_batch: int, fp16: bool,
         opset: int, force: bool, trt: bool, precision: str, batch_buckets: str, workspace_gb: float,
-        register_engines: bool, verify: bool, triton_repo: Path | None, triton_max_batch: int, pack: Path | None,
+        register_engines: bool, verify: bool, triton_repo: Path | None, triton_max_batch: int | None, pack: Path | None,
         pack_precision: str, card: Path | None) -> None:
     from histosmith.runtime.planning import BatchBuckets
 
@@ -97,7 +98,7 @@ def cli(checkpoint: Path | None, out: Path, batch: int | None, dynamic_batch: bo
     if triton_repo is not None:
         from histosmith.runtime.triton_repo import RepoOptions, write_triton_repo
 
-        write_triton_repo(out, triton_repo, RepoOptions(max_batch=triton_max_batch))
+        write_triton_repo(out, triton_repo, RepoOptions(max_batch=triton_max_batch), batch_option="--triton-max-batch")
         click.echo(f"wrote the Triton model repository {triton_repo} (model 'histosmith'); serve it with "
                    f"tritonserver --model-repository {triton_repo}, or hs-serve --repo {triton_repo}")
     if pack is not None:

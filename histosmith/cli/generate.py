@@ -75,6 +75,7 @@ def cli(engine: str | None, device: str, threads: int | None, precision: str, cu
             check.require_fit(list(session.info.spec.class_names), session.info.tile_size)
         plan = plan.with_marker_depth(model_marker_depth(marker_depth, session.info.sampling),
                                       session.info.spec.class_names).with_model_defaults(session.info.sampling)
+        plan = plan.with_batch_limits(session.batch_limits())
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
             result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers)
@@ -90,14 +91,10 @@ def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out
     """``--ray``: the run recorded as in one process, its shards made by Ray actors."""
     require("hs-generate --ray", "ray")
     from histosmith.data.lock import exclusive
-    from histosmith.errors import HistoSmithError
     from histosmith.runtime.generate import begin_output, check_output, run_record
     from histosmith.runtime.ray_generate import RayOptions, connect, generate_on_ray
 
     record = run_record(session, plan, conditions)
-    low, high = session.batch_limits()
-    if not low <= plan.batch <= high:
-        raise HistoSmithError(f"--batch {plan.batch} is outside what the model accepts ({low}..{high})")
     with exclusive(out, "dataset"):
         check_output(out, record, resume)
         opts = session.options

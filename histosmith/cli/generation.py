@@ -30,7 +30,8 @@ def generation_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Base seed; tile i uses (seed, i)."),
         *sampler_options(),
-        click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Tiles per batch."),
+        click.option("--batch", type=click.IntRange(min=1), default=None,
+                     help="Tiles per batch  [default: 16, or the nearest the export's graphs take]"),
         click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Tiles per output shard."),
         click.option("--resume", is_flag=True, help="Finish an interrupted run in --out."),
         click.option("--qc", type=click.FloatRange(0, 10), default=None,
@@ -78,7 +79,8 @@ def sampler_option_decorators(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_request(n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None,
                   from_dataset: bool, balance: bool, allow_extrapolation: bool, seed: int, steps: int | None,
-                  eta: float, guidance: float | None, batch: int, shard_size: int | None, out: Path, resume: bool,
+                  eta: float, guidance: float | None, batch: int | None, shard_size: int | None, out: Path,
+                  resume: bool,
                   qc: float | None = None, qc_attempts: int = 3, qc_segmenter: Path | None = None,
                   qc_min_pq: float | None = None, qc_max_area: str | None = None, sampler: str | None = None,
                   corrector: bool | None = None) -> tuple[Any, Any]:
@@ -91,13 +93,17 @@ def parse_request(n: int | None, counts: str | None, tissue: str | None, conditi
         raise HistoSmithError("--qc-min-pq: needs --qc-segmenter RUN (the segmenter whose PQ it bounds)")
     from histosmith.runtime.conditions import ConditionRequest
     from histosmith.runtime.generate import GenerationPlan, check_output_dir
+    from histosmith.runtime.planning import DEFAULT_BATCH
     from histosmith.runtime.qc import AreaLimits
 
     request = ConditionRequest.from_options(n, counts, tissue, conditions_csv, from_dataset, balance,
                                             allow_extrapolation)
-    plan = GenerationPlan(seed=seed, eta=eta, batch=batch, shard_size=shard_size, qc=qc, qc_attempts=qc_attempts,
-                          qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None,
-                          **sampling_plan_fields(sampler, steps, guidance, corrector))
+    sampling = sampling_plan_fields(sampler, steps, guidance, corrector)
+    if batch is None:
+        sampling["unset"] |= {"batch"}
+    plan = GenerationPlan(seed=seed, eta=eta, batch=batch or DEFAULT_BATCH, shard_size=shard_size, qc=qc,
+                          qc_attempts=qc_attempts,
+                          qc_max_area=AreaLimits.parse(qc_max_area) if qc_max_area is not None else None, **sampling)
     check_output_dir(out, resume)
     return request, plan
 

@@ -16,10 +16,13 @@ from histosmith.extras import require
 from histosmith.segmentation.config import SEG_PRESETS
 
 
-def run_options(f: Callable[..., Any], configs: tuple[str, ...] = PRESETS) -> Callable[..., Any]:
+def run_options(f: Callable[..., Any], configs: tuple[str, ...] | None = PRESETS) -> Callable[..., Any]:
+    """The options every training command takes (``configs`` None: no ``--config``, ``--data`` optional)."""
+    data_help = "Dataset from hs-data prepare." if configs else "Dataset (default: the teacher's, where it was)."
     options = [
-        click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset from hs-data prepare."),
-        click.option("--config", type=click.Choice(configs), default="small", show_default=True),
+        click.option("--data", type=click.Path(path_type=Path), required=configs is not None, help=data_help),
+        *([click.option("--config", type=click.Choice(configs), default="small", show_default=True)]
+          if configs else []),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None,
@@ -85,6 +88,37 @@ def ldm_cmd(vqvae: Path, data: Path, config: str, out: Path, **kw: Any) -> None:
     from histosmith.training.ldm import train_ldm
 
     _report(train_ldm(data, vqvae, out, config, _options(**kw)), out)
+
+
+def _guidance_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected LOW,HIGH, e.g. 1,5") from None
+    if not 0 <= low < high <= 100:
+        raise click.BadParameter(f"{value!r}: needs 0 <= LOW < HIGH <= 100")
+    return low, high
+
+
+@cli.command("distill")
+@click.option("--teacher", type=click.Path(path_type=Path), required=True,
+              help="The two-pass U-Net to distil: an hs-train ldm run directory or checkpoint.")
+@click.option("--guidance-range", callback=_guidance_range, default=None,
+              help="LOW,HIGH: the guidance scales the student serves [default: 1,5].")
+@functools.partial(run_options, configs=None)
+def distill_cmd(teacher: Path, guidance_range: tuple[float, float] | None, data: Path | None, out: Path,
+                **kw: Any) -> None:
+    """Guidance distillation: a one-pass student that takes the guidance scale as an input (half the U-Net work)."""
+    require("hs-train", "train")
+    if not teacher.exists():
+        raise HistoSmithError(f"{teacher}: teacher checkpoint not found")
+    if data is not None:
+        _check_data(data)
+    from histosmith.training.distill import distill
+
+    _report(distill(teacher, out, data, guidance_range, _options(**kw)), out)
 
 
 @cli.command("seg")

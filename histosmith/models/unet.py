@@ -2,7 +2,10 @@
 
 ``forward(x, t, cond, keep)``: ``x`` (B, C, h, w) noisy latents, ``t`` (B,) timesteps, ``cond`` (B, K+T)
 condition vectors, ``keep`` (B,) 1 = use the condition, 0 = replace it by the learned null condition
-(classifier-free guidance). The condition enters twice: an MLP maps it to a scale and shift of the
+(classifier-free guidance). A guidance-distilled student (``cfg.guidance_range`` set) also takes ``guidance`` (B,),
+the scale whose guided output it was trained to give in one pass; its embedding is added to the time embedding
+(Meng et al., CVPR 2023, stage 1) through a zero-initialised layer, so a student starts as its teacher's
+conditional branch. The condition enters twice: an MLP maps it to a scale and shift of the
 time embedding (which every residual block applies to its normalised features), and — optionally —
 as tokens (one per class count, one for the tissue) that cross-attention layers read.
 """
@@ -24,6 +27,8 @@ from histosmith.models.layers import (
     norm,
     zero_module,
 )
+
+GUIDANCE_EMBED_SCALE = 100.0
 
 
 class ConditionEncoder(nn.Module):
@@ -81,6 +86,8 @@ class ConditionalUNet(nn.Module):
         ch, td = cfg.base_channels, cfg.time_dim
         self.time_embedding = TimestepEmbedding(ch)
         self.time_mlp = nn.Sequential(nn.Linear(ch, td), nn.SiLU(), nn.Linear(td, td))
+        self.guidance_mlp = (nn.Sequential(nn.Linear(ch, td), nn.SiLU(), zero_module(nn.Linear(td, td)))
+                             if cfg.guidance_range is not None else None)
         self.condition = ConditionEncoder(cfg)
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -106,8 +113,14 @@ class ConditionalUNet(nn.Module):
         self.norm_out = norm(cur, cfg.norm_groups)
         self.conv_out = zero_module(nn.Conv2d(cur, cfg.latent_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(self.time_embedding(t).type_as(x))  # (B, time_dim)
+        if self.guidance_mlp is not None:
+            if guidance is None:
+                raise ValueError("a guidance-distilled U-Net needs the guidance scale")
+            # Scales of a few units spread over the sinusoids' range as timesteps do.
+            emb = emb + self.guidance_mlp(self.time_embedding(guidance * GUIDANCE_EMBED_SCALE).type_as(x))
         modulation, tokens = self.condition(cond.type_as(x), keep)
         scale, shift = modulation.chunk(2, dim=1)
         emb = emb * (1 + scale) + shift

@@ -33,6 +33,23 @@ class GuidedUNet(nn.Module):
         return null_out + guidance[:, None, None, None].type_as(out) * (cond_out - null_out)
 
 
+class DistilledUNet(nn.Module):
+    """A guidance-distilled student with the guided U-Net's signature: one pass gives ``ε̂`` at scale ``guidance``."""
+
+    def __init__(self, unet: ConditionalUNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor,
+                guidance: torch.Tensor) -> torch.Tensor:
+        return self.unet(latent, timestep, condition, torch.ones_like(timestep), guidance)
+
+
+def guided_unet(unet: ConditionalUNet) -> GuidedUNet | DistilledUNet:
+    """The module every backend runs as "the guided U-Net": two-pass guidance, or a distilled student's one pass."""
+    return DistilledUNet(unet) if unet.cfg.guidance_range is not None else GuidedUNet(unet)
+
+
 class SolverUpdate(nn.Module):
     """One step of any sampler (histosmith.runtime.schedule, ``fused_update``): with
     ``coefs = (A, B, σ, P, Q, C1, C2)`` and ``history`` (B, 2, C, h, w) the x̂_0 of the two previous steps,
@@ -53,7 +70,7 @@ class SolverUpdate(nn.Module):
 class SamplerStep(nn.Module):
     """One whole sampling step on the device: guided U-Net, then the solver update."""
 
-    def __init__(self, guided: GuidedUNet):
+    def __init__(self, guided: GuidedUNet | DistilledUNet):
         super().__init__()
         self.guided = guided
         self.solver_update = SolverUpdate()

@@ -26,6 +26,7 @@ from histosmith.config import LDMTrainConfig, UNetConfig, from_dict, override, p
 from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.data.conditioning import ConditionSpec
 from histosmith.data.provenance import collect_records, training_record
+from histosmith.errors import HistoSmithError
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
 from histosmith.runtime.schedule import ScheduleConfig, alphas_cumprod
@@ -116,6 +117,8 @@ class LDMStage:
                               summary["tile_size"], str(data))
         self.spec = ConditionSpec(tuple(summary["class_names"]), tuple(summary["tissue_names"]),
                                   tuple(summary["count_scale"]), tuple(summary["count_max"]))
+        if ckpt is not None and ckpt.get("distillation") is not None:
+            raise HistoSmithError(f"{ctx.out}: a guidance-distillation run; resume it with hs-train distill")
         if ckpt is not None:
             check_dataset_matches(ckpt["dataset"], summary["class_names"], summary["tissue_names"],
                                   summary["tile_size"], str(data))

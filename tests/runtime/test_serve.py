@@ -145,23 +145,55 @@ def check_against_hs_generate(url: str, export: Path, tmp_path: Path, steps: int
             np.testing.assert_array_equal(reply["counts"][k], expected_counts[i])
 
 
-def test_batcher_puts_concurrent_requests_in_one_engine_batch(tiny_export):
-    """In process, no Triton: one-tile requests submitted together run as one engine batch."""
-    from histosmith.runtime.serving import DynamicBatcher, ServeDefaults, TileRenderer, TileRequest
+def test_a_failing_request_does_not_fail_its_batch_mates(tiny_export):
+    """In process, no Triton: requests rendered together; one whose tiles break the engine batch gets its own
+    one-line error, the others their tiles — the same bytes as alone."""
+    from histosmith.errors import HistoSmithError
+    from histosmith.runtime.serving import ServeDefaults, TileRenderer, TileRequest
 
     renderer = TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS), threads=1)
-    batcher = DynamicBatcher(renderer, max_delay_s=0.5)
     k = renderer.info.n_classes
-    requests = [[TileRequest(np.zeros(k, np.int64), 0, SEED, i, STEPS, 4.0)] for i in range(5)]
-    try:
-        futures = [batcher.submit(r) for r in requests]
-        tiles = [f.result(timeout=300)[0] for f in futures]
-    finally:
-        batcher.close()
-    assert max(batcher.batches) > 1, batcher.batches
-    alone = renderer.render([r[0] for r in requests[2:3]])[0]  # a batch of one: the same bytes
-    np.testing.assert_array_equal(alone.image, tiles[2].image)
-    np.testing.assert_array_equal(alone.instance, tiles[2].instance)
+    good = [[TileRequest(np.zeros(k, np.int64), 0, SEED, i, STEPS, 4.0)] for i in range(3)]
+    broken = [TileRequest(np.zeros(k, np.int64), 99, SEED, 7, STEPS, 4.0)]  # a tissue no model has
+    results = renderer.render_each([good[0], broken, good[1], good[2]])
+    assert isinstance(results[1], HistoSmithError) and "\n" not in str(results[1])
+    for request, tiles in zip(good, [results[0], results[2], results[3]], strict=True):
+        alone = renderer.render(request)[0]
+        np.testing.assert_array_equal(alone.image, tiles[0].image)
+        np.testing.assert_array_equal(alone.instance, tiles[0].instance)
+    together = renderer.render_each(good)  # no failure: one engine batch, same bytes
+    np.testing.assert_array_equal(together[1][0].image, results[2][0].image)
+
+
+def test_parse_names_every_bad_field(tiny_export, monkeypatch):
+    """Every field out of range or of the wrong kind: one line naming it, before any tile is rendered."""
+    from histosmith.errors import HistoSmithError
+    from histosmith.runtime.serving import ServeDefaults, TileRenderer, parse_tiles
+
+    renderer = TileRenderer(tiny_export / "unet.onnx", 8, ServeDefaults(steps=STEPS), threads=1)
+    info, k = renderer.info, renderer.info.n_classes
+    good = {"counts": np.zeros((1, k), np.int32), "tissue": np.array([[info.spec.tissue_names[0].encode()]],
+                                                                     dtype=object),
+            "seed": np.array([[1]], np.int64), "index": np.array([[0]], np.int64)}
+    assert len(parse_tiles(info, good, renderer.defaults)) == 1
+    cases = {"seed": np.array([[-1]], np.int64), "index": np.array([[2**50]], np.int64),
+             "steps": np.array([[0]], np.int32), "guidance": np.array([[np.nan]], np.float32),
+             "tissue": np.array([[b"\xff\xfe"]], dtype=object), "counts": np.full((1, k), 10**6, np.int32)}
+    for name, value in cases.items():
+        with pytest.raises(HistoSmithError, match=f"input '{name}'"):
+            parse_tiles(info, dict(good, **{name: value}), renderer.defaults)
+    with pytest.raises(HistoSmithError, match="input 'guidance'"):
+        parse_tiles(info, dict(good, guidance=np.array([[1000.0]], np.float32)), renderer.defaults)
+    with pytest.raises(HistoSmithError, match="input 'seed'"):
+        parse_tiles(info, dict(good, seed=np.array([[1.5]])), renderer.defaults)
+    import histosmith.runtime.serving as serving
+
+    def unforeseen(*args):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(serving, "_parse_tiles", unforeseen)
+    with pytest.raises(HistoSmithError, match=r"^request not understood \(ValueError: boom\)$"):  # still one line
+        parse_tiles(info, good, renderer.defaults)
 
 
 def test_renderer_takes_the_marker_depth(tiny_export):
@@ -204,9 +236,112 @@ def test_bad_requests_fail_alone_and_server_keeps_serving(server):
             assert expected[name] in str(info.value), (name, str(info.value)[:500])
         for future in goods:
             assert future.result()["image"].shape[0] == 1
-    with pytest.raises(Exception, match="steps must lie in"):
+    with pytest.raises(Exception, match="input 'steps': must lie in"):
         request(url, **good, steps=0)
     assert request(url, **good)["image"].dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_load_mixed_good_and_malformed_requests(server):
+    """6 clients x 8 requests, a third malformed: every good one gets the tiles the renderer makes in process,
+    every bad one a 400 with one line naming its field (no traceback), and the server stays healthy."""
+    from histosmith.runtime.serving import ServeDefaults, TileRenderer, TileRequest
+
+    url = server["url"]
+    cond = _manifest(server["export"])
+    k, tissue = len(cond["class_names"]), cond["tissue_names"][0]
+    renderer = TileRenderer(server["export"] / "unet.onnx", 8, ServeDefaults(steps=STEPS), threads=1)
+    malformed = [dict(seeds=[-5]), dict(tissues=["nope"]), dict(counts=[[0] * (k + 2)]), dict(steps=0),
+                 dict(counts=[[-1] * k])]
+
+    def client(c: int) -> list[tuple[str, object]]:
+        out = []
+        for m in range(8):
+            job = dict(counts=[[m % 2] * k], tissues=[tissue], seeds=[100 + c], indices=[m])
+            if (c + m) % 3 == 0:
+                job |= malformed[(c + m) % len(malformed)]
+                try:
+                    request(url, **job)
+                    out.append(("bad-accepted", job))
+                except Exception as exc:  # tritonclient's InferenceServerException
+                    out.append(("bad", exc))
+            else:
+                out.append(("good", (job, request(url, **job))))
+        return out
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [r for rs in pool.map(client, range(6)) for r in rs]
+    assert not [r for r in results if r[0] == "bad-accepted"]
+    for kind, value in results:
+        if kind == "bad":
+            text = str(value)
+            assert "Traceback" not in text and "input '" in text, text[:500]
+            status = getattr(value, "status", lambda: None)()
+            assert status in (None, "400", 400), status
+        else:
+            job, reply = value
+            want = renderer.render([TileRequest(np.array(job["counts"][0], np.int64), 0, job["seeds"][0],
+                                                job["indices"][0], STEPS, renderer.defaults.guidance)])[0]
+            np.testing.assert_array_equal(reply["image"][0], want.image)
+            np.testing.assert_array_equal(reply["instance"][0], want.instance)
+    client_ = http.InferenceServerClient(url)
+    assert client_.is_server_live() and client_.is_model_ready("histosmith")
+    client_.close()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_stop_signal_stops_tritonserver_and_cleans_up(tiny_export, tmp_path, sig):
+    """What docker stop / systemctl stop send: the child server goes, its ports are free and the temporary
+    model repository is removed; the same command then starts again."""
+    import os
+
+    port, grpc, metrics = free_ports(3)
+    exe = Path(sys.executable).parent / "hs-serve"
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    cmd = [str(exe), "--export", str(tiny_export), "--port", str(port), "--grpc-port", str(grpc), "--metrics-port",
+           str(metrics), "--steps", str(STEPS), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_ready(f"127.0.0.1:{port}", proc)
+        children = _children(proc.pid)
+        assert children and any(tmp_path.iterdir())
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{c}").exists() for c in children), "tritonserver outlived hs-serve"
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+    for p in (port, grpc, metrics):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free again
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--port", "65535"], "--grpc-port 65536: ports lie in 1..65535 (derived from --port 65535"),
+    (["--port", "65534", "--grpc-port", "9000"], "--metrics-port 65536"),
+    (["--port", "9000", "--grpc-port", "9000"], "must differ"),
+])
+def test_ports_are_range_checked(tiny_export, args, needle):
+    result = run_cli("hs-serve", "--export", str(tiny_export), *args, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
 
 
 def test_port_in_use_is_one_error_line(tiny_export):
