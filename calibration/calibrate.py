@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +32,10 @@ from histosmith.calibration.trajectories import (
     trajectory_key,
 )
 from histosmith.data.atomic import sha256_file, write_bytes_atomic
+from histosmith.data.lock import exclusive
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.runtime import conditions as cond
-from histosmith.runtime.manifest import Manifest, Variant
+from histosmith.runtime.manifest import MANIFEST_FILE, ORT_DEBRIS, Manifest, Variant
 from histosmith.runtime.planning import step_coefs, step_graph_feed
 from histosmith.runtime.schedule import SamplerTables, Scheduler
 from histosmith.runtime.specs import STEP, GraphSpec, step_coef_count
@@ -92,6 +94,34 @@ def _step_feed(cset: CalibrationSet, tables: SamplerTables,
     return feed
 
 
+def check_calibratable(export: Path, manifest: Manifest) -> None:
+    """Refuse, before any work, an export hs-calibrate cannot finish on: graphs of a fixed batch (the calibration
+    and gate feeds come in batches of other sizes) or a directory it cannot write its graphs into. Removes the
+    temporary graphs an interrupted run of an older version left in the export."""
+    if not manifest.batch.dynamic:
+        raise file_error(export, f"graphs of a fixed batch ({manifest.batch.max}); hs-calibrate feeds batches of "
+                                 "other sizes: re-export with hs-export --dynamic-batch")
+    if not os.access(export, os.W_OK) or not os.access(export / MANIFEST_FILE, os.W_OK):
+        raise file_error(export, "read-only; hs-calibrate records its INT8 graphs in the export: copy it somewhere "
+                                 "writable (or fix its permissions)")
+    for debris in export.glob(ORT_DEBRIS):
+        debris.unlink(missing_ok=True)
+
+
+def _sources_in(work: Path, export: Path, names: list[str]) -> dict[str, Path]:
+    """Copies of the export's graphs ``names`` in ``work`` (reused while their bytes match): the quantiser writes
+    its temporary graphs beside them, never into the export."""
+    out = {}
+    for name in names:
+        copy = work / "source" / name
+        if not copy.exists() or copy.stat().st_size != (export / name).stat().st_size:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            data = (export / name).read_bytes()
+            write_bytes_atomic(copy, lambda f, data=data: f.write(data))
+        out[name] = copy
+    return out
+
+
 def _copy_into(export: Path, work: Path, names: list[str]) -> None:
     for name in names:
         data = (work / name).read_bytes()
@@ -112,10 +142,17 @@ def _record(manifest: Manifest, export: Path, files: list[str], decoder: str, re
 def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOptions(),
               transform: Callable[[CalibrationSet], CalibrationSet] | None = None) -> CalibrationOutcome:
     """Calibrate, gate and record INT8 graphs for ``export``. ``transform`` edits the recorded set before
-    calibration (experiments and tests, e.g. dropping part of the trajectory)."""
+    calibration (experiments and tests, e.g. dropping part of the trajectory). One writer per export."""
+    with exclusive(export, "export"):
+        return _calibrate(export, data, opts, transform)
+
+
+def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
+               transform: Callable[[CalibrationSet], CalibrationSet] | None) -> CalibrationOutcome:
     from histosmith.data.sources.example import cache_dir
 
     manifest = Manifest.load(export)
+    check_calibratable(export, manifest)
     unet_name, decoder_name, step_name = fp32_sources(export, manifest)
     if opts.target in ("tensorrt", "both") and not step_name:
         raise file_error(export, "no fp32 step graph (step.onnx) to quantise for TensorRT; re-export with hs-export")
@@ -137,10 +174,11 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
     tables = Scheduler(info.schedule).set_timesteps(topts.steps)
     targets = ["cpu", "tensorrt"] if opts.target == "both" else [opts.target]
 
+    sources = _sources_in(work, export, [n for n in (unet_name, step_name) if n])  # ORT's temporary graphs go there
     unet_reader = FeedReader(cset.feeds, row_batches(len(cset)))
     cpu = recipe("cpu")
     eval_rows = cset.spread(opts.sensitivity_rows)
-    errors, kept_blocks = sweep(export / unet_name, cset, cpu, opts.method, unet_reader,
+    errors, kept_blocks = sweep(sources[unet_name], cset, cpu, opts.method, unet_reader,
                                 work / f"ranges-unet-{opts.method}-cpu.json", eval_rows, work, opts.threads,
                                 opts.show_progress, requested=opts.keep_float)
 
@@ -152,7 +190,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
         rec = recipe(target)
         if target == "cpu":
             exclude = float_nodes(onnx.load(str(export / unet_name)), kept_blocks)
-            model = quantize(export / unet_name, work / INT8_UNET, rec, opts.method, unet_reader,
+            model = quantize(sources[unet_name], work / INT8_UNET, rec, opts.method, unet_reader,
                              work / f"ranges-unet-{opts.method}-cpu.json", sorted(exclude))
             produced.append(INT8_UNET)
             gate_graphs.append((INT8_UNET, False))
@@ -160,7 +198,7 @@ def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOption
             reader = FeedReader(_step_feed(cset, tables, manifest.graph(STEP)),
                                 row_batches(len(cset), groups=cset.step))
             exclude = float_nodes(onnx.load(str(export / step_name)), kept_blocks)
-            model = quantize(export / step_name, work / INT8_STEP, rec, opts.method, reader,
+            model = quantize(sources[step_name], work / INT8_STEP, rec, opts.method, reader,
                              work / f"ranges-step-{opts.method}-tensorrt.json", sorted(exclude))
             produced.append(INT8_STEP)
             gate_graphs.append((INT8_STEP, True))

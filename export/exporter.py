@@ -24,6 +24,7 @@ import torch
 import histosmith
 from histosmith.config import to_dict
 from histosmith.data.atomic import atomic_directory, read_json_object, sha256_file
+from histosmith.data.lock import exclusive
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.onnx_export import OPSET, clean, graph_summary, save_onnx, to_fp16, to_onnx
 from histosmith.export.torch_export import PRECISIONS as TORCH_PRECISIONS
@@ -35,6 +36,7 @@ from histosmith.runtime.backends.torch_program import DTYPES, load_program
 from histosmith.runtime.manifest import (
     MANIFEST_FILE,
     MANIFEST_VERSION,
+    ORT_DEBRIS,
     BatchRange,
     ExportSource,
     Manifest,
@@ -188,7 +190,7 @@ def check_export_out(out: Path, force: bool) -> None:
         raise file_error(out, "exists, is not empty and is not an hs-export directory; choose a new --out "
                               "(--force replaces only an earlier export)") from None
     known = listed | {MANIFEST_FILE, *BUILD_FILES, *CALIBRATION_FILES}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in known
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in known and not p.match(ORT_DEBRIS)
                      and not (p.is_file() and p.suffix in (".plan", ".engine")))
     if foreign:
         raise file_error(out, f"holds files that are not part of the export ({', '.join(foreign[:5])}); "
@@ -196,7 +198,12 @@ def check_export_out(out: Path, force: bool) -> None:
 
 
 def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOptions()) -> tuple[Manifest, bool]:
-    """Export; returns (manifest, reused_from_cache)."""
+    """Export; returns (manifest, reused_from_cache). One writer per export directory (a second is refused)."""
+    with exclusive(out, "export"):
+        return _export_generator(checkpoint, out, opts)
+
+
+def _export_generator(checkpoint: Path, out: Path, opts: ExportOptions) -> tuple[Manifest, bool]:
     check_export_out(out, opts.force)
     gen = load_generator(checkpoint)
     key = cache_key(gen.checkpoint, opts)

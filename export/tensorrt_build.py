@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from histosmith.data.atomic import sha256_file, write_bytes_atomic
+from histosmith.data.lock import exclusive
 from histosmith.errors import HistoSmithError, file_error
 from histosmith.export.trtexec import write_build_script
 from histosmith.runtime.manifest import Manifest, Precision, TensorRTBuild, Variant
@@ -116,6 +117,11 @@ def build_engines(directory: Path, opts: EngineOptions) -> Variant:
 
     Without TensorRT, writes ``build_engines.sh`` (trtexec) and raises with the install hint.
     """
+    with exclusive(directory, "export"):
+        return _build_engines(directory, opts)
+
+
+def _build_engines(directory: Path, opts: EngineOptions) -> Variant:
     manifest = Manifest.load(directory)
     step_onnx, decoder_onnx = onnx_sources(manifest, opts.precision, directory)
     unet_plan, decoder_plan = plan_names(opts.precision)
@@ -140,12 +146,18 @@ def build_engines(directory: Path, opts: EngineOptions) -> Variant:
         build_engine(trt, directory / onnx_file, directory / plan_file, spec, opts.buckets, opts.workspace_gb,
                      directory / TIMING_CACHE)
     facts = engine_facts(gpu, major, minor, trt.__version__, list(opts.buckets.sizes), opts.precision)
-    return register_engines(directory, opts.precision, facts)
+    return _register(directory, opts.precision, facts)
 
 
 def register_engines(directory: Path, precision: Precision, facts: dict[str, Any] | None = None,
                      buckets: BatchBuckets | None = None) -> Variant:
     """Add (or replace) the TensorRT variant in the manifest, with file hashes and build facts."""
+    with exclusive(directory, "export"):
+        return _register(directory, precision, facts, buckets)
+
+
+def _register(directory: Path, precision: Precision, facts: dict[str, Any] | None = None,
+              buckets: BatchBuckets | None = None) -> Variant:
     manifest = Manifest.load(directory)
     unet_plan, decoder_plan = plan_names(precision)
     for name in (unet_plan, decoder_plan):

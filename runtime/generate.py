@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -202,6 +203,16 @@ def begin_output(session: GeneratorSession, plan: GenerationPlan, record: dict[s
     )
 
 
+def discard_output(out: Path) -> None:
+    """Remove what a new run wrote into ``out`` (new or empty when it started: :func:`check_output_dir`) before
+    its first shard reached the disk, so the same command can simply run again."""
+    for path in out.iterdir() if out.is_dir() else ():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def record_qc_result(out: Path) -> None:
     """Add ``qc_result`` (tiles, passed, acceptance, mean attempts) to a finished run's ``generation.json``,
     computed from every tile on disk, so a resumed run reports the whole dataset. Not a setting: ``--resume``
@@ -321,6 +332,10 @@ def _generate(session: GeneratorSession, plan: GenerationPlan, conditions: Condi
                 else:
                     writer.add(image, labels, row)
             bar.update(len(index))
+    except Exception:
+        if not resume and writer.tiles_done == 0:  # nothing of this run on disk: leave nothing that blocks a rerun
+            discard_output(out)
+        raise
     finally:
         bar.close()  # before any error line, so it is not glued to the bar
     writer.close()

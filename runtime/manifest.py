@@ -37,6 +37,9 @@ from histosmith.runtime.schedule import BetaSchedule, Prediction, SamplingDefaul
 from histosmith.runtime.specs import DECODER, STEP, UNET, GraphSpec
 
 MANIFEST_FILE = "manifest.json"
+# What ONNX Runtime's quantiser writes beside a graph it reads; an interrupted older hs-calibrate left them in
+# exports. Never part of an export: hs-calibrate and hs-export remove them.
+ORT_DEBRIS = "*-inferred.onnx"
 MANIFEST_VERSION = 3
 # 2: before the multistep solvers (a DDIM-only fused step graph, no sampling defaults); still read.
 READABLE_VERSIONS = (2, 3)

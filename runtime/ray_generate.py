@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,39 +46,58 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     device: str = "auto"
     threads: int | None = None  # ONNX Runtime intra-op threads per actor
+    connect_timeout_s: float = 60.0  # how long joining a cluster may take before one error line
     # Tests only: the actor making shard ``fault_shard`` kills its own process once, after its first batch,
     # leaving ``fault_marker`` behind so that the retry runs normally.
     fault_shard: int | None = None
     fault_marker: str | None = None
 
 
-def connect(address: str | None, workers: int, cpus_per_worker: float) -> None:
-    """Join the Ray cluster at ``address`` (or start a local one); one ``error:`` line when that fails."""
+def connect(address: str | None, workers: int, cpus_per_worker: float, timeout_s: float = 60.0) -> None:
+    """Join the Ray cluster at ``address`` (or start a local one) within ``timeout_s``; one ``error:`` line when
+    that fails or takes longer (Ray itself would keep retrying an address that answers but is no cluster)."""
+    if address not in (None, "auto"):
+        _check_reachable(address, timeout_s)
+    seconds = str(max(1, int(timeout_s)))
+    for name in ("RAY_gcs_server_request_timeout_seconds", "RAY_gcs_rpc_server_reconnect_timeout_s"):
+        os.environ.setdefault(name, seconds)  # Ray's own waits, read when it is first imported
     import ray
 
     if ray.is_initialized():
         return
-    if address not in (None, "auto"):
-        _check_reachable(address)
-    try:
-        if address is None:
-            ray.init(num_cpus=max(1, int(np.ceil(workers * cpus_per_worker))), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as exc:  # ray raises ConnectionError, ValueError or RuntimeError depending on the address
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise HistoSmithError(f"--ray {address}: cannot connect to a Ray cluster ({first})") from None
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            if address is None:
+                ray.init(num_cpus=max(1, int(np.ceil(workers * cpus_per_worker))), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            outcome.append(None)
+        except BaseException as exc:  # ray raises ConnectionError, ValueError or RuntimeError by address
+            outcome.append(exc)
+
+    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    what = "start a local Ray instance" if address is None else "connect to a Ray cluster"
+    if not outcome:
+        raise HistoSmithError(f"--ray {address or 'local'}: could not {what} within {timeout_s:g} s "
+                              "(--ray-timeout sets the wait)")
+    if outcome[0] is not None:
+        first = (str(outcome[0]).strip().splitlines() or [type(outcome[0]).__name__])[0][:200]
+        raise HistoSmithError(f"--ray {address or 'local'}: cannot {what} ({first})")
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str, timeout_s: float) -> None:
     """Ray keeps retrying an address that does not answer; fail fast on one that cannot be reached."""
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         raise HistoSmithError(f"--ray {address}: expected host:port, ray://host:port or auto")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, int(port)), timeout=min(timeout_s, 10)).close()
     except OSError as exc:
         raise HistoSmithError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
@@ -135,7 +155,7 @@ def generate_on_ray(engine: Path, plan: GenerationPlan, record: dict, meta: Data
         log.info("resuming: %d of %d shards already on disk", len(shards) - len(pending), len(shards))
     started = time.monotonic()
     if pending:
-        connect(options.address, options.workers, options.cpus_per_worker)
+        connect(options.address, options.workers, options.cpus_per_worker, options.connect_timeout_s)
         remote = ray.remote(num_cpus=options.cpus_per_worker, max_restarts=-1, max_task_retries=-1)(ShardWorker)
         depth = str(marker_depth_label(plan.postprocess, meta.class_names))
         actors = [remote.remote(str(engine), plan.sampling, depth, plan.batch, options.device,

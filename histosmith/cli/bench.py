@@ -21,10 +21,25 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _batches(export: Path, text: str | None) -> tuple[int, ...]:
+    """``--batches`` checked against the batch range of the export's graphs (before any probe runs); left out,
+    1 and 16 brought inside it."""
+    from histosmith.runtime.manifest import Manifest
+    from histosmith.runtime.planning import fit_batch
+
+    if not export.is_dir():
+        raise HistoSmithError(f"{export}: not an export directory")
+    bounds = Manifest.load(export).batch.bounds
+    if text is None:
+        return tuple(sorted({fit_batch(None, bounds, default=1), fit_batch(None, bounds)}))
+    return tuple(fit_batch(b, bounds, "--batches") for b in _ints(text, "--batches"))
+
+
 @click.command(help="Benchmark exported engines per stage and end to end, in one process (JSON + Markdown + PNG).")
 @click.option("--export", "export", type=click.Path(path_type=Path), required=True, help="hs-export directory.")
 @click.option("--engines", default="", help="U-Net files, e.g. unet.onnx,unet.int8.onnx (default: every CPU engine).")
-@click.option("--batches", default="1,16", show_default=True)
+@click.option("--batches", default=None,
+              help="Batch sizes  [default: 1,16, or the sizes nearest them the export's graphs take]")
 @click.option("--steps", type=int, default=20, show_default=True, help="DDIM steps of the end-to-end runs.")
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=None, help="Threads for every engine and peer (default: all).")
@@ -42,10 +57,10 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
                    "fp32, DDIM 50) in one run, each with its gate verdict from the manifest (hs-eval gate / "
                    "sampler); writes headline.json/.md/.png.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for bench.json/.md/.png.")
-def cli(export: Path, engines: str, batches: str, steps: int, repeats: int, threads: int | None, peers: bool,
+def cli(export: Path, engines: str, batches: str | None, steps: int, repeats: int, threads: int | None, peers: bool,
         checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, headline: str | None,
         out: Path) -> None:
-    batch_sizes = _ints(batches, "--batches")
+    batch_sizes = _batches(export, batches)
     if headline is not None:
         _headline(export, headline, batch_sizes, repeats, threads, checkpoint, out)
         return

@@ -96,7 +96,10 @@ def plan_cmd(data: Path, target_share: str | None, equalize: bool, n_synthetic: 
     if n_synthetic < 1:
         raise HistoSmithError(f"--n-synthetic {n_synthetic}: at least 1")
     output_path(out)
+    report = out.with_suffix(".json") if out.suffix.lower() != ".json" else out.with_name(f"{out.stem}.report.json")
     plot = output_path(plot or out.with_suffix(".png"))
+    if len({p.resolve() for p in (out, report, plot)}) < 3:
+        raise HistoSmithError(f"--plot {plot}: the same file as the conditions ({out}) or the report ({report})")
     import numpy as np
 
     from histosmith.data.atomic import write_json_atomic, write_text_atomic
@@ -124,10 +127,11 @@ def plan_cmd(data: Path, target_share: str | None, equalize: bool, n_synthetic: 
                       list(meta.class_names), count_max)
     plan = plan_balance(real, target, n_synthetic, seed)
     write_text_atomic(out, write_conditions_csv(plan))
-    write_json_atomic(out.with_suffix(".json"), plan.to_dict() | {"data": str(data), "split": split, "seed": seed})
+    write_json_atomic(report, plan.to_dict() | {"data": str(data), "split": split, "seed": seed})
     plot_shares(plan, plot)
     click.echo(plan.format_table())
-    click.echo(f"conditions: {out} ({n_synthetic} tiles; hs-generate --conditions {out})   chart: {plot}")
+    click.echo(f"conditions: {out} ({n_synthetic} tiles; hs-generate --conditions {out})   report: {report}   "
+               f"chart: {plot}")
 
 
 @cli.command("merge")

@@ -37,10 +37,12 @@ if TYPE_CHECKING:
               help="Generate on a Ray cluster: shards made by an actor pool (a new local Ray instance without "
                    "ADDRESS; 'auto' or host:port joins a running cluster). Same bytes as without --ray.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
+@click.option("--ray-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds joining (or starting) the Ray cluster may take before the run stops with an error.")
 @generation_options
 def cli(engine: str | None, device: str, threads: int | None, precision: str, cuda_graph: bool, compile_engine: bool,
         ray_address: str | None,
-        ray_workers: int, out: Path,
+        ray_workers: int, ray_timeout: float, out: Path,
         n: int | None, counts: str | None, tissue: str | None, conditions_csv: Path | None, from_dataset: bool,
         balance: bool, allow_extrapolation: bool, seed: int, sampler: str | None, steps: int | None, eta: float,
         guidance: float | None, corrector: bool | None, batch: int, shard_size: int | None, resume: bool,
@@ -78,7 +80,8 @@ def cli(engine: str | None, device: str, threads: int | None, precision: str, cu
         plan = plan.with_batch_limits(session.batch_limits())
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
-            result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers)
+            result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers,
+                                      ray_timeout)
         else:
             result = generate(session, plan, conditions, out, resume=resume, check=check)
     finally:
@@ -87,7 +90,7 @@ def cli(engine: str | None, device: str, threads: int | None, precision: str, cu
 
 
 def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out: Path, resume: bool, address: str,
-                     workers: int) -> Any:
+                     workers: int, timeout_s: float) -> Any:
     """``--ray``: the run recorded as in one process, its shards made by Ray actors."""
     require("hs-generate --ray", "ray")
     from histosmith.data.lock import exclusive
@@ -99,8 +102,8 @@ def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out
         check_output(out, record, resume)
         opts = session.options
         options = RayOptions(address=None if address == "local" else address, workers=workers, device=opts.device,
-                             threads=opts.threads)
-        connect(options.address, options.workers, options.cpus_per_worker)  # before anything is written
+                             threads=opts.threads, connect_timeout_s=timeout_s)
+        connect(options.address, options.workers, options.cpus_per_worker, timeout_s)  # before anything is written
         meta = begin_output(session, plan, record, out, resume)
         return generate_on_ray(engine, plan, record, meta, conditions, out, options)
 

@@ -97,11 +97,13 @@ def write_gate(out: Path, result: GateResult, command: str, stem: str = "gate") 
 
 def record_verdicts(export: Path, result: GateResult, command: str) -> None:
     """Keep each candidate's verdict in the export's manifest (``verification.gate``, by label)."""
+    from histosmith.data.lock import exclusive
     from histosmith.runtime.manifest import Manifest, record_verification
 
-    manifest = Manifest.load(export)
-    gates = dict(manifest.verification.get("gate", {}))
-    for c in result.candidates:
-        if c.engine.parent.resolve() == export.resolve():
-            gates[c.label] = summary(result, c.label) | {"command": command}
-    record_verification(manifest, "gate", gates).save(export)
+    with exclusive(export, "export"):
+        manifest = Manifest.load(export)
+        gates = dict(manifest.verification.get("gate", {}))
+        for c in result.candidates:
+            if c.engine.parent.resolve() == export.resolve():
+                gates[c.label] = summary(result, c.label) | {"command": command}
+        record_verification(manifest, "gate", gates).save(export)

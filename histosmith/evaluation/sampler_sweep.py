@@ -58,11 +58,13 @@ def record_default(export: Path, result: GateResult, best: Configuration, comman
                    marker_depth: str | None = None) -> None:
     """Make ``best`` the export's sampling default (manifest ``sampling``), with the gate summary behind it and
     the watershed setting it was judged with."""
+    from histosmith.data.lock import exclusive
     from histosmith.runtime.manifest import Manifest
     from histosmith.runtime.schedule import SamplingDefaults
 
-    manifest = Manifest.load(export)
-    s = best.sampling
-    defaults = SamplingDefaults(s.sampler, s.steps, best.guidance, s.corrector,  # type: ignore[arg-type]
-                                summary(result, best.label) | {"command": command}, marker_depth)
-    manifest.with_sampling(defaults).save(export)
+    with exclusive(export, "export"):
+        manifest = Manifest.load(export)
+        s = best.sampling
+        defaults = SamplingDefaults(s.sampler, s.steps, best.guidance, s.corrector,  # type: ignore[arg-type]
+                                    summary(result, best.label) | {"command": command}, marker_depth)
+        manifest.with_sampling(defaults).save(export)

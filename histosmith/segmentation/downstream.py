@@ -125,10 +125,23 @@ def validate(plan: DownstreamPlan, out: Path) -> None:
     held_out = dataset_digests(plan.real, EVAL_SPLIT)
     if not held_out:
         raise HistoSmithError(f"{plan.real}: no held-out tiles (patch_info split '{EVAL_SPLIT}') to evaluate on")
-    if not dataset_digests(plan.real, TRAIN_SPLIT):
+    training = dataset_digests(plan.real, TRAIN_SPLIT)
+    if not training:
         raise HistoSmithError(f"{plan.real}: no training tiles (patch_info split '{TRAIN_SPLIT}')")
     for path in plan.synthetic:
+        check_not_real(path, held_out, training)
         check_no_leakage(path, plan.real, EVAL_SPLIT, plan.allow_unknown_provenance)
+
+
+def check_not_real(synthetic: Path, held_out: dict[str, str], training: dict[str, str]) -> None:
+    """Refuse a "synthetic" set holding tiles of the real data itself: held-out tiles would be scored after being
+    trained on, training tiles would count twice and be credited to the generator."""
+    tiles = dataset_digests(synthetic, None)
+    for split, real in ((EVAL_SPLIT, held_out), (TRAIN_SPLIT, training)):
+        shared = sorted(real[d] for d in tiles.keys() & real.keys())
+        if shared:
+            raise HistoSmithError(f"--synthetic {synthetic}: {len(shared)} of its {len(tiles)} tiles are tiles of the "
+                                  f"real {split!r} split (e.g. {shared[0]}); point --synthetic at generated data")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from histosmith.data.lock import exclusive
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.training import distributed
@@ -134,11 +135,13 @@ def run_directory(out: Path, resume: bool) -> Iterator[bool]:
 def train_stage(kind: str, out: Path, opts: RunOptions, build: Callable[[RunContext], Stage]) -> LoopResult:
     """Train (or resume) one stage in ``out``: the template both ``hs-train`` stages share.
 
-    Under ``torchrun`` every rank runs this; rank 0 checks and owns the run directory, the others wait for
-    it (a failed check on rank 0 ends the job) and write nothing."""
+    Under ``torchrun`` every rank runs this; rank 0 checks and owns the run directory (and holds its lock: a
+    second job on the same ``out`` is refused), the others wait for it (a failed check on rank 0 ends the job)
+    and write nothing."""
     dctx = distributed.from_environment()
     owner = run_directory(out, opts.resume) if dctx.is_main else contextlib.nullcontext(opts.resume)
-    with owner as resuming:
+    writer = exclusive(out, "training run") if dctx.is_main else contextlib.nullcontext()  # one writer per run
+    with writer, owner as resuming:
         if dctx.active:
             distributed.start(dctx, pick_device(opts.device))  # join the group: the barrier needs it
             dctx.barrier()  # rank 0 has checked (and made) the run directory

@@ -60,7 +60,20 @@ def compiled(module: Callable[..., Any], device: str, cuda_graph: bool) -> Calla
     import torch._inductor.config as inductor
 
     inductor.freezing = True
-    return torch.compile(module, mode=mode, dynamic=False)
+    program = torch.compile(module, mode=mode, dynamic=False)
+
+    def call(*args: Any) -> Any:
+        try:
+            return program(*args)
+        except Exception as exc:  # compilation happens on the first call: a missing C++ compiler surfaces here
+            if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise HistoSmithError(f"--compile: torch.compile failed ({type(exc).__name__}: {first[:200]}); run "
+                                  "without --compile, or install a C++ compiler (inductor needs one on the CPU)"
+                                  ) from None
+
+    return call
 
 
 @dataclass

@@ -99,3 +99,29 @@ def test_unknown_ray_address_is_one_error_line(tiny_export, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --ray 127.0.0.1:1"), lines
     assert not out.exists()
+
+
+def test_an_address_that_answers_but_is_no_cluster_fails_after_the_wait(tiny_export, tmp_path):
+    """Something listens on the port (not Ray): one error line after --ray-timeout, nothing written."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    port = server.getsockname()[1]
+    out = tmp_path / "gen"
+    started = time.monotonic()
+    try:
+        result = run_cli("hs-generate", "--engine", str(tiny_export / "unet.onnx"), *ARGS, "--out", str(out),
+                         "--ray", f"127.0.0.1:{port}", "--ray-timeout", "8", timeout=300)
+    finally:
+        server.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: --ray 127.0.0.1:{port}: ") and "Ray cluster" in lines[0], lines
+    assert time.monotonic() - started < 120
+    assert not out.exists() or not any(out.iterdir())
