@@ -61,7 +61,7 @@ class Results:
         write_json_atomic(out.with_suffix(".json"), self.data)
         self.md = out.with_suffix(".md")
         self.md.write_text(f"GPU check, {meta['date']}, {meta['device']}, torch {meta['torch']}, "
-                           f"onnxruntime {meta['onnxruntime']}, {meta['steps']} DDIM steps, random weights"
+                           f"onnxruntime {meta['onnxruntime']}, {meta['steps']} steps, random weights"
                            + (" (DRY RUN on the CPU: tiny config, bf16 for fp16)" if meta["dry_run"] else "")
                            + "\n")
         self.section = ""
@@ -77,9 +77,10 @@ class Results:
         self.data[kind].append(record)
         write_json_atomic(self.out.with_suffix(".json"), self.data)
         if kind == "parity":
-            self._line(kind, "| engine | vs | latent rel. error | class agreement |\n|---|---|---|---|",
-                       f"| {record['engine']} | {record['reference']} | {record['latent_rel_err']:.2e} | "
-                       f"{record['class_agreement']:.4f} |")
+            self._line(kind, "| config | sampler | engine | vs | latent rel. error | class agreement |\n"
+                             "|---|---|---|---|---|---|",
+                       f"| {record['preset']} | {record['sampler']} | {record['engine']} | {record['reference']} | "
+                       f"{record['latent_rel_err']:.2e} | {record['class_agreement']:.4f} |")
         elif kind == "throughput":
             value = "OOM" if record["tiles_per_s"] is None else f"{record['tiles_per_s']:.1f}"
             self._line(kind, "| config | batch | engine | tiles/s | vs eager fp32 |\n|---|---|---|---|---|",
@@ -196,7 +197,7 @@ def main() -> None:
     results = Results(args.out, {
         "date": datetime.date.today().isoformat(), "dry_run": args.dry_run, "steps": steps,
         "samplers": list(tables_of), "throughput_sampler": args.throughput_sampler,
-        "distilled": "no guidance-distilled student exists yet: nothing to check",
+        "distilled": f"a guidance-distilled {presets[0]} U-Net (one pass per call) checked beside the two-pass one",
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
         "torch": torch.__version__, "onnxruntime": ort.__version__, "providers": ort.get_available_providers()})
     if onnx_provider is None:
@@ -207,8 +208,10 @@ def main() -> None:
                                 if device == "cuda" else "dry run on the CPU"})
 
     with tempfile.TemporaryDirectory() as tmp:
-        for p, preset in enumerate(presets):
-            models = random_models(preset)
+        configs = [(preset, False) for preset in presets] + [(presets[0], True)]
+        for p, (base, distilled) in enumerate(configs):
+            models = random_models(base, distilled=distilled)
+            preset = f"{base}-distilled" if distilled else base
             work = Path(tmp) / preset
             work.mkdir()
             engines = Engines(models, max(batches + [PARITY_BATCH]), half, work, onnx_provider,
@@ -221,7 +224,8 @@ def main() -> None:
                 except Exception as exc:  # record the failure, keep measuring the rest
                     results.add("skipped", {"what": "TensorRT build", "why": f"FAILED: {exc!r}"[:300]})
                     traceback.print_exc()
-            for sampler, s_tables in tables_of.items() if p == 0 else ():  # parity first, on the first config
+            # parity first, on the first config and on the distilled one
+            for sampler, s_tables in tables_of.items() if p == 0 or distilled else ():
                 lat, cond, g = models.inputs(PARITY_BATCH)
                 ref = TorchBackend(models.guided, models.decoder, s_tables).sample(lat, cond, g, None)
                 runs = [(label, "torch", pr, gr) for label, pr, gr in kinds(device, half)]
@@ -237,7 +241,8 @@ def main() -> None:
                                    else engines.onnx_backend(precision, s_tables, graph))
                         got = backend.sample(lat, cond, g, None)
                         results.add("parity", {
-                            "engine": label, "sampler": sampler, "reference": "live fp32 modules, CPU",
+                            "engine": label, "preset": preset, "sampler": sampler,
+                            "reference": "live fp32 modules, CPU",
                             "latent_rel_err": float(np.abs(got.latent - ref.latent).max() / np.abs(ref.latent).max()),
                             "class_agreement": float((got.semantic.argmax(1) == ref.semantic.argmax(1)).mean())})
                     except Exception as exc:  # a broken engine is the finding: record it, keep measuring

@@ -6,7 +6,7 @@ speed does not depend on the weights, and parity is a numerical property of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import torch
 from histosmith.config import unet_config, vq_config
 from histosmith.models.unet import ConditionalUNet
 from histosmith.models.vqvae import VQAutoencoder
-from histosmith.models.wrappers import GuidedUNet, LatentDecoder
+from histosmith.models.wrappers import DistilledUNet, GuidedUNet, LatentDecoder, guided_unet
 
 TILE = {"tiny": 16, "small": 64, "paper": 256}
 N_CLASSES, N_TISSUES = 3, 2
@@ -22,7 +22,7 @@ N_CLASSES, N_TISSUES = 3, 2
 
 @dataclass
 class RandomModels:
-    guided: GuidedUNet
+    guided: GuidedUNet | DistilledUNet
     decoder: LatentDecoder
     latent_shape: tuple[int, int, int]
     cond_dim: int
@@ -34,14 +34,16 @@ class RandomModels:
                 rng.random((batch, self.cond_dim)).astype(np.float32), np.full(batch, 2.0, np.float32))
 
 
-def random_models(preset: str, seed: int = 0) -> RandomModels:
+def random_models(preset: str, seed: int = 0, distilled: bool = False) -> RandomModels:
+    """``distilled``: a guidance-distilled student's U-Net (guidance as an input, one pass per call)."""
     torch.manual_seed(seed)
     vq_cfg = vq_config(preset, N_CLASSES, TILE[preset])
-    unet = ConditionalUNet(unet_config(preset, vq_cfg, N_TISSUES)).eval()
+    cfg = unet_config(preset, vq_cfg, N_TISSUES)
+    unet = ConditionalUNet(replace(cfg, guidance_range=(1.0, 5.0)) if distilled else cfg).eval()
     vq = VQAutoencoder(vq_cfg).eval()
     with torch.no_grad():
         for module in (unet, vq):
             for p in module.parameters():
                 p.add_(0.02 * torch.randn_like(p))
     shape = (vq_cfg.latent_channels, vq_cfg.latent_size, vq_cfg.latent_size)
-    return RandomModels(GuidedUNet(unet).eval(), LatentDecoder(vq, 1.0).eval(), shape, N_CLASSES + N_TISSUES)
+    return RandomModels(guided_unet(unet).eval(), LatentDecoder(vq, 1.0).eval(), shape, N_CLASSES + N_TISSUES)

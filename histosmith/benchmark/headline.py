@@ -4,9 +4,10 @@ The paper's pipeline is the training checkpoint's modules in eager torch fp32 wi
 two-pass classifier-free guidance (the conditional and null branches as one 2B batch per call). Every other
 contender is a configuration of the export — an engine file, a sampler, a step count, the model's guidance —
 run exactly as ``hs-generate`` runs it (the same ``generate`` loop: sampling, decoding, the watershed, writing
-shards). Its gate verdict is the one ``hs-eval gate`` / ``hs-eval sampler`` recorded in the manifest
-(``verification.gate``, by configuration label); a configuration never gated shows as such, and the headline
-speed-up is the fastest *passing* configuration's, measured in the same process as the paper's pipeline.
+shards). Its gate verdict is the one ``hs-eval gate`` / ``hs-eval sampler`` recorded in the manifest of the
+export holding its engine (``verification.gate``, by configuration label); a configuration never gated shows as
+such, and the headline speed-up is the fastest *passing* configuration's, measured in the same process as the
+paper's pipeline.
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ def run_headline(export: Path, configs: list[Configuration], opts: HeadlineOptio
 
     manifest = Manifest.load(export)
     info = manifest.info
-    gates = manifest.verification.get("gate", {})
     checkpoint = opts.checkpoint or Path(manifest.source.checkpoint)
     if not checkpoint.exists():
         from histosmith.errors import file_error
@@ -110,8 +110,9 @@ def run_headline(export: Path, configs: list[Configuration], opts: HeadlineOptio
             tables = Scheduler(info.schedule).settings_tables(config.sampling)
             backend = session.backend(tables)
             rate = tiles_per_second(backend, info, config.sampling, config.guidance, batch, opts.repeats)
-            verdict = gates.get(config.label)
-            row = {"contender": f"{config.label} ({backend.name})", "label": config.label, "batch": batch,
+            verdict = _verdict(config)
+            where = "" if config.engine.parent.resolve() == export.resolve() else f"{config.engine.parent.name}/"
+            row = {"contender": f"{where}{config.label} ({backend.name})", "label": config.label, "batch": batch,
                    "tiles_per_s": rate, "speedup": rate / base,
                    "gate": ("pass" if verdict["passed"] else "fail") if verdict else "not gated"}
             if verdict and not verdict["passed"]:
@@ -129,6 +130,11 @@ def run_headline(export: Path, configs: list[Configuration], opts: HeadlineOptio
     return {"export": str(export), "paper": PAPER, "guidance": guidance, "rows": rows, "fastest_passing": best}
 
 
+def _verdict(config: Configuration) -> dict[str, Any] | None:
+    """The gate verdict recorded for ``config`` in the manifest of the export that holds its engine."""
+    return Manifest.load(config.engine.parent).verification.get("gate", {}).get(config.label)
+
+
 def _peer_backend(contender: Any) -> Backend:  # noqa: ANN401
     """The backend of a torch peer (its ``prepare`` hands it out with the calls)."""
     from histosmith.benchmark.contenders import BatchInputs
@@ -139,7 +145,8 @@ def _peer_backend(contender: Any) -> Backend:  # noqa: ANN401
 
 
 def parse_configs(export: Path, text: str, guidance: float) -> list[Configuration]:
-    """``ENGINE:SAMPLER:STEPS[:compile],...`` (engine files of the export) -> configurations."""
+    """``ENGINE:SAMPLER:STEPS[:compile],...`` (engine files, relative to the export: ``../other/unet.onnx`` names
+    one of another export of the same model, e.g. a distilled student) -> configurations."""
     from histosmith.errors import HistoSmithError
 
     out = []

@@ -107,7 +107,7 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
     name = candidate.label if engine.parent.resolve() == export.resolve() else f"{engine.parent.name}-{candidate.label}"
     paths = write_gate(out / name, result, command)
     if not allow_small:
-        record_verdicts(export, result, command)
+        record_verdicts(result, command)
     click.echo(f"report: {', '.join(map(str, paths))}")
     failed = result.failures(candidate.label)
     if failed:
@@ -127,7 +127,8 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
 @click.option("--steps", "steps_list", default="6,8,10,15,20,30", show_default=True,
               help="Step counts to try for every sampler.")
 @click.option("--record", is_flag=True,
-              help="Make the fewest-steps passing configuration the export's default (manifest sampling).")
+              help="Make the fewest-steps passing configuration the default (manifest sampling) of the export that "
+                   "holds --engine.")
 def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed: int,
                 reference_guidance: float | None, batch: int, threads: int | None, allow_small: bool,
                 marker_depth: MarkerDepth, engine: Path | None, samplers: str, steps_list: str, record: bool) -> None:
@@ -160,11 +161,12 @@ def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, se
     paths.append(plot_sweep(result, out / "sampler_steps.png"))
     best = choose(result)
     if not allow_small:
-        record_verdicts(export, result, command)
+        record_verdicts(result, command)
     click.echo(f"report: {', '.join(map(str, paths))}")
     if best is None:
         raise HistoSmithError("sampler: no configuration of the sweep passes the gate; the default stays as it is")
     click.echo(f"fewest steps that pass: {best.label}")
     if record:
-        record_default(export, result, best, command, str(marker_depth))
-        click.echo(f"recorded {best.sampling.sampler} at {best.sampling.steps} steps as the default of {export}")
+        record_default(engine.parent, result, best, command, str(marker_depth))  # the export that holds the engine
+        click.echo(f"recorded {best.sampling.sampler} at {best.sampling.steps} steps as the default of "
+                   f"{engine.parent}")

@@ -95,15 +95,20 @@ def write_gate(out: Path, result: GateResult, command: str, stem: str = "gate") 
     return paths
 
 
-def record_verdicts(export: Path, result: GateResult, command: str) -> None:
-    """Keep each candidate's verdict in the export's manifest (``verification.gate``, by label)."""
+def record_verdicts(result: GateResult, command: str) -> None:
+    """Keep each candidate's verdict in the manifest of the export that holds its engine (``verification.gate``,
+    by label): a distilled student's verdict goes with the student, though the teacher's export is the reference."""
     from histosmith.data.lock import exclusive
-    from histosmith.runtime.manifest import Manifest, record_verification
+    from histosmith.runtime.manifest import MANIFEST_FILE, Manifest, record_verification
 
-    with exclusive(export, "export"):
-        manifest = Manifest.load(export)
-        gates = dict(manifest.verification.get("gate", {}))
-        for c in result.candidates:
-            if c.engine.parent.resolve() == export.resolve():
+    by_export: dict[Path, list[Configuration]] = {}
+    for c in result.candidates:
+        if (c.engine.parent / MANIFEST_FILE).is_file():
+            by_export.setdefault(c.engine.parent.resolve(), []).append(c)
+    for export, candidates in by_export.items():
+        with exclusive(export, "export"):
+            manifest = Manifest.load(export)
+            gates = dict(manifest.verification.get("gate", {}))
+            for c in candidates:
                 gates[c.label] = summary(result, c.label) | {"command": command}
-        record_verification(manifest, "gate", gates).save(export)
+            record_verification(manifest, "gate", gates).save(export)

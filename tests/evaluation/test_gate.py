@@ -86,3 +86,27 @@ def test_gate_command_passes_the_reference_and_fails_a_broken_candidate(tiny_exp
     broken_label = next(p for p in (tmp_path / "g").iterdir() if p.name not in ("runs", label))
     assert np.isfinite(json.loads((broken_label / "gate.json").read_text())["candidates"][0]["metrics"][-1]
                        ["candidate"])
+
+
+def test_verdicts_go_to_the_export_that_holds_each_engine(tiny_export, tmp_path):
+    """A distilled student gated against its teacher's export: its verdict is kept in its own manifest."""
+    import shutil
+
+    from histosmith.evaluation.gate import Configuration, GateResult
+    from histosmith.evaluation.gate_report import record_verdicts
+    from histosmith.runtime.manifest import Manifest
+    from histosmith.runtime.schedule import SamplerSettings
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    shutil.copytree(tiny_export, teacher)
+    shutil.copytree(tiny_export, student)
+    reference = Configuration(teacher / "unet.onnx", SamplerSettings("ddim", 50), 3.0)
+    own = Configuration(teacher / "unet.onnx", SamplerSettings("unipc", 5), 3.0)
+    other = Configuration(student / "unet.onnx", SamplerSettings("unipc", 4), 3.0)
+    rows = {own.label: [{"metric": "kid", "passed": True}], other.label: [{"metric": "kid", "passed": False}]}
+    result = GateResult(reference, [own, other], rows, {}, {}, 500)
+    record_verdicts(result, "hs-eval gate ...")
+    assert Manifest.load(teacher).verification["gate"][own.label]["passed"] is True
+    assert other.label not in Manifest.load(teacher).verification["gate"]
+    verdict = Manifest.load(student).verification["gate"][other.label]
+    assert verdict["passed"] is False and verdict["failed"] == ["kid"]
