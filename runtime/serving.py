@@ -140,13 +140,18 @@ def _parse_tiles(info: GeneratorInfo, arrays: dict[str, np.ndarray], defaults: S
         raise HistoSmithError(f"input {IN_COUNTS!r}: counts must not be negative")
     if (counts > MAX_COUNT).any():
         raise HistoSmithError(f"input {IN_COUNTS!r}: at most {MAX_COUNT} nuclei per class and tile")
-    spec.check_range(counts, defaults.allow_extrapolation)
+    try:
+        spec.check_range(counts, defaults.allow_extrapolation)
+    except HistoSmithError as exc:
+        raise HistoSmithError(f"input {IN_COUNTS!r}: {exc}") from None
     tissues = _column(arrays, IN_TISSUE, n)
     try:
         names = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tissues]
+        tissue_ids = [spec.tissue_index(name) for name in names]
     except UnicodeDecodeError:
         raise HistoSmithError(f"input {IN_TISSUE!r}: not UTF-8 text") from None
-    tissue_ids = [spec.tissue_index(name) for name in names]
+    except HistoSmithError as exc:
+        raise HistoSmithError(f"input {IN_TISSUE!r}: {exc}") from None
     seeds = _whole(arrays, IN_SEED, n, 0, MAX_SEED)
     indices = _whole(arrays, IN_INDEX, n, 0, MAX_INDEX)
     steps = _whole(arrays, IN_STEPS, n, 1, info.schedule.num_train_timesteps, defaults.steps)

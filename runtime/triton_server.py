@@ -62,8 +62,10 @@ def server_ports(port: int, grpc_port: int | None, metrics_port: int | None) -> 
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
-    """Raise the standard error if ``port`` cannot be bound on ``host``."""
+    """Raise the standard error if ``port`` cannot be bound on ``host``. Bound as servers bind (SO_REUSEADDR):
+    connections of a server that just stopped, still in TIME_WAIT, do not block a restart; a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

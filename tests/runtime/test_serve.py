@@ -317,7 +317,7 @@ def test_stop_signal_stops_tritonserver_and_cleans_up(tiny_export, tmp_path, sig
     try:
         wait_ready(f"127.0.0.1:{port}", proc)
         children = _children(proc.pid)
-        assert children and any(tmp_path.iterdir())
+        assert children and list(tmp_path.glob("hs-serve-*"))  # the temporary model repository
         proc.send_signal(sig)
         proc.wait(timeout=120)
     finally:
@@ -327,10 +327,12 @@ def test_stop_signal_stops_tritonserver_and_cleans_up(tiny_export, tmp_path, sig
     while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{c}").exists() for c in children), "tritonserver outlived hs-serve"
-    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+    assert not list(tmp_path.glob("hs-serve-*")), list(tmp_path.iterdir())  # (ONNX Runtime keeps its own .ses)
     for p in (port, grpc, metrics):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", p))  # free again
+        with socket.socket() as s:  # free again: nothing listens (closed connections may linger in TIME_WAIT)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))
+            s.listen()
 
 
 @pytest.mark.parametrize("args, needle", [
