@@ -18,7 +18,8 @@ FULL_TIER = {
     "tests/runtime/test_ray.py", "tests/runtime/test_serve.py", "tests/training/test_ddp.py",
     "tests/segmentation/test_downstream.py", "tests/calibration/test_calibrate.py", "tests/benchmark/test_bench.py",
     "tests/evaluation/test_gate.py", "tests/test_extras.py", "tests/evaluation/test_control.py",
-    "tests/evaluation/test_guidance.py", "tests/segmentation/test_consistency.py",
+    "tests/evaluation/test_guidance.py", "tests/segmentation/test_consistency.py", "tests/training/test_distill.py",
+    "tests/data/test_provenance.py",
 }
 
 

@@ -242,7 +242,7 @@ def test_cli_bad_inputs(tiny_export, tmp_path):
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--counts", "epithelial=3", "--tissue", "liver"))
     assert "beyond the training range" in _one_error_line(
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--counts", "epithelial=999", "--tissue", "stroma"))
-    assert "outside what the model accepts" in _one_error_line(
+    assert "--batch 65: this export's graphs take batches of 1..64" in _one_error_line(
         _gen_cli(exp / "unet.onnx", tmp_path / "o", "--batch", "65"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
