@@ -18,7 +18,8 @@ import logging
 import os
 import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,40 +55,44 @@ class RayOptions:
 
 
 def connect(address: str | None, workers: int, cpus_per_worker: float, timeout_s: float = 60.0) -> None:
-    """Join the Ray cluster at ``address`` (or start a local one) within ``timeout_s``; one ``error:`` line when
-    that fails or takes longer (Ray itself would keep retrying an address that answers but is no cluster)."""
+    """Join the Ray cluster at ``address`` (or start a local one); one ``error:`` line when that fails, and within
+    ``timeout_s`` (Ray itself keeps retrying an address that answers but is no cluster)."""
     if address not in (None, "auto"):
         _check_reachable(address, timeout_s)
-    seconds = str(max(1, int(timeout_s)))
-    for name in ("RAY_gcs_server_request_timeout_seconds", "RAY_gcs_rpc_server_reconnect_timeout_s"):
-        os.environ.setdefault(name, seconds)  # Ray's own waits, read when it is first imported
+    if address is not None:
+        _probe(address, timeout_s)
     import ray
 
     if ray.is_initialized():
         return
-    outcome: list[BaseException | None] = []
+    try:
+        if address is None:
+            ray.init(num_cpus=max(1, int(np.ceil(workers * cpus_per_worker))), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # ray raises ConnectionError, ValueError or RuntimeError depending on the address
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise HistoSmithError(f"--ray {address or 'local'}: cannot {'start' if address is None else 'join'} a Ray "
+                              f"cluster ({first})") from None
 
-    def join() -> None:
-        try:
-            if address is None:
-                ray.init(num_cpus=max(1, int(np.ceil(workers * cpus_per_worker))), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
-            else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
-            outcome.append(None)
-        except BaseException as exc:  # ray raises ConnectionError, ValueError or RuntimeError by address
-            outcome.append(exc)
 
-    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    what = "start a local Ray instance" if address is None else "connect to a Ray cluster"
-    if not outcome:
-        raise HistoSmithError(f"--ray {address or 'local'}: could not {what} within {timeout_s:g} s "
-                              "(--ray-timeout sets the wait)")
-    if outcome[0] is not None:
-        first = (str(outcome[0]).strip().splitlines() or [type(outcome[0]).__name__])[0][:200]
-        raise HistoSmithError(f"--ray {address or 'local'}: cannot {what} ({first})")
+_PROBE = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False); ray.shutdown()"
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Join the cluster once in a child process, bounded by ``timeout_s``: Ray's connection retries cannot be
+    interrupted in-process, and their log lines stay out of the user's terminal."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
+                               timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise HistoSmithError(f"--ray {address}: no Ray cluster took the connection within {timeout_s:g} s "
+                              "(--ray-timeout sets the wait)") from None
+    if probe.returncode:
+        lines = [line for line in probe.stderr.splitlines() if line.strip() and not line.startswith(" ")]
+        raise HistoSmithError(f"--ray {address}: cannot connect to a Ray cluster "
+                              f"({(lines[-1:] or ['no output'])[0][:200]})")
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:

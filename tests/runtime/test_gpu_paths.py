@@ -141,5 +141,9 @@ def test_gpu_check_dry_run_runs_the_whole_script(tmp_path):
     assert {p["sampler"] for p in data["parity"]} == {"ddim", "dpmpp-2m", "unipc"}  # every solver's tables
     assert {(t["batch"], t["engine"]) for t in data["throughput"]} >= {(1, "torch eager-fp32"), (2, "torch eager-bf16")}
     assert all(t["tiles_per_s"] > 0 for t in data["throughput"])
+    # the guidance-distilled U-Net (one pass per call): parity for every solver, and its speed
+    assert {p["sampler"] for p in data["parity"] if p["preset"] == "tiny-distilled"} == {"ddim", "dpmpp-2m", "unipc"}
+    assert any(t["preset"] == "tiny-distilled" for t in data["throughput"])
     md = (tmp_path / "gpu_check.md").read_text()
-    assert md.count("| tiny |") == len(data["throughput"]) and "DRY RUN" in md
+    rows = len(data["throughput"]) + len(data["parity"])
+    assert md.count("| tiny |") + md.count("| tiny-distilled |") == rows and "DRY RUN" in md

@@ -135,7 +135,7 @@ def test_all_cpu_backends_run_the_student(student, tmp_path):
     tables = Scheduler(load_generator(student).info.schedule).settings_tables(plan.sampling)
     rng = np.random.default_rng(0)
     results = []
-    for name in ("unet.onnx", "unet.fp32.pt2"):
+    for name in ("unet.onnx", "unet.pt2"):
         session = open_engine(tmp_path / "exp" / name)
         backend = session.backend(tables)
         shape = (2, *session.info.latent_shape)
