@@ -11,7 +11,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,11 @@ def check_export_out(out: Path, force: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise file_error(out, "exists and is not a directory")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):  # the export is written beside out, then renamed into place
+        raise file_error(out, f"read-only: {existing} does not allow writing the export (nothing was done)")
     if not out.exists() or not any(out.iterdir()):
         return
     try:
@@ -205,6 +212,8 @@ def export_generator(checkpoint: Path, out: Path, opts: ExportOptions = ExportOp
 
 def _export_generator(checkpoint: Path, out: Path, opts: ExportOptions) -> tuple[Manifest, bool]:
     check_export_out(out, opts.force)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # a killed export's temporary directory (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     gen = load_generator(checkpoint)
     key = cache_key(gen.checkpoint, opts)
     cached = _cached(out, key)

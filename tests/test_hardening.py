@@ -167,3 +167,20 @@ def test_plan_report_never_overwrites_the_conditions(synthetic_dir, tmp_path):
     assert f"--conditions {out}" in result.stdout
     rows = np.loadtxt(out, delimiter=",", skiprows=1, usecols=0, dtype=str)
     assert len(rows) == 40
+
+
+@pytest.mark.slow
+def test_export_cleans_a_killed_exports_debris_and_refuses_read_only(tiny_runs, tmp_path):
+    from histosmith.export.exporter import check_export_out
+
+    stale = tmp_path / ".exp.abc123.tmp"  # what a killed hs-export leaves beside its --out
+    stale.mkdir()
+    (stale / "unet.onnx").write_bytes(b"partial")
+    ok = run_cli("hs-export", "--checkpoint", str(tiny_runs["ldm"]), "--out", str(tmp_path / "exp"), "--no-fp16")
+    assert ok.returncode == 0, ok.stderr
+    assert not stale.exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(Exception, match="read-only"):
+            check_export_out(ro / "exp", force=False)

@@ -55,6 +55,13 @@ def test_two_processes_match_one(synthetic_dir, tmp_path):
     _train([*base, "--config", "tiny", "--max-steps", "5"], 2)
     _train([*base, "--resume", "--max-steps", "10"], 2)
     assert _losses(resumed) == pytest.approx(_losses(tmp_path / "ldm2"), rel=1e-5)
+    # guidance distillation of that U-Net: two processes follow one (fp32: its losses are ~1e-6, where bf16
+    # rounding alone moves them by a percent)
+    distill = ["distill", "--teacher", str(tmp_path / "ldm1"), "--data", str(synthetic_dir), "--max-steps", "6",
+               "--batch-size", "8", "--precision", "fp32"]
+    _train([*distill, "--out", str(tmp_path / "d1")], 1)
+    _train([*distill, "--out", str(tmp_path / "d2")], 2)
+    assert _losses(tmp_path / "d2") == pytest.approx(_losses(tmp_path / "d1"), rel=1e-4)
 
 
 def test_global_batch_must_split_evenly(synthetic_dir, tmp_path):
