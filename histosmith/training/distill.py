@@ -35,7 +35,7 @@ from histosmith.training import distributed
 from histosmith.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_state, resolve
 from histosmith.training.common import check_dataset_matches, optimiser_step
 from histosmith.training.data import TileStore
-from histosmith.training.ldm import EMA, cached_latents, min_snr_weights
+from histosmith.training.ldm import cached_latents, min_snr_weights, optimiser_and_ema
 from histosmith.training.loop import LoopResult, step_seed
 from histosmith.training.trainer import RunContext, RunOptions, dataset_summary, train_stage
 
@@ -118,13 +118,8 @@ class DistillStage:
         self.teacher = GuidedUNet(teacher_unet).to(ctx.device)
         self.model = student_from_teacher(teacher_unet, (cfg.guidance_min, cfg.guidance_max)).to(ctx.device)
         self.model_cfg = self.model.cfg
-        self.params = list(self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_decay)
-        if ckpt is not None:
-            load_state(self.model, ckpt["model"], str(ctx.out / CHECKPOINT_FILE))
-            load_state(self.ema.model, ckpt["ema"], str(ctx.out / CHECKPOINT_FILE))
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.params, self.optimizer, self.ema = optimiser_and_ema(self.model, cfg.lr, cfg.weight_decay, cfg.ema_decay,
+                                                                  ckpt, str(ctx.out / CHECKPOINT_FILE))
         self.distillation = {"teacher": str(teacher_file), "teacher_sha256": teacher_sha,
                              "teacher_step": int(tc["step"]), "guidance_range": [cfg.guidance_min, cfg.guidance_max],
                              "method": "guidance distillation, stage 1 (Meng et al. 2023)"}

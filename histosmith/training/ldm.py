@@ -101,6 +101,20 @@ class EMA:
             e.lerp_(p.detach(), 1 - decay)
 
 
+def optimiser_and_ema(model: torch.nn.Module, lr: float, weight_decay: float, ema_decay: float,
+                      ckpt: dict[str, Any] | None, where: str) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer,
+                                                                      EMA]:
+    """AdamW and the EMA copy of a U-Net, restored (with the weights) from a run's own checkpoint when resuming."""
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ema = EMA(model, ema_decay)
+    if ckpt is not None:
+        load_state(model, ckpt["model"], where)
+        load_state(ema.model, ckpt["ema"], where)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    return params, optimizer, ema
+
+
 class LDMStage:
     """Stage 2 for :func:`~histosmith.training.trainer.train_stage`."""
 
@@ -147,13 +161,8 @@ class LDMStage:
         self.a_bar = torch.from_numpy(alphas_cumprod(schedule)).float().to(ctx.device)
         self.loss_weight = min_snr_weights(self.a_bar, schedule.prediction, cfg.min_snr_gamma)
         self.model = ConditionalUNet(self.model_cfg).to(ctx.device)
-        self.params = list(self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_decay)
-        if ckpt is not None:
-            load_state(self.model, ckpt["model"], str(ctx.out / CHECKPOINT_FILE))
-            load_state(self.ema.model, ckpt["ema"], str(ctx.out / CHECKPOINT_FILE))
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.params, self.optimizer, self.ema = optimiser_and_ema(self.model, cfg.lr, cfg.weight_decay, cfg.ema_decay,
+                                                                  ckpt, str(ctx.out / CHECKPOINT_FILE))
         self.part = ctx.dist.local_slice(cfg.batch_size)  # torchrun: this rank's part of the global batch
         self.forward = distributed.wrap(self.model, ctx.dist, ctx.device)
 
