@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from histosmith.data.atomic import write_json_atomic, write_text_atomic
-from histosmith.data.labels import count_nuclei, distance_map, instance_classes, touching_instances
+from histosmith.data.labels import count_nuclei, instance_classes, touching_instances
+from histosmith.data.rasters import distance_map
 from histosmith.data.reader import Dataset
 from histosmith.evaluation.conic import ConicAccumulator
 from histosmith.evaluation.realism import NucleusTable, collect, nucleus_features, spread

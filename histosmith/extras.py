@@ -13,7 +13,7 @@ from histosmith.errors import HistoSmithError
 
 # extra -> the top-level modules it provides (import names, not distribution names)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "train": ("torch", "matplotlib", "pyarrow", "shapely"),
+    "train": ("torch", "matplotlib", "pyarrow", "shapely", "cv2", "scipy", "skimage"),
     "export": ("onnx", "polygraphy", "onnx_graphsurgeon", "onnxconverter_common"),
     "gpu": (),  # onnxruntime-gpu replaces onnxruntime under the same import name
     "trt": ("tensorrt", "cuda"),

@@ -8,8 +8,8 @@ instance by majority vote. The marker depth h may differ per class (``--marker-d
 each pixel's dome is shaved by the depth of its class. Optionally a nucleus larger than an area limit of its
 class (``--marker-depth 0.25,neoplastic>360``; the real 99th percentile is a natural one) is seeded again at a
 shallower depth and split where its own distance map holds more than one dome: an implausibly large nucleus is
-more often two touching nuclei joined by a shallow valley than one. Numpy, scipy and scikit-image, no torch:
-every backend shares it.
+more often two touching nuclei joined by a shallow valley than one. Numpy alone (runtime/morphology.py), no
+torch: every backend and the lean install share it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import reconstruction
-from skimage.segmentation import watershed
 
 from histosmith.data.labels import instance_classes, relabel_sequential
 from histosmith.errors import HistoSmithError
+from histosmith.runtime.morphology import find_objects, label, reconstruct_by_dilation, watershed
 
-_EIGHT = np.ones((3, 3), dtype=bool)
+# The flooding of runtime/morphology.py; runs labelled before it (scikit-image's watershed) recorded none.
+WATERSHED = "numpy-flood"
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,9 @@ class PostprocessConfig:
 
     def record(self) -> dict[str, Any]:
         """As written to generation.json (``class_h`` and the split only when set, so earlier runs read as
-        before)."""
-        out = asdict(self) | {"class_h": list(self.class_h), "split_area": list(self.split_area)}  # as JSON reads
+        before), with the watershed that drew the labels: a run labelled by another one is not resumed."""
+        out = asdict(self) | {"class_h": list(self.class_h), "split_area": list(self.split_area),  # as JSON reads
+                              "watershed": WATERSHED}
         if not self.class_h:  # it back, for the resume check
             del out["class_h"]
         if not self.split_area:
@@ -164,11 +164,6 @@ def marker_depth_label(post: PostprocessConfig, class_names: Sequence[str]) -> f
     return str(MarkerDepth.of(post, class_names))
 
 
-def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grayscale morphological reconstruction of ``seed`` under ``mask`` (8-connected)."""
-    return reconstruction(np.minimum(seed, mask), mask, method="dilation", footprint=_EIGHT)
-
-
 def h_maxima_markers(distance: np.ndarray, h: float | np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, int]:
     """Label the regional maxima of ``distance`` (zero outside nuclei) whose dynamic is at least ``h``.
 
@@ -179,7 +174,7 @@ def h_maxima_markers(distance: np.ndarray, h: float | np.ndarray, eps: float = 1
     f = distance.astype(np.float32)
     rec = reconstruct_by_dilation(f - h, f)
     top = rec - reconstruct_by_dilation(rec - eps, rec) >= eps / 2
-    return ndimage.label(top & (f > 0), structure=_EIGHT)
+    return label(top & (f > 0))
 
 
 def labels_from_maps(distance: np.ndarray, classes: np.ndarray, n_classes: int,
@@ -192,16 +187,15 @@ def labels_from_maps(distance: np.ndarray, classes: np.ndarray, n_classes: int,
     masked = np.where(foreground, distance, 0).astype(np.float32)
     markers, n_markers = h_maxima_markers(masked, cfg.depth(classes, n_classes))
     # A foreground blob without a core still is a nucleus: it gets its own marker (its whole area).
-    blobs, n_blobs = ndimage.label(foreground, structure=_EIGHT)
+    blobs, n_blobs = label(foreground)
     has_marker = np.zeros(n_blobs + 1, dtype=bool)
     has_marker[np.unique(blobs[markers > 0])] = True
     orphan = ~has_marker[blobs] & foreground
     if orphan.any():
-        extra, _ = ndimage.label(orphan, structure=_EIGHT)
+        extra, _ = label(orphan)
         markers[orphan] = extra[orphan] + n_markers
-    # Flood −distance from the markers, restricted to the foreground (scikit-image's priority-flood
-    # watershed; scipy's watershed_ift lets a label run downhill into a neighbour's basin).
-    inst = watershed(-distance.astype(np.float32), markers, mask=foreground, connectivity=2).astype(np.int32)
+    # Flood −distance from the markers, restricted to the foreground.
+    inst = watershed(-distance.astype(np.float32), markers, foreground)
     if cfg.split_area:
         inst = split_oversized(inst, masked, classes, n_classes, cfg)
     if cfg.min_area > 1:
@@ -228,7 +222,7 @@ def split_oversized(inst: np.ndarray, distance: np.ndarray, classes: np.ndarray,
     if not len(big):
         return inst
     out, next_id = inst.copy(), int(inst.max()) + 1
-    boxes = ndimage.find_objects(inst)
+    boxes = find_objects(inst)
     for i in big.tolist():
         box = boxes[i - 1]
         own = inst[box] == i
@@ -236,7 +230,7 @@ def split_oversized(inst: np.ndarray, distance: np.ndarray, classes: np.ndarray,
         seeds, n_seeds = h_maxima_markers(dome, cfg.split_h)
         if n_seeds < 2:
             continue
-        parts = watershed(-dome, seeds, mask=own, connectivity=2)
+        parts = watershed(-dome, seeds, own)
         piece = out[box]
         piece[own] = np.where(parts[own] > 0, parts[own] - 1 + next_id, i)
         next_id += n_seeds

@@ -1,12 +1,14 @@
-"""Contact sheets: generated tiles with nucleus outlines coloured by class, beside the class mask."""
+"""Contact sheets: generated tiles with nucleus outlines coloured by class, beside the class mask (numpy, and
+Pillow for the text and the PNG file)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from histosmith.data.atomic import write_bytes_atomic
 
@@ -44,10 +46,10 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_
     cells = []
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         pair = np.concatenate([outline_overlay(img, lab, n_classes), colours[lab[..., 1]]], axis=1)
-        pair = cv2.resize(pair, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        pair = cv2.copyMakeBorder(pair, 2, 14 if captions else 2, 2, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        pair = pair.repeat(scale, axis=0).repeat(scale, axis=1)
+        pair = np.pad(pair, ((2, 14 if captions else 2), (2, 2), (0, 0)), constant_values=255)
         if captions:
-            cv2.putText(pair, captions[i][:40], (3, pair.shape[0] - 3), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 0, 0), 1)
+            pair = _write(pair, (3, pair.shape[0] - 12), captions[i][:40])
         cells.append(pair)
     if not cells:
         return np.full((20, 200, 3), 255, np.uint8)
@@ -58,17 +60,24 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_
         row += [blank] * (columns - len(row)) if len(cells) > columns else []
         rows.append(np.concatenate(row, axis=1))
     sheet = np.concatenate(rows, axis=0)
-    legend = np.full((18, sheet.shape[1], 3), 255, np.uint8)
+    legend = Image.new("RGB", (sheet.shape[1], 18), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
     x = 4
     for c, name in enumerate(class_names, start=1):
-        cv2.rectangle(legend, (x, 4), (x + 10, 14), tuple(int(v) for v in colours[c]), -1)
-        cv2.putText(legend, name, (x + 14, 14), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
-        x += 20 + 9 * len(name)
-    return np.concatenate([legend, sheet], axis=0)
+        draw.rectangle((x, 4, x + 10, 14), fill=tuple(int(v) for v in colours[c]))
+        draw.text((x + 14, 3), name, fill=(0, 0, 0))
+        x += 20 + int(draw.textlength(name))
+    return np.concatenate([np.asarray(legend), sheet], axis=0)
+
+
+def _write(rgb: np.ndarray, xy: tuple[int, int], text: str) -> np.ndarray:
+    """``rgb`` with ``text`` drawn in black at ``xy`` (Pillow's built-in font)."""
+    canvas = Image.fromarray(rgb)
+    ImageDraw.Draw(canvas).text(xy, text, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    write_bytes_atomic(path, lambda f: f.write(data.tobytes()))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG")
+    write_bytes_atomic(path, lambda f: f.write(buffer.getvalue()))

@@ -1,14 +1,13 @@
 """Label rasters: instance renumbering, distance maps, class one-hot, nucleus counts.
 
 Conventions (docs/formats.md): a label tile is (H, W, 2) int32; channel 0 = instance ids (0 = background,
-1..n), channel 1 = class ids (0 = background, 1..K). Pure numpy + OpenCV: the runtime uses it too.
+1..n), channel 1 = class ids (0 = background, 1..K). Numpy alone: the lean runtime uses it too (the rasters
+that data preparation draws with OpenCV are in histosmith/data/rasters.py).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-from scipy import ndimage
 
 CONIC_MARGIN = 16  # CoNIC counts a nucleus if any pixel lies in the central 224x224 of a 256 tile.
 
@@ -83,28 +82,6 @@ def count_nuclei(labels: np.ndarray, n_classes: int, margin: int = 0) -> np.ndar
     return np.bincount(classes[present], minlength=n_classes + 1)[1:].astype(np.int64)
 
 
-def distance_map(inst: np.ndarray) -> np.ndarray:
-    """Per-nucleus Euclidean distance to the nucleus border, scaled to 1 at its centre, 0 outside.
-
-    Each nucleus is measured on its own mask, so touching nuclei stay separated by a valley of low
-    values — that valley is what the watershed in post-processing splits along. Returns float32 (H, W).
-    """
-    out = np.zeros(inst.shape, dtype=np.float32)
-    for index, box in enumerate(ndimage.find_objects(inst)):
-        if box is None:
-            continue
-        nucleus_id = index + 1
-        crop = inst[box] == nucleus_id
-        # Pad by one so that the tile edge acts as a border too (a cut nucleus peaks inside the tile).
-        padded = np.pad(crop, 1).astype(np.uint8)
-        dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-        peak = dist.max()
-        if peak > 0:
-            region = out[box]
-            region[crop] = dist[crop] / peak
-    return out
-
-
 def one_hot(cls: np.ndarray, n_classes: int) -> np.ndarray:
     """Class map (H, W) -> float32 one-hot (K+1, H, W), channel 0 = background."""
     return (np.arange(n_classes + 1, dtype=cls.dtype)[:, None, None] == cls[None]).astype(np.float32)
@@ -135,11 +112,3 @@ def downscale_labels(labels: np.ndarray, factor: int, min_area: int = 1) -> np.n
         small[np.isin(inst, np.flatnonzero(areas < min_area)) & (inst > 0)] = 0
     small[..., 0] = relabel_sequential(small[..., 0])
     return small
-
-
-def downscale_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Area-averaging downscale of a uint8 (H, W, 3) image."""
-    if factor == 1:
-        return image
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    return cv2.resize(image[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)

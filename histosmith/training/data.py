@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from histosmith.data.conditioning import ConditionSpec
-from histosmith.data.labels import distance_map
+from histosmith.data.rasters import distance_map
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 

@@ -2,13 +2,13 @@ import numpy as np
 
 from histosmith.data.labels import (
     count_nuclei,
-    distance_map,
     downscale_labels,
     instance_classes,
     one_hot,
     relabel_sequential,
     touching_instances,
 )
+from histosmith.data.rasters import distance_map
 
 
 def _disc(shape, cy, cx, r):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from histosmith.data.labels import distance_map
+from histosmith.data.rasters import distance_map
 from histosmith.data.reader import Dataset
 from histosmith.errors import HistoSmithError
 from histosmith.evaluation.conic import ConicAccumulator

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from histosmith.data.format import Dataset
-from histosmith.data.labels import distance_map
+from histosmith.data.rasters import distance_map
 from histosmith.runtime.postprocess import labels_from_maps
 from histosmith.segmentation.config import seg_config
 from histosmith.segmentation.evaluate import evaluate_segmenter, load_split, score_labels

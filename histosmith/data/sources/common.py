@@ -10,11 +10,11 @@ import numpy as np
 
 from histosmith.data.labels import (
     check_labels,
-    downscale_image,
     downscale_labels,
     instance_classes,
     relabel_sequential,
 )
+from histosmith.data.rasters import downscale_image
 from histosmith.errors import HistoSmithError
 
 
