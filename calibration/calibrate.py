@@ -2,9 +2,13 @@
 
 Steps: record the fp32 U-Net's inputs along trajectories (cached, resumable) → calibrate activation ranges
 → per-block sensitivity sweep → quantise (``unet.int8.onnx`` for ONNX Runtime on CPUs; ``step.int8.onnx``,
-the fused step graph in symmetric s8, for TensorRT) → quality gate against fp32 → only then copy the
-graphs into the export and record them (recipe, float list, gate results, SHA-256) in the manifest. A
-missed gate leaves the export exactly as it was and raises (exit 2), the report kept in the work directory.
+the fused step graph in symmetric s8, for TensorRT) → the quality gate of ``hs-eval gate``
+(histosmith.evaluation.gate: the set of tiles each graph generates at the export's default sampler, against
+two reference runs of the fp32 two-pass U-Net at DDIM 50; the fused step graph runs through ONNX Runtime's
+step loop on the CPU) → only then copy the graphs into the export and record them (recipe, float list, gate
+verdicts, SHA-256) in the manifest. The gate runs the graphs from a staged copy of the export in the work
+directory, so a missed gate leaves the export exactly as it was and raises (exit 2), the reports kept in the
+work directory.
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
 
-from histosmith.calibration.gate import GateResult, GateThresholds, compare, decode, final_latents
 from histosmith.calibration.quantize import FeedReader, Method, qdq_summary, quantize, recipe, row_batches
 from histosmith.calibration.report import write_report
 from histosmith.calibration.sensitivity import check_blocks, errors_json, float_list, float_nodes, sweep
@@ -34,16 +38,33 @@ from histosmith.calibration.trajectories import (
 from histosmith.data.atomic import sha256_file, write_bytes_atomic
 from histosmith.data.lock import exclusive
 from histosmith.errors import HistoSmithError, file_error
-from histosmith.runtime import conditions as cond
+from histosmith.evaluation.gate import MIN_TILES, Configuration, GateInputs, GateResult, PreparedGate, prepare_gate
+from histosmith.evaluation.gate_report import record_verdicts_in, summary, write_gate
 from histosmith.runtime.manifest import MANIFEST_FILE, ORT_DEBRIS, Manifest, Variant
 from histosmith.runtime.planning import step_coefs, step_graph_feed
-from histosmith.runtime.schedule import SamplerTables, Scheduler
+from histosmith.runtime.postprocess import MarkerDepth
+from histosmith.runtime.schedule import SamplerSettings, SamplerTables, Scheduler
 from histosmith.runtime.specs import STEP, GraphSpec, step_coef_count
 
 log = logging.getLogger(__name__)
 INT8_UNET = "unet.int8.onnx"
 INT8_STEP = "step.int8.onnx"
 REPORT = "calibration"  # .json / .md / .png
+GATE_REPORT = "calibration-gate"  # .json / .md / .png: hs-eval gate's report of the INT8 graphs
+STAGED = "staged"  # the work directory's copy of the export with the INT8 variant, which the gate runs
+
+
+@dataclass(frozen=True)
+class CalibrationGate:
+    """The quality gate the INT8 graphs must pass (``hs-eval gate``'s, on the calibration data as the real set)."""
+
+    segmenter: Path  # hs-train seg run trained on real tiles only
+    reference: Path | None = None  # export whose fp32 unet.onnx at DDIM 50 is the reference (default: this one)
+    runs: Path | None = None  # generated runs, shared with hs-eval gate (default: the calibration cache's gate-runs)
+    n: int = MIN_TILES
+    seed: int = 0
+    allow_small: bool = False
+    sampling: SamplerSettings | None = None  # the candidates' sampler (default: the export's default)
 
 
 @dataclass(frozen=True)
@@ -51,24 +72,25 @@ class CalibrateOptions:
     trajectories: TrajectoryOptions = TrajectoryOptions()
     method: Method = "minmax"
     target: Literal["cpu", "tensorrt", "both"] = "both"
-    gate: GateThresholds = GateThresholds()
+    gate: CalibrationGate | None = None  # None: refused unless ``force`` (the graphs are then recorded ungated)
     sensitivity_rows: int = 64  # recorded inputs the sweep evaluates (spread over every step)
     force: bool = False  # record the graphs even below the gate (marked as failed)
     keep_float: tuple[str, ...] = ()  # U-Net blocks kept float on request (besides the design list and the sweep)
     threads: int | None = None
     cache: Path | None = None
     show_progress: bool = True
+    command: str = "histosmith.calibration.calibrate"  # how the reports name what made them
 
 
 @dataclass
 class CalibrationOutcome:
     directory: Path  # where the graphs and report went (the export, or the work directory on failure)
-    gates: list[GateResult]
+    gate: GateResult | None  # None: recorded ungated (``force`` without a gate)
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        return self.gate is not None and all(self.gate.passed(c.label) for c in self.gate.candidates)
 
 
 def fp32_sources(export: Path, manifest: Manifest) -> tuple[str, str, str]:
@@ -130,13 +152,62 @@ def _copy_into(export: Path, work: Path, names: list[str]) -> None:
 
 def _record(manifest: Manifest, export: Path, files: list[str], decoder: str, report: dict[str, Any]) -> None:
     """Record the INT8 variant (replacing an earlier one) with the SHA-256 of its graphs."""
-    unet = INT8_UNET if INT8_UNET in files else ""
-    step = INT8_STEP if INT8_STEP in files else ""
     record = {k: report[k] for k in ("method", "samples", "steps", "recipes", "kept_float", "gate", "passed",
                                      "forced", "sha256", "trajectories")}
-    variant = Variant("int8", "onnx", entry=unet or step, decoder=decoder, guided_unet=unet, fused_step=step,
-                      calibration=record)
+    variant = _int8_variant(files, decoder, record)
     manifest.with_variant(variant, {name: sha256_file(export / name) for name in files}).save(export)
+
+
+def _int8_variant(files: list[str], decoder: str, calibration: Mapping[str, Any] | None = None) -> Variant:
+    unet = INT8_UNET if INT8_UNET in files else ""
+    step = INT8_STEP if INT8_STEP in files else ""
+    return Variant("int8", "onnx", entry=unet or step, decoder=decoder, guided_unet=unet, fused_step=step,
+                   calibration=calibration)
+
+
+def _prepare_gate(export: Path, data: Path, manifest: Manifest, opts: CalibrateOptions,
+                  cache: Path) -> PreparedGate | None:
+    """The gate's reference, requests and judges, checked before any calibration work."""
+    gate = opts.gate
+    if gate is None:
+        if not opts.force:
+            raise HistoSmithError("the INT8 graphs need the quality gate: pass --segmenter (an hs-train seg run on "
+                                  "the real tiles), or --force to record them ungated")
+        return None
+    if gate.reference is None and manifest.distillation is not None:
+        raise HistoSmithError(f"{export}: a guidance-distilled export is gated against its teacher: pass the "
+                              "teacher's hs-export directory as --reference")
+    inputs = GateInputs(data, gate.segmenter, gate.runs or cache / "gate-runs", gate.n, gate.seed,
+                        threads=opts.threads, allow_small=gate.allow_small)
+    return prepare_gate(gate.reference or export, inputs, opts.show_progress)
+
+
+def _stage(work: Path, export: Path, manifest: Manifest, produced: list[str], decoder: str) -> Path:
+    """A copy of the export in ``work`` holding the INT8 graphs, the decoder and a manifest that lists them: the
+    gate runs them as ``hs-generate`` would, and the export stays untouched until they pass."""
+    staged = work / STAGED
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    for name in produced:
+        shutil.copyfile(work / name, staged / name)
+    shutil.copyfile(export / decoder, staged / decoder)
+    manifest.with_variant(_int8_variant(produced, decoder),
+                          {name: sha256_file(staged / name) for name in produced}).save(staged)
+    return staged
+
+
+def _gate_candidates(staged: Path, produced: list[str], manifest: Manifest,
+                     gate: CalibrationGate) -> list[Configuration]:
+    """The CPU graph in ONNX Runtime's host loop, the TensorRT step graph in its step loop; each at the export's
+    default sampler and guidance (or the gate's)."""
+    defaults = manifest.sampling
+    settings = gate.sampling or SamplerSettings(defaults.sampler, defaults.steps, 0.0, defaults.corrector)
+    entry = _int8_variant(produced, "").entry
+    out = [Configuration(staged / INT8_UNET, settings, defaults.guidance)] if INT8_UNET in produced else []
+    if INT8_STEP in produced:
+        out.append(Configuration(staged / entry, settings, defaults.guidance, fused_step=True))
+    return out
 
 
 def calibrate(export: Path, data: Path, opts: CalibrateOptions = CalibrateOptions(),
@@ -161,6 +232,7 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
     topts = opts.trajectories
     table = dataset_conditions(data, info.spec, topts.samples, topts.seed)
     cache = opts.cache or cache_dir() / "calibration"
+    gate = _prepare_gate(export, data, manifest, opts, cache)
     unet_sha = manifest.files[unet_name]
     work = cache / trajectory_key(unet_sha, table, topts)
     cset = record_trajectories(export / unet_name, unet_sha, info.spec, info.schedule, info.latent_shape, table,
@@ -205,23 +277,15 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
         recipes[target] = rec.describe()
         summaries[produced[-1]] = qdq_summary(model) | {"float_nodes": len(exclude)}
 
-    th = opts.gate
-    gate_table = cond.from_dataset(info, th.tiles, th.seed)
-    ref_latents = final_latents(export / unet_name, False, info, gate_table, th, opts.threads, "fp32",
-                                opts.show_progress)
-    ref = decode(export / decoder_name, ref_latents, opts.threads)
-    gates = []
-    for name, fused in gate_graphs:
-        latents = final_latents(work / name, fused, info, gate_table, th, opts.threads, name, opts.show_progress)
-        gates.append(compare(name, ref, decode(export / decoder_name, latents, opts.threads), info, gate_table, th))
-    passed = all(g.passed for g in gates)
-    references = []  # the fp16 graph on the same gate, for scale (never gating)
-    fp16 = next((v for v in manifest.variants if v.format == "onnx" and v.precision == "fp16"), None)
-    if fp16 is not None and fp16.guided_unet and (export / fp16.guided_unet).exists():
-        latents = final_latents(export / fp16.guided_unet, False, info, gate_table, th, opts.threads,
-                                fp16.guided_unet, opts.show_progress)
-        references.append(compare(fp16.guided_unet, ref, decode(export / decoder_name, latents, opts.threads), info,
-                                  gate_table, th))
+    result, verdicts = None, {}
+    if gate is not None:
+        assert opts.gate is not None
+        candidates = _gate_candidates(_stage(work, export, manifest, produced, decoder_name), produced, manifest,
+                                      opts.gate)
+        depth = manifest.sampling.marker_depth
+        result = gate.run(candidates, MarkerDepth.parse(depth) if depth else None)
+        verdicts = {c.label: summary(result, c.label) for c in candidates}
+    passed = result is not None and all(v["passed"] for v in verdicts.values())
     sha = {name: sha256_file(work / name) for name in produced}
     report = {
         "export": str(export), "data": str(data), "method": opts.method, "samples": topts.samples,
@@ -230,17 +294,23 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
                          "inputs_per_step": int(np.bincount(cset.step).max())},
         "recipes": recipes, "qdq": summaries, "kept_float": float_list(errors),
         "sensitivity": errors_json(errors),
-        "gate": {"thresholds": asdict(th), "results": [asdict(g) for g in gates],
-                 "reference": [asdict(g) for g in references]},
+        "gate": None if result is None else {
+            "n": result.n, "reference": result.reference.label, "verdicts": verdicts, "report": GATE_REPORT + ".md"},
         "passed": passed, "forced": opts.force and not passed, "sha256": sha,
     }
-    if not passed and not opts.force:
+    directory = export if passed or opts.force else work
+    if result is not None:
+        write_gate(directory, result, opts.command, stem=GATE_REPORT)
+    if directory == work:
         write_report(work, REPORT, report)
-        failures = "; ".join(f"{g.graph}: {', '.join(g.failures)}" for g in gates if not g.passed)
+        failures = "; ".join(f"{label}: {', '.join(v['failed'])}" for label, v in verdicts.items() if not v["passed"])
         raise HistoSmithError(f"INT8 quality gate failed ({failures}); the export is unchanged; report: "
-                              f"{work / (REPORT + '.md')}")
+                              f"{work / (GATE_REPORT + '.md')}")
     _copy_into(export, work, produced)
     write_report(export, REPORT, report)
     _record(manifest, export, produced, decoder_name, report)
+    if result is not None and not result.n < MIN_TILES:  # a quick look on fewer tiles is not a verdict
+        record_verdicts_in(export, result, [replace(c, engine=export / c.engine.name) for c in result.candidates],
+                           opts.command)
     log.info("recorded %s in %s", ", ".join(produced), export / "manifest.json")
-    return CalibrationOutcome(export, gates, report)
+    return CalibrationOutcome(export, result, report)

@@ -171,8 +171,9 @@ def _program_errors(label: str, module: torch.nn.Module, program_path: Path, spe
 
 
 BUILD_FILES = ("build_engines.sh", "timing.cache")  # written beside an export by hs-export --trt
-# hs-calibrate's report on the INT8 variant it adds to the export (calibration/calibrate.py: REPORT)
-CALIBRATION_FILES = ("calibration.json", "calibration.md", "calibration.png")
+# hs-calibrate's reports on the INT8 variant it adds to the export (calibration/calibrate.py: REPORT, GATE_REPORT)
+CALIBRATION_FILES = tuple(f"{stem}.{ext}" for stem in ("calibration", "calibration-gate")
+                          for ext in ("json", "md", "png"))
 
 
 def check_export_out(out: Path, force: bool) -> None:

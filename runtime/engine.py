@@ -56,6 +56,7 @@ class EngineOptions:
     cuda_graph: bool = True
     batch: int | None = None
     compile: bool = False
+    device_loop: bool | None = None  # ONNX engines: the fused step graph (default: on the GPU providers only)
 
 
 @dataclass
@@ -126,6 +127,8 @@ def open_engine(engine: Path, options: EngineOptions = EngineOptions()) -> Engin
         manifest.verify_file(directory, name)
     if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt"):
         raise HistoSmithError(f"--device {options.device}: ONNX Runtime takes cpu, cuda or tensorrt")
+    if options.device_loop and fmt != "onnx":
+        raise HistoSmithError(f"the fused step graph's loop concerns ONNX engines; {engine.name} is {fmt}")
     if options.compile and fmt != "torch":
         raise HistoSmithError(f"--compile concerns torch (.pt2) engines; {engine.name} is {fmt}")
     if options.precision != "auto" and fmt != "torch":
@@ -158,7 +161,7 @@ def _load_backend(session: EngineSession, tables: SamplerTables) -> Backend:
         step = session.path(variant.fused_step) if variant.fused_step else None
         return OnnxBackend(session.path(variant.guided_unet), decoder, manifest.graph(UNET), manifest.graph(DECODER),
                            tables, manifest.batch.bounds, provider, opts.threads, step,
-                           manifest.graphs.get(STEP), cuda_graph=opts.cuda_graph)
+                           manifest.graphs.get(STEP), device_loop=opts.device_loop, cuda_graph=opts.cuda_graph)
     buckets = engine_buckets(manifest, variant, opts.batch)
     if variant.format == "torch":
         from histosmith.runtime.backends.torch_backend import TorchBackend, torch_device

@@ -93,3 +93,14 @@ def tiny_export(tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("export") / "exp"
     export_generator(tiny_runs["ldm"], out, ExportOptions(max_batch=64))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmenter trained briefly on the synthetic set: the quality gate's judge in tests (read-only)."""
+    from histosmith.segmentation.train import train_segmenter
+    from histosmith.training.trainer import RunOptions
+
+    out = tmp_path_factory.mktemp("gateseg") / "seg"
+    train_segmenter(synthetic_dir, out, "tiny", RunOptions(seed=0, device="cpu", max_steps=40, show_progress=False))
+    return out

@@ -46,27 +46,14 @@ def _gate_options(f: Any) -> Any:
 
 
 def _setup(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed: int, batch: int,
-           threads: int | None, allow_small: bool, reference_guidance: float | None) -> tuple[Any, ...]:
+           threads: int | None, allow_small: bool, reference_guidance: float | None) -> Any:
     """Checks before any work, then the reference, the requests, the judges and the options."""
-    from histosmith.data.layout import META_FILE
-    from histosmith.evaluation.gate import GateOptions, reference_configuration
+    from histosmith.evaluation.gate import GateInputs, prepare_gate
 
-    if not (real / META_FILE).is_file():
-        raise HistoSmithError(f"--real {real}: not a prepared dataset (no meta.json)")
-    if not segmenter.exists():
-        raise HistoSmithError(f"--segmenter {segmenter}: not found (an hs-train seg run)")
-    opts = GateOptions(n=n, seed=seed, batch=batch, threads=threads, allow_small=allow_small)
-    reference = reference_configuration(export, reference_guidance)
-    from histosmith.data.sources.example import cache_dir
-    from histosmith.evaluation.gate import load_judges
-    from histosmith.runtime import conditions as cond
-    from histosmith.runtime.engine import open_engine
-
-    info = open_engine(reference.engine).info
-    table = cond.from_dataset(info, n, opts.condition_seed)
-    judges = load_judges(real, segmenter, list(info.spec.tissue_names), cache_dir() / "gate", show_progress=True)
+    prepared = prepare_gate(export, GateInputs(real, segmenter, out / "runs", n, seed, batch, threads, allow_small,
+                                               reference_guidance))
     out.mkdir(parents=True, exist_ok=True)
-    return reference, table, judges, opts
+    return prepared
 
 
 @click.command("gate")
@@ -86,7 +73,7 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
              marker_depth: MarkerDepth, engine: Path | None, sampler: str, steps: int, guidance: float | None,
              corrector: bool, compile_engine: bool, candidate_seed_offset: int) -> None:
     """Judge one configuration against the reference on a set of tiles; exit 2 (naming the metric) when it fails."""
-    from histosmith.evaluation.gate import Configuration, run_gate
+    from histosmith.evaluation.gate import Configuration
     from histosmith.evaluation.gate_report import record_verdicts, write_gate
     from histosmith.runtime.schedule import SamplerSettings
 
@@ -97,11 +84,10 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
     engine = engine or export / "unet.onnx"
     if not engine.is_file():
         raise HistoSmithError(f"--engine {engine}: not found")
-    reference, table, judges, opts = _setup(export, real, segmenter, out, n, seed, batch, threads, allow_small,
-                                            reference_guidance)
-    candidate = Configuration(engine, settings, reference.guidance if guidance is None else guidance, compile_engine,
-                              candidate_seed_offset)
-    result = run_gate(reference, [candidate], table, judges, out / "runs", opts, marker_depth)
+    gate = _setup(export, real, segmenter, out, n, seed, batch, threads, allow_small, reference_guidance)
+    candidate = Configuration(engine, settings, gate.reference.guidance if guidance is None else guidance,
+                              compile_engine, candidate_seed_offset)
+    result = gate.run([candidate], marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
     # one report per candidate (runs/ is shared); an engine of another export is named by its directory too
     name = candidate.label if engine.parent.resolve() == export.resolve() else f"{engine.parent.name}-{candidate.label}"
@@ -133,7 +119,7 @@ def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, se
                 reference_guidance: float | None, batch: int, threads: int | None, allow_small: bool,
                 marker_depth: MarkerDepth, engine: Path | None, samplers: str, steps_list: str, record: bool) -> None:
     """Quality against steps for each sampler (the gate's metrics), one plot; the fewest steps that pass win."""
-    from histosmith.evaluation.gate import Configuration, run_gate
+    from histosmith.evaluation.gate import Configuration
     from histosmith.evaluation.gate_report import record_verdicts, write_gate
     from histosmith.evaluation.sampler_sweep import choose, plot_sweep, record_default
     from histosmith.runtime.schedule import SAMPLERS, SamplerSettings
@@ -151,11 +137,10 @@ def sampler_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, se
     if record and allow_small:
         raise HistoSmithError("--record: a verdict on fewer than 500 tiles is not recorded (drop --allow-small)")
     engine = engine or export / "unet.onnx"
-    reference, table, judges, opts = _setup(export, real, segmenter, out, n, seed, batch, threads, allow_small,
-                                            reference_guidance)
-    candidates = [Configuration(engine, SamplerSettings(s, k), reference.guidance)  # type: ignore[arg-type]
+    gate = _setup(export, real, segmenter, out, n, seed, batch, threads, allow_small, reference_guidance)
+    candidates = [Configuration(engine, SamplerSettings(s, k), gate.reference.guidance)  # type: ignore[arg-type]
                   for s in names for k in counts]
-    result = run_gate(reference, candidates, table, judges, out / "runs", opts, marker_depth)
+    result = gate.run(candidates, marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
     paths = write_gate(out, result, command, stem="sampler")
     paths.append(plot_sweep(result, out / "sampler_steps.png"))

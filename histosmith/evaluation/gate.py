@@ -26,6 +26,7 @@ single tiles without moving the distribution.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -65,19 +66,22 @@ MIN_TILES = 500
 
 @dataclass(frozen=True)
 class Configuration:
-    """One way of generating: an engine file, its sampler settings, the guidance scale."""
+    """One way of generating: an engine file, its sampler settings, the guidance scale. ``fused_step``: an ONNX
+    engine runs its fused step graph (as TensorRT and the GPU providers do) instead of the U-Net + host update."""
 
     engine: Path
     sampling: SamplerSettings
     guidance: float
     compile: bool = False
     seed_offset: int = 0  # candidates share reference run A's noise unless told otherwise
+    fused_step: bool = False
 
     @property
     def label(self) -> str:
         compiled = "-compiled" if self.compile else ""
+        step = "-step" if self.fused_step else ""
         other = f"-seed+{self.seed_offset}" if self.seed_offset else ""
-        return f"{self.engine.name}{compiled}-{self.sampling.label}-g{self.guidance:g}{other}"
+        return f"{self.engine.name}{compiled}{step}-{self.sampling.label}-g{self.guidance:g}{other}"
 
 
 @dataclass(frozen=True)
@@ -287,20 +291,75 @@ class RunCache:
     def run(self, config: Configuration, seed: int) -> Path:
         seed += config.seed_offset
         session = open_engine(config.engine, EngineOptions(threads=self.opts.threads, batch=self.opts.batch,
-                                                           compile=config.compile))
-        model = hashlib.sha256(session.model_id.encode()).hexdigest()[:8]  # engines of two exports may share a name
-        out = self.root / f"{replace(config, seed_offset=0).label}-{model}-s{seed}"
+                                                           compile=config.compile,
+                                                           device_loop=True if config.fused_step else None))
         try:
             s = config.sampling
             plan = GenerationPlan(seed=seed, steps=s.steps, eta=s.eta, guidance=config.guidance, sampler=s.sampler,
                                   corrector=s.corrector, batch=min(self.opts.batch, session.batch_limits()[1]))
             if self.marker_depth is not None:
                 plan = plan.with_marker_depth(self.marker_depth, session.info.spec.class_names)
+            # engines of two exports may share a name; runs labelled by another post-processing are not reused
+            key = hashlib.sha256((session.model_id + json.dumps(plan.postprocess.record(), sort_keys=True)).encode())
+            out = self.root / f"{replace(config, seed_offset=0).label}-{key.hexdigest()[:8]}-s{seed}"
             resume = (out / "generation.json").is_file()
             generate(session, plan, self.table, out, resume=resume, show_progress=self.opts.show_progress)
         finally:
             session.close()
         return out
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """What every gate needs besides its candidates (hs-eval gate and sampler, hs-calibrate, hs-bench --gate)."""
+
+    real: Path  # the real dataset the model was trained on
+    segmenter: Path  # hs-train seg run trained on real tiles only
+    runs: Path  # the generated runs, reused by later gates with the same settings
+    n: int = MIN_TILES
+    seed: int = 0
+    batch: int = 16
+    threads: int | None = None
+    allow_small: bool = False
+    reference_guidance: float | None = None
+
+
+@dataclass
+class PreparedGate:
+    reference: Configuration
+    table: ConditionTable
+    judges: Judges
+    opts: GateOptions
+    runs: Path
+
+    def run(self, candidates: list[Configuration], marker_depth: Any = None) -> GateResult:
+        return run_gate(self.reference, candidates, self.table, self.judges, self.runs, self.opts, marker_depth)
+
+
+def prepare_gate(reference_export: Path, inputs: GateInputs, show_progress: bool = True) -> PreparedGate:
+    """Check the inputs (one error line each) before any work, then load the reference, the requests and the
+    judges. ``reference_export``: the export whose fp32 ``unet.onnx`` at DDIM 50 is the reference (a guidance-
+    distilled student's is its teacher's)."""
+    from histosmith.data.layout import META_FILE
+    from histosmith.data.sources.example import cache_dir
+    from histosmith.runtime import conditions as cond
+
+    if not (inputs.real / META_FILE).is_file():
+        raise HistoSmithError(f"--real {inputs.real}: not a prepared dataset (no meta.json)")
+    if not inputs.segmenter.exists():
+        raise HistoSmithError(f"--segmenter {inputs.segmenter}: not found (an hs-train seg run)")
+    opts = GateOptions(n=inputs.n, seed=inputs.seed, batch=inputs.batch, threads=inputs.threads,
+                       allow_small=inputs.allow_small, show_progress=show_progress)
+    reference = reference_configuration(reference_export, inputs.reference_guidance)
+    info = open_engine(reference.engine).info
+    if info.guidance_range is not None:
+        raise HistoSmithError(f"{reference_export}: a guidance-distilled export; the gate's reference is its "
+                              "teacher's export (fp32 two-pass unet.onnx)")
+    table = cond.from_dataset(info, inputs.n, opts.condition_seed)
+    judges = load_judges(inputs.real, inputs.segmenter, list(info.spec.tissue_names), cache_dir() / "gate",
+                         show_progress=show_progress)
+    inputs.runs.mkdir(parents=True, exist_ok=True)
+    return PreparedGate(reference, table, judges, opts, inputs.runs)
 
 
 def reference_configuration(export: Path, guidance: float | None = None) -> Configuration:

@@ -99,7 +99,7 @@ def record_verdicts(result: GateResult, command: str) -> None:
     """Keep each candidate's verdict in the manifest of the export that holds its engine (``verification.gate``,
     by label): a distilled student's verdict goes with the student, though the teacher's export is the reference."""
     from histosmith.data.lock import exclusive
-    from histosmith.runtime.manifest import MANIFEST_FILE, Manifest, record_verification
+    from histosmith.runtime.manifest import MANIFEST_FILE
 
     by_export: dict[Path, list[Configuration]] = {}
     for c in result.candidates:
@@ -107,8 +107,15 @@ def record_verdicts(result: GateResult, command: str) -> None:
             by_export.setdefault(c.engine.parent.resolve(), []).append(c)
     for export, candidates in by_export.items():
         with exclusive(export, "export"):
-            manifest = Manifest.load(export)
-            gates = dict(manifest.verification.get("gate", {}))
-            for c in candidates:
-                gates[c.label] = summary(result, c.label) | {"command": command}
-            record_verification(manifest, "gate", gates).save(export)
+            record_verdicts_in(export, result, candidates, command)
+
+
+def record_verdicts_in(export: Path, result: GateResult, candidates: list[Configuration], command: str) -> None:
+    """:func:`record_verdicts` for ``candidates`` into ``export``'s manifest; the caller holds its lock."""
+    from histosmith.runtime.manifest import Manifest, record_verification
+
+    manifest = Manifest.load(export)
+    gates = dict(manifest.verification.get("gate", {}))
+    for c in candidates:
+        gates[c.label] = summary(result, c.label) | {"command": command}
+    record_verification(manifest, "gate", gates).save(export)

@@ -37,16 +37,6 @@ def test_a_class_that_vanishes_from_the_candidate_fails():
 
 
 @pytest.fixture(scope="module")
-def gate_seg(synthetic_dir, tmp_path_factory):
-    from histosmith.segmentation.train import train_segmenter
-    from histosmith.training.trainer import RunOptions
-
-    out = tmp_path_factory.mktemp("gateseg") / "seg"
-    train_segmenter(synthetic_dir, out, "tiny", RunOptions(seed=0, device="cpu", max_steps=40, show_progress=False))
-    return out
-
-
-@pytest.fixture(scope="module")
 def untrained_export(tiny_runs, tmp_path_factory):
     """A generator trained for one step on the same autoencoder: a broken candidate (noise for latents)."""
     from histosmith.export.exporter import ExportOptions, export_generator
@@ -60,10 +50,10 @@ def untrained_export(tiny_runs, tmp_path_factory):
     return root / "exp"
 
 
-def test_gate_command_passes_the_reference_and_fails_a_broken_candidate(tiny_export, tiny_runs, gate_seg,
+def test_gate_command_passes_the_reference_and_fails_a_broken_candidate(tiny_export, tiny_runs, tiny_segmenter,
                                                                          untrained_export, tmp_path):
     base = ("hs-eval", "gate", "--export", str(tiny_export), "--real", str(tiny_runs["data"]), "--segmenter",
-            str(gate_seg), "--n", "48", "--allow-small", "--batch", "16")
+            str(tiny_segmenter), "--n", "48", "--allow-small", "--batch", "16")
     same = run_cli(*base, "--out", str(tmp_path / "g"), "--steps", "50", "--candidate-seed-offset", "0")
     assert same.returncode == 0, same.stderr[-3000:]
     label = "unet.onnx-ddim-50-g4"
