@@ -9,6 +9,7 @@ measured in the same run. ONNX Runtime engines also get a per-operator profile.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -33,6 +34,7 @@ from histosmith.benchmark.contenders import (
     torch_peer,
 )
 from histosmith.benchmark.flops import count_flops
+from histosmith.benchmark.gate import BenchGate
 from histosmith.benchmark.probes import conv_probe, ort_conv_probe
 from histosmith.benchmark.profile import profile_ops
 from histosmith.errors import HistoSmithError, file_error
@@ -60,7 +62,8 @@ class BenchOptions:
     profile: bool = True
     show_progress: bool = True
     compile: bool = False  # torch (.pt2) engines also measured as hs-generate --compile runs them
-    gate: bool = False  # every runtime engine through the quality gate against fp32 unet.onnx
+    gate: BenchGate | None = None  # every runtime engine through hs-eval gate's quality gate
+    command: str = "hs-bench"  # how the gate's report names what made it
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -245,14 +248,14 @@ def run_bench(export: Path, opts: BenchOptions) -> dict[str, Any]:
     bar.close()
     _derive(rows, probes, opts.steps)
     gate = None
-    if opts.gate:
+    if opts.gate is not None:
         from histosmith.benchmark.gate import gate_engines
 
-        gate = gate_engines(export, [(c.name, c.path, c.compiled) for c in contenders if c.path is not None], info,
-                            opts.threads)
+        gate = gate_engines(export, [(c.name, c.path, c.compiled) for c in contenders if c.path is not None],
+                            opts.gate, opts.command, opts.show_progress)
     return {
         "export": str(export),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "options": json.loads(json.dumps(asdict(opts), default=str)),  # paths as text
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "threads": threads, "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},
         "config": {"latent_shape": list(info.latent_shape), "tile_size": info.tile_size,

@@ -50,15 +50,25 @@ def _batches(export: Path, text: str | None) -> tuple[int, ...]:
 @click.option("--compile", "compile_engines", is_flag=True,
               help="Also measure every torch (.pt2) engine as hs-generate --compile runs it.")
 @click.option("--gate", is_flag=True,
-              help="Run every engine through hs-calibrate's quality gate against fp32 unet.onnx (64 tiles, 50 steps) "
-                   "and name the fastest engine that passes.")
+              help="Also judge every runtime engine with hs-eval gate's quality gate at the export's default sampler "
+                   "(needs --real and --segmenter) and name the fastest engine that passes.")
+@click.option("--real", type=click.Path(path_type=Path), default=None,
+              help="--gate: the real dataset the model was trained on.")
+@click.option("--segmenter", type=click.Path(path_type=Path), default=None,
+              help="--gate: hs-train seg run trained on real tiles only.")
+@click.option("--gate-n", type=click.IntRange(min=8), default=500, show_default=True,
+              help="--gate: requests per run (below 500 with --allow-small: a quick look, not recorded).")
+@click.option("--allow-small", is_flag=True, help="--gate: allow --gate-n below 500.")
+@click.option("--reference", "reference", type=click.Path(path_type=Path), default=None,
+              help="--gate: export whose fp32 unet.onnx at DDIM 50 is the reference  [default: --export]")
 @click.option("--headline", default=None, metavar="ENGINE:SAMPLER:STEPS[:compile],...",
               help="Instead: end-to-end tiles/s of these configurations against the paper's pipeline (torch eager "
                    "fp32, DDIM 50) in one run, each with its gate verdict from the manifest (hs-eval gate / "
                    "sampler); writes headline.json/.md/.png.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for bench.json/.md/.png.")
 def cli(export: Path, engines: str, batches: str | None, steps: int, repeats: int, threads: int | None, peers: bool,
-        checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, headline: str | None,
+        checkpoint: Path | None, profile: bool, compile_engines: bool, gate: bool, real: Path | None,
+        segmenter: Path | None, gate_n: int, allow_small: bool, reference: Path | None, headline: str | None,
         out: Path) -> None:
     batch_sizes = _batches(export, batches)
     if headline is not None:
@@ -73,12 +83,24 @@ def cli(export: Path, engines: str, batches: str | None, steps: int, repeats: in
         raise HistoSmithError(f"{checkpoint}: checkpoint not found")
     output_path(out / "bench.json")
     from histosmith.benchmark.bench import BenchOptions, run_bench
+    from histosmith.benchmark.gate import BenchGate
     from histosmith.benchmark.report import write_results
+    from histosmith.evaluation.gate import GateInputs
 
-    opts = BenchOptions(tuple(e.strip() for e in engines.split(",") if e.strip()), batch_sizes, steps, repeats,
-                        threads, peers, checkpoint, profile, compile=compile_engines, gate=gate)
-    result = run_bench(export, opts)
+    bench_gate = None
+    if gate:
+        if real is None or segmenter is None:
+            raise HistoSmithError("--gate needs --real (the training data) and --segmenter (an hs-train seg run)")
+        if gate_n < 500 and not allow_small:
+            raise HistoSmithError(f"--gate-n {gate_n}: the gate judges a set of at least 500 tiles (--allow-small "
+                                  "for a quick look)")
+        bench_gate = BenchGate(GateInputs(real, segmenter, out / "gate" / "runs", gate_n, threads=threads,
+                                          allow_small=allow_small), reference, out / "gate")
     command = "hs-bench " + " ".join(sys.argv[1:])
+    opts = BenchOptions(tuple(e.strip() for e in engines.split(",") if e.strip()), batch_sizes, steps, repeats,
+                        threads, peers, checkpoint, profile, compile=compile_engines, gate=bench_gate,
+                        command=command)
+    result = run_bench(export, opts)
     paths = write_results(out, result, command)
     for r in result["rows"]:
         click.echo(f"{r['contender']:<44} batch {r['batch']:>3}: U-Net {r['unet_ms_p50']:7.1f} ms, "

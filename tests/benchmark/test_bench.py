@@ -10,6 +10,7 @@ from torch import nn
 
 from histosmith.benchmark.flops import count_flops
 from histosmith.export.onnx_export import to_onnx
+from histosmith.runtime.manifest import Manifest
 from histosmith.runtime.specs import BATCH, GraphSpec, TensorSpec
 from tests.conftest import run_cli
 
@@ -89,23 +90,30 @@ def test_default_engines_add_the_bf16_program_only_with_native_bf16(tiny_export,
         ["unet.onnx"]
 
 
-def test_hs_bench_gates_every_engine_and_names_the_fastest_that_passes(tiny_export, tmp_path):
+def test_hs_bench_gates_every_engine_and_names_the_fastest_that_passes(tiny_export, tiny_runs, tiny_segmenter,
+                                                                     tmp_path):
     out = tmp_path / "bench"
-    r = run_cli("hs-bench", "--export", str(tiny_export), "--engines", "unet.onnx,unet.pt2", "--batches", "2",
-                "--steps", "2", "--repeats", "1", "--threads", "1", "--no-profile", "--compile", "--gate",
-                "--out", str(out), timeout=900)
-    assert r.returncode == 0, r.stderr
+    args = ("hs-bench", "--export", str(tiny_export), "--engines", "unet.onnx,unet.pt2", "--batches", "2",
+            "--steps", "2", "--repeats", "1", "--threads", "1", "--no-profile", "--compile", "--gate")
+    refused = run_cli(*args, "--out", str(out))
+    assert refused.returncode == 2 and "--real" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    r = run_cli(*args, "--real", str(tiny_runs["data"]), "--segmenter", str(tiny_segmenter), "--gate-n", "48",
+                "--allow-small", "--out", str(out), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
     names = [row["contender"] for row in result["rows"]]
     assert names == ["unet.onnx (onnxruntime-cpu)", "unet.pt2 (torch)", "unet.pt2 (torch-compiled)"]
     gate = result["gate"]
-    assert list(gate["results"]) == names and gate["thresholds"]["tiles"] == 64
-    reference = gate["results"]["unet.onnx (onnxruntime-cpu)"]
-    assert reference["passed"] and reference["class_agreement"] == 1.0 and reference["same_instance_count"] == 1.0
-    for g in gate["results"].values():  # the tiny fp32 programs follow the fp32 graph closely
-        assert g["class_agreement"] > 0.9 and (g["image_psnr_db"] is None or g["image_psnr_db"] > 20)  # None: equal
+    assert list(gate["results"]) == names and gate["n"] == 48 and gate["reference"] == "unet.onnx-ddim-50-g4"
+    assert [g["label"] for g in gate["results"].values()] == \
+        ["unet.onnx-ddim-50-g4", "unet.pt2-ddim-50-g4", "unet.pt2-compiled-ddim-50-g4"]
+    assert gate["results"]["unet.onnx (onnxruntime-cpu)"]["passed"]  # the reference configuration itself
+    report = json.loads((out / "gate" / "gate.json").read_text())
+    assert len(report["candidates"]) == 3 and all(c["metrics"] for c in report["candidates"])
+    assert "gate" not in Manifest.load(tiny_export).verification  # 48 tiles: not recorded
     text = (out / "bench.md").read_text()
-    assert "Quality gate of every runtime engine" in text and "* batch 2: fastest runtime engine at the gate:" in text
+    assert "Quality gate (hs-eval gate's) of every runtime engine" in text
+    assert "* batch 2: fastest runtime engine at the gate:" in text
 
 
 def test_fastest_engine_at_the_gate_skips_failures_and_peers():
