@@ -178,7 +178,8 @@ def _prepare_gate(export: Path, data: Path, manifest: Manifest, opts: CalibrateO
         raise HistoSmithError(f"{export}: a guidance-distilled export is gated against its teacher: pass the "
                               "teacher's hs-export directory as --reference")
     inputs = GateInputs(data, gate.segmenter, gate.runs or cache / "gate-runs", gate.n, gate.seed,
-                        threads=opts.threads, allow_small=gate.allow_small)
+                        threads=opts.threads, allow_small=gate.allow_small,
+                        reference_guidance=manifest.sampling.guidance)  # the candidates' scale
     return prepare_gate(gate.reference or export, inputs, opts.show_progress)
 
 

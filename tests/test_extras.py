@@ -4,6 +4,7 @@ one ``error:`` line naming the extra when a command needs one that is missing.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,18 @@ def test_generate_runs_without_any_extra(tiny_export, tmp_path):
     assert (out / "shard-00000" / "images.npy").exists() and (out / "preview.png").exists()
     assert (out / "control.json").exists() and not (out / "control.png").exists()
     assert "control.png skipped" in result.stderr
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("histosmith.cli.data", ["info", "{data}"]),
+    ("histosmith.cli.evaluate", ["conic", "--true", "{data}", "--pred", "{data}"]),
+])
+def test_base_commands_run_without_any_extra(module, args, synthetic_dir, tmp_path):
+    """The other commands of the base install: no torch, scipy, scikit-image, OpenCV or matplotlib needed."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    result = run_blocked(module, *[a.format(data=data) for a in args])
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(("module", "args", "extra"), [

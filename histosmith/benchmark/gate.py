@@ -9,7 +9,7 @@ The verdicts go into the engines' manifests, as ``hs-eval gate`` records them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ def gate_engines(export: Path, engines: list[tuple[str, Path, bool]], gate: Benc
     manifest = Manifest.load(export)
     defaults = manifest.sampling
     settings = SamplerSettings(defaults.sampler, defaults.steps, 0.0, defaults.corrector)
-    prepared = prepare_gate(gate.reference or export, gate.inputs, show_progress)
+    inputs = replace(gate.inputs, reference_guidance=defaults.guidance)  # the candidates' scale
+    prepared = prepare_gate(gate.reference or export, inputs, show_progress)
     candidates = {name: Configuration(path, settings, defaults.guidance, compile=compiled)
                   for name, path, compiled in engines}
     depth = MarkerDepth.parse(defaults.marker_depth) if defaults.marker_depth else None

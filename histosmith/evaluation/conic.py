@@ -1,4 +1,4 @@
-"""CoNIC challenge metrics (PQ, mPQ+, multi-class R², AJI, Dice) in pure numpy/scipy.
+"""CoNIC challenge metrics (PQ, mPQ+, multi-class R², AJI, Dice) in numpy (scipy for IoU thresholds below 0.5).
 
 The numbers reproduce the official CoNIC evaluation (``TissueImageAnalytics/CoNIC``:
 ``compute_stats.py`` and ``metrics/stats_utils.py``) and, for AJI and Dice, the HoVer-Net
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from histosmith.data.labels import count_nuclei
 
@@ -226,6 +225,8 @@ def match_instances(true_inst: np.ndarray, pred_inst: np.ndarray, iou_threshold:
     else:
         mat = np.zeros((ov.true_ids.size + 1, ov.pred_ids.size + 1), dtype=np.float64)
         mat[ov.pair_true, ov.pair_pred] = iou
+        from scipy.optimize import linear_sum_assignment  # the [train] extra: only thresholds below 0.5 need it
+
         rows, cols = linear_sum_assignment(-mat)
         vals = mat[rows, cols]
         keep = vals > iou_threshold

@@ -14,7 +14,6 @@ from histosmith.data.labels import (
     instance_classes,
     relabel_sequential,
 )
-from histosmith.data.rasters import downscale_image
 from histosmith.errors import HistoSmithError
 
 
@@ -123,6 +122,8 @@ def cut_tiles(
     if problem:
         raise HistoSmithError(f"{where}: {problem}")
     check_every_nucleus_has_a_class(labels, n_classes, where)
+    from histosmith.data.rasters import downscale_image  # OpenCV: the [train] extra (hs-data info needs none)
+
     image = downscale_image(image, tiling.downscale)
     labels = downscale_labels(labels, tiling.downscale)
     h, w = image.shape[:2]
