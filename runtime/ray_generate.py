@@ -32,7 +32,15 @@ from histosmith.data.meta import DatasetMeta
 from histosmith.data.writer import DatasetWriter, write_shard
 from histosmith.errors import HistoSmithError
 from histosmith.runtime.conditions import ConditionTable
-from histosmith.runtime.generate import GenerationPlan, GenerationResult, tile_row
+from histosmith.runtime.engine import EngineSession
+from histosmith.runtime.generate import (
+    GenerationPlan,
+    GenerationResult,
+    begin_output,
+    check_output,
+    run_record,
+    tile_row,
+)
 from histosmith.runtime.postprocess import marker_depth_label
 from histosmith.runtime.schedule import SamplerSettings
 from histosmith.runtime.serving import ServeDefaults, TileRenderer, TileRequest
@@ -144,6 +152,20 @@ class ShardWorker:
         if fault_shard == shard and marker and not Path(marker).exists():
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def generate_run_on_ray(session: EngineSession, plan: GenerationPlan, table: ConditionTable, out: Path,
+                        options: RayOptions, resume: bool = False) -> GenerationResult:
+    """:func:`histosmith.runtime.generate.generate` with the shards made by Ray actors: the run is recorded,
+    locked and checked for a resume exactly as in one process, the cluster joined before anything is written."""
+    from histosmith.data.lock import exclusive
+
+    record = run_record(session, plan, table)
+    with exclusive(out, "dataset"):
+        check_output(out, record, resume)
+        connect(options.address, options.workers, options.cpus_per_worker, options.connect_timeout_s)
+        meta = begin_output(session, plan, record, out, resume)
+        return generate_on_ray(session.path(session.variant.entry), plan, record, meta, table, out, options)
 
 
 def generate_on_ray(engine: Path, plan: GenerationPlan, record: dict, meta: DatasetMeta, table: ConditionTable,

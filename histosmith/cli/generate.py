@@ -80,32 +80,18 @@ def cli(engine: str | None, device: str, threads: int | None, precision: str, cu
         plan = plan.with_batch_limits(session.batch_limits())
         conditions = request.resolve(session.info, plan.seed)
         if ray_address is not None:
-            result = _generate_on_ray(path, session, plan, conditions, out, resume, ray_address, ray_workers,
-                                      ray_timeout)
+            require("hs-generate --ray", "ray")
+            from histosmith.runtime.ray_generate import RayOptions, generate_run_on_ray
+
+            options = RayOptions(None if ray_address == "local" else ray_address, ray_workers,
+                                 device=session.options.device, threads=session.options.threads,
+                                 connect_timeout_s=ray_timeout)
+            result = generate_run_on_ray(session, plan, conditions, out, options, resume)
         else:
             result = generate(session, plan, conditions, out, resume=resume, check=check)
     finally:
         session.close()  # device memory, CUDA graphs and streams, also after an error
     echo_result(result, write_report(result, list(session.info.spec.class_names)))
-
-
-def _generate_on_ray(engine: Path, session: Any, plan: Any, conditions: Any, out: Path, resume: bool, address: str,
-                     workers: int, timeout_s: float) -> Any:
-    """``--ray``: the run recorded as in one process, its shards made by Ray actors."""
-    require("hs-generate --ray", "ray")
-    from histosmith.data.lock import exclusive
-    from histosmith.runtime.generate import begin_output, check_output, run_record
-    from histosmith.runtime.ray_generate import RayOptions, connect, generate_on_ray
-
-    record = run_record(session, plan, conditions)
-    with exclusive(out, "dataset"):
-        check_output(out, record, resume)
-        opts = session.options
-        options = RayOptions(address=None if address == "local" else address, workers=workers, device=opts.device,
-                             threads=opts.threads, connect_timeout_s=timeout_s)
-        connect(options.address, options.workers, options.cpus_per_worker, timeout_s)  # before anything is written
-        meta = begin_output(session, plan, record, out, resume)
-        return generate_on_ray(engine, plan, record, meta, conditions, out, options)
 
 
 def model_marker_depth(given: MarkerDepth, defaults: Any) -> MarkerDepth:
