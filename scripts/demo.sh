@@ -8,9 +8,11 @@ bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 start=$(date +%s)
 rm -rf "$out"
 "$bin/hs-generate" --out "$out" --n 64 --balance --seed 0
+plot=""
+[ -f "$out/control.png" ] && plot=", $out/control.png"  # the plot needs matplotlib ([train])
 cat <<MSG
 
 64 labelled tiles in $out ($(( $(date +%s) - start ))s): images, instance + class maps (CoNIC layout)
 contact sheet  $out/preview.png
-counts         $out/control.json, $out/control.png (requested vs measured per class)
+counts         $out/control.json$plot (requested vs measured per class)
 MSG
