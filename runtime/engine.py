@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from histosmith.errors import HistoSmithError, file_error
+from histosmith.extras import require
 from histosmith.runtime.backends.base import Backend
 from histosmith.runtime.info import GeneratorInfo
 from histosmith.runtime.manifest import FORMATS, GraphFormat, Manifest, Variant
@@ -75,8 +76,9 @@ class EngineSession:
 
     @property
     def model_id(self) -> str:
-        # compiled kernels round differently from eager ones: a resumed run must use the same
+        # compiled kernels (and OpenVINO's) round differently from eager ones: a resumed run must use the same
         compiled = " (torch.compile)" if self.options.compile else ""
+        compiled += " (OpenVINO)" if self.options.device == "openvino" else ""
         return f"{self.variant.entry} sha256:{self.manifest.files[self.variant.entry][:16]}{compiled}"
 
     def path(self, name: str) -> Path:
@@ -125,8 +127,13 @@ def open_engine(engine: Path, options: EngineOptions = EngineOptions()) -> Engin
         raise file_error(engine, f"the manifest lists it as {variant.format}, not {fmt}")
     for name in variant.file_names:
         manifest.verify_file(directory, name)
-    if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt"):
-        raise HistoSmithError(f"--device {options.device}: ONNX Runtime takes cpu, cuda or tensorrt")
+    if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt", "openvino"):
+        raise HistoSmithError(f"--device {options.device}: ONNX graphs run on cpu, cuda or tensorrt (ONNX Runtime) "
+                              "or openvino")
+    if options.device == "openvino" and (fmt != "onnx" or options.device_loop):
+        raise HistoSmithError(f"--device openvino runs ONNX graphs (the U-Net, not the fused step graph); "
+                              f"{engine.name} is {fmt}" if fmt != "onnx" else
+                              "--device openvino runs the U-Net graph, not the fused step graph")
     if options.device_loop and fmt != "onnx":
         raise HistoSmithError(f"the fused step graph's loop concerns ONNX engines; {engine.name} is {fmt}")
     if options.compile and fmt != "torch":
@@ -154,6 +161,12 @@ def engine_buckets(manifest: Manifest, variant: Variant, batch: int | None) -> B
 def _load_backend(session: EngineSession, tables: SamplerTables) -> Backend:
     manifest, variant, opts = session.manifest, session.variant, session.options
     decoder = session.path(variant.decoder)
+    if variant.format == "onnx" and opts.device == "openvino":
+        require("--device openvino", "openvino")
+        from histosmith.runtime.backends.openvino_backend import openvino_backend
+
+        return openvino_backend(session.path(variant.guided_unet), decoder, tables, opts.threads,
+                                manifest.batch.bounds)
     if variant.format == "onnx":
         from histosmith.runtime.backends.onnx_backend import OnnxBackend
 

@@ -18,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from histosmith.runtime.backends.base import Backend, Decoded, tables_check
-from histosmith.runtime.schedule import SamplerTables, ScheduleConfig, Scheduler
-from histosmith.runtime.specs import CONDITION, DISTANCE, GUIDANCE, IMAGE, LATENT, SEMANTIC, TIMESTEP
+from histosmith.runtime.backends.base import Backend
+from histosmith.runtime.backends.openvino_backend import FunctionBackend, openvino_functions
+from histosmith.runtime.schedule import SamplerTables
 
 log = logging.getLogger(__name__)
-UnetFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-DecoderFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -50,32 +48,6 @@ class Contender:
     prepare: Callable[[BatchInputs], Calls]
     path: Path | None = None  # engines: the U-Net file
     compiled: bool = False  # engines: loaded with --compile
-
-
-class FunctionBackend:
-    """The sampling loop over plain U-Net / decoder functions (peers); the same tables and arithmetic as the
-    runtime (:meth:`histosmith.runtime.schedule.Scheduler.step`, x̂_0 history included)."""
-
-    def __init__(self, name: str, unet: UnetFn, decoder: DecoderFn, tables: SamplerTables,
-                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.name, self.unet, self.decoder, self.tables, self.context = name, unet, decoder, tables, context
-
-    def batch_sizes(self) -> tuple[int, int]:
-        return 1, 1 << 20
-
-    def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
-               step_noise: np.ndarray | None) -> Decoded:
-        tables_check(self.tables, step_noise)
-        t = self.tables
-        scheduler = Scheduler(ScheduleConfig())  # the tables carry everything; the schedule itself is unused
-        scheduler.tables = t
-        x = latents.copy()
-        with self.context():
-            for i in range(t.num_steps):
-                eps = self.unet(x, np.full(len(x), t.timesteps[i], np.float32), conditions, guidance)
-                x = scheduler.step(eps, i, x, None if step_noise is None else step_noise[i]).astype(np.float32)
-            image, distance, semantic = self.decoder(x.astype(np.float32))
-        return Decoded(image, distance, semantic, x)
 
 
 def runtime_engine(path: Path, tables: SamplerTables, threads: int | None, compile_engine: bool = False) -> Contender:
@@ -169,25 +141,7 @@ def openvino_peer(unet_path: Path, decoder_path: Path, tables: SamplerTables, pr
                   threads: int | None) -> Contender:
     """OpenVINO's CPU plugin on an exported ONNX graph as is (``bf16``: its bf16 inference precision hint;
     ``int8``: the Q/DQ graph, which OpenVINO executes in int8)."""
-    import openvino as ov
-
-    core = ov.Core()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
-    unet_model = core.compile_model(str(unet_path), "CPU", config)
-    decoder_model = core.compile_model(str(decoder_path), "CPU", config | {"INFERENCE_PRECISION_HINT": "f32"})
-    unet_req, decoder_req = unet_model.create_infer_request(), decoder_model.create_infer_request()
-
-    def unet(x: np.ndarray, t: np.ndarray, c: np.ndarray, g: np.ndarray) -> np.ndarray:
-        return unet_req.infer({LATENT: x, TIMESTEP: t, CONDITION: c, GUIDANCE: g})[0].copy()
-
-    def decoder(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = decoder_req.infer({LATENT: x})
-        by_name = {k.get_any_name(): v for k, v in out.items()}
-        return by_name[IMAGE].copy(), by_name[DISTANCE].copy(), by_name[SEMANTIC].copy()
-
+    unet, decoder = openvino_functions(unet_path, decoder_path, "bf16" if precision == "bf16" else "f32", threads)
     name = f"openvino-{precision} ({unet_path.name})"
     backend = FunctionBackend(name, unet, decoder, tables)
 

@@ -65,13 +65,15 @@ def _setup(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed: i
 @click.option("--guidance", type=click.FloatRange(0), default=None, help="Candidate guidance  [default: the model's]")
 @click.option("--corrector/--no-corrector", default=True, show_default=True, help="UniPC's corrector.")
 @click.option("--compile", "compile_engine", is_flag=True, help="torch (.pt2) engines: torch.compile them.")
+@click.option("--device", type=click.Choice(["auto", "openvino"]), default="auto", show_default=True,
+              help="openvino: run an ONNX candidate in OpenVINO's CPU plugin instead of ONNX Runtime.")
 @click.option("--candidate-seed-offset", type=click.IntRange(min=0), default=0, show_default=True,
               help="Candidate noise seed = --seed + this (0: the noise of reference run A; 2: a third seed, e.g. to "
                    "gate the reference configuration against itself).")
 def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed: int,
              reference_guidance: float | None, batch: int, threads: int | None, allow_small: bool,
              marker_depth: MarkerDepth, engine: Path | None, sampler: str, steps: int, guidance: float | None,
-             corrector: bool, compile_engine: bool, candidate_seed_offset: int) -> None:
+             corrector: bool, compile_engine: bool, device: str, candidate_seed_offset: int) -> None:
     """Judge one configuration against the reference on a set of tiles; exit 2 (naming the metric) when it fails."""
     from histosmith.evaluation.gate import Configuration
     from histosmith.evaluation.gate_report import record_verdicts, write_gate
@@ -86,7 +88,7 @@ def gate_cmd(export: Path, real: Path, segmenter: Path, out: Path, n: int, seed:
         raise HistoSmithError(f"--engine {engine}: not found")
     gate = _setup(export, real, segmenter, out, n, seed, batch, threads, allow_small, reference_guidance)
     candidate = Configuration(engine, settings, gate.reference.guidance if guidance is None else guidance,
-                              compile_engine, candidate_seed_offset)
+                              compile_engine, candidate_seed_offset, device=device)
     result = gate.run([candidate], marker_depth)
     command = shlex.join(["hs-eval", *sys.argv[1:]])
     # one report per candidate (runs/ is shared); an engine of another export is named by its directory too

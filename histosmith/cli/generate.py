@@ -21,7 +21,8 @@ if TYPE_CHECKING:
               help="U-Net graph in an hs-export directory (the decoder and manifest.json are found beside it), or "
                    "the name of a shipped model  [default: the shipped hgsc-64]")
 @click.option("--device", default="auto", show_default=True,
-              help="onnx: cpu | cuda | tensorrt (ONNX Runtime providers); pt2: cpu | cuda[:N].")
+              help="onnx: cpu | cuda | tensorrt (ONNX Runtime providers) | openvino (its CPU plugin, the [openvino] "
+                   "extra); pt2: cpu | cuda[:N].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="torch (.pt2) engines: the program's precision (unet.pt2 fp32, unet.fp16.pt2, unet.bf16.pt2); "

@@ -75,11 +75,13 @@ class Configuration:
     compile: bool = False
     seed_offset: int = 0  # candidates share reference run A's noise unless told otherwise
     fused_step: bool = False
+    device: str = "auto"  # "openvino": an ONNX engine in OpenVINO instead of ONNX Runtime
 
     @property
     def label(self) -> str:
         compiled = "-compiled" if self.compile else ""
         step = "-step" if self.fused_step else ""
+        step += "-openvino" if self.device == "openvino" else ""
         other = f"-seed+{self.seed_offset}" if self.seed_offset else ""
         return f"{self.engine.name}{compiled}{step}-{self.sampling.label}-g{self.guidance:g}{other}"
 
@@ -290,8 +292,8 @@ class RunCache:
 
     def run(self, config: Configuration, seed: int) -> Path:
         seed += config.seed_offset
-        session = open_engine(config.engine, EngineOptions(threads=self.opts.threads, batch=self.opts.batch,
-                                                           compile=config.compile,
+        session = open_engine(config.engine, EngineOptions(config.device, threads=self.opts.threads,
+                                                           batch=self.opts.batch, compile=config.compile,
                                                            device_loop=True if config.fused_step else None))
         try:
             s = config.sampling
