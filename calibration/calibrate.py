@@ -258,7 +258,6 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
     produced: list[str] = []
     recipes: dict[str, Any] = {}
     summaries: dict[str, Any] = {}
-    gate_graphs: list[tuple[str, bool]] = []
     for target in targets:
         rec = recipe(target)
         if target == "cpu":
@@ -266,7 +265,6 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
             model = quantize(sources[unet_name], work / INT8_UNET, rec, opts.method, unet_reader,
                              work / f"ranges-unet-{opts.method}-cpu.json", sorted(exclude))
             produced.append(INT8_UNET)
-            gate_graphs.append((INT8_UNET, False))
         else:
             reader = FeedReader(_step_feed(cset, tables, manifest.graph(STEP)),
                                 row_batches(len(cset), groups=cset.step))
@@ -274,18 +272,18 @@ def _calibrate(export: Path, data: Path, opts: CalibrateOptions,
             model = quantize(sources[step_name], work / INT8_STEP, rec, opts.method, reader,
                              work / f"ranges-step-{opts.method}-tensorrt.json", sorted(exclude))
             produced.append(INT8_STEP)
-            gate_graphs.append((INT8_STEP, True))
         recipes[target] = rec.describe()
         summaries[produced[-1]] = qdq_summary(model) | {"float_nodes": len(exclude)}
 
     result, verdicts = None, {}
     if gate is not None:
         assert opts.gate is not None
-        candidates = _gate_candidates(_stage(work, export, manifest, produced, decoder_name), produced, manifest,
-                                      opts.gate)
+        staged = _stage(work, export, manifest, produced, decoder_name)
+        candidates = _gate_candidates(staged, produced, manifest, opts.gate)
         depth = manifest.sampling.marker_depth
         result = gate.run(candidates, MarkerDepth.parse(depth) if depth else None)
         verdicts = {c.label: summary(result, c.label) for c in candidates}
+        shutil.rmtree(staged)  # the graphs stay in the work directory; the runs are kept by the gate
     passed = result is not None and all(v["passed"] for v in verdicts.values())
     sha = {name: sha256_file(work / name) for name in produced}
     report = {

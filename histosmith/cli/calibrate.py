@@ -55,6 +55,9 @@ def cli(export: Path, data: Path, samples: int, steps: int, method: str, target:
         raise HistoSmithError(f"{export}: not an export directory")
     if not data.is_dir():
         raise HistoSmithError(f"{data}: not a dataset directory")
+    if segmenter is not None and gate_n < 500 and not allow_small:
+        raise HistoSmithError(f"--gate-n {gate_n}: the gate judges a set of at least 500 tiles (--allow-small for a "
+                              "quick look)")
     if reference is not None and not (reference / "manifest.json").is_file():
         raise HistoSmithError(f"--reference {reference}: not an hs-export directory")
     from histosmith.calibration.calibrate import CalibrateOptions, CalibrationGate, calibrate

@@ -172,6 +172,7 @@ def test_cli_bad_input(tiny_export, tiny_runs, tmp_path):
         (["--samples", "0"], "--samples must be >= 1"),
         (["--keep-float", "down.0,nope"], "--keep-float nope: no such block"),
         (["--export", str(tmp_path / "nothing")], "not an export directory"),
+        (["--segmenter", str(tmp_path), "--gate-n", "100"], "--gate-n 100: the gate judges a set of at least 500"),
     ):
         base = {"--export": str(tiny_export), "--data": str(data)}
         extra = list(args)
