@@ -97,6 +97,10 @@ def test_hs_bench_gates_every_engine_and_names_the_fastest_that_passes(tiny_expo
             "--steps", "2", "--repeats", "1", "--threads", "1", "--no-profile", "--compile", "--gate")
     refused = run_cli(*args, "--out", str(out))
     assert refused.returncode == 2 and "--real" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    small = run_cli(*args, "--real", str(tiny_runs["data"]), "--segmenter", str(tiny_segmenter), "--gate-n", "48",
+                    "--out", str(out))
+    assert small.returncode == 2 and "--gate-n 48" in small.stderr and len(small.stderr.strip().splitlines()) == 1
+    assert not out.exists()
     r = run_cli(*args, "--real", str(tiny_runs["data"]), "--segmenter", str(tiny_segmenter), "--gate-n", "48",
                 "--allow-small", "--out", str(out), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
