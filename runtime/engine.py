@@ -130,10 +130,10 @@ def open_engine(engine: Path, options: EngineOptions = EngineOptions()) -> Engin
     if fmt == "onnx" and options.device not in ("auto", "cpu", "cuda", "tensorrt", "openvino"):
         raise HistoSmithError(f"--device {options.device}: ONNX graphs run on cpu, cuda or tensorrt (ONNX Runtime) "
                               "or openvino")
-    if options.device == "openvino" and (fmt != "onnx" or options.device_loop):
-        raise HistoSmithError(f"--device openvino runs ONNX graphs (the U-Net, not the fused step graph); "
-                              f"{engine.name} is {fmt}" if fmt != "onnx" else
-                              "--device openvino runs the U-Net graph, not the fused step graph")
+    if options.device == "openvino" and fmt != "onnx":
+        raise HistoSmithError(f"--device openvino runs ONNX graphs; {engine.name} is {fmt}")
+    if options.device == "openvino" and options.device_loop:
+        raise HistoSmithError("--device openvino runs the U-Net graph, not the fused step graph")
     if options.device_loop and fmt != "onnx":
         raise HistoSmithError(f"the fused step graph's loop concerns ONNX engines; {engine.name} is {fmt}")
     if options.compile and fmt != "torch":

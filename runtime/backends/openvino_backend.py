@@ -28,11 +28,13 @@ class FunctionBackend:
     (:meth:`histosmith.runtime.schedule.Scheduler.step`, x̂_0 history included)."""
 
     def __init__(self, name: str, unet: UnetFn, decoder: DecoderFn, tables: SamplerTables,
-                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 batch_range: tuple[int, int] = (1, 1 << 20)):
         self.name, self.unet, self.decoder, self.tables, self.context = name, unet, decoder, tables, context
+        self.batch_range = batch_range
 
     def batch_sizes(self) -> tuple[int, int]:
-        return 1, 1 << 20
+        return self.batch_range
 
     def sample(self, latents: np.ndarray, conditions: np.ndarray, guidance: np.ndarray,
                step_noise: np.ndarray | None) -> Decoded:
@@ -80,6 +82,4 @@ def openvino_backend(unet_path: Path, decoder_path: Path, tables: SamplerTables,
                      batch_range: tuple[int, int] = (1, 1 << 20)) -> FunctionBackend:
     """``hs-generate --device openvino``: the export's graphs in OpenVINO, f32 inference precision."""
     unet, decoder = openvino_functions(unet_path, decoder_path, "f32", threads)
-    backend = FunctionBackend("openvino-cpu", unet, decoder, tables)
-    backend.batch_sizes = lambda: batch_range  # type: ignore[method-assign]  # the graphs' own range
-    return backend
+    return FunctionBackend("openvino-cpu", unet, decoder, tables, batch_range=batch_range)
